@@ -1,0 +1,63 @@
+"""Exception hierarchy that carries exit codes (click's own pattern): the CLI maps each to one line and a status."""
+
+from __future__ import annotations
+
+
+class SymgradError(Exception):
+    """Base class: every error symgrad raises on purpose. `exit_code` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class SpecError(SymgradError):
+    """A spec that cannot be used: printed as `FILE:LINE: message`, exit 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, file: str | None = None, line: int | None = None):
+        self.message = message
+        self.file = file
+        self.line = line
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = self.file or "<spec>"
+        return f"{where}:{self.line or 1}: {self.message}"
+
+
+class UsageError(SymgradError):
+    """Bad command-line or API usage (unknown option value, missing file): exit 2."""
+
+    exit_code = 2
+
+
+class DataError(SymgradError):
+    """Training data that does not fit the spec: names the array and the expected shape. Exit 2."""
+
+    exit_code = 2
+
+
+class CodegenError(SymgradError):
+    """A template or printer failure: a bug in symgrad, never silently rendered."""
+
+    exit_code = 1
+
+
+class CheckFailed(SymgradError):
+    """`symgrad check` or `build --check` found a mismatch: exit 1."""
+
+    exit_code = 1
+
+
+class TrainingDiverged(SymgradError):
+    """A step produced a non-finite loss or gradient. `params` holds the last good parameters."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, step: int, epoch: int | None = None, params: dict | None = None,
+                 result: object | None = None):
+        self.step = step
+        self.epoch = epoch
+        self.params = params
+        self.result = result
+        super().__init__(message)
