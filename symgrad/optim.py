@@ -1,0 +1,149 @@
+"""Optimizer update kernels and the small optimizer objects that configure them.
+
+One compiled `update` serves every model: parameters live in one flat `theta` (docs/internals.md), so the
+generated `_train_epoch` fuses forward, backward and this update into a single compiled call per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+SGD_KIND = 0
+MOMENTUM_KIND = 1
+NESTEROV_KIND = 2
+ADAM_KIND = 3
+KIND_NAMES = {SGD_KIND: "sgd", MOMENTUM_KIND: "momentum", NESTEROV_KIND: "nesterov", ADAM_KIND: "adam"}
+
+
+@njit(cache=True)
+def update(theta, g, state, kind, lr, hyper, t):  # pragma: no cover - compiled
+    """Descend on `g` in place: `theta`, `g` flat; `state` (2, n) zeros at start; `t` the 1-based step.
+
+    `hyper` = [momentum, beta1, beta2, eps] (float64). Arithmetic is done in float64 and stored back in
+    theta's dtype, so float32 and float64 parameters follow the same formulas.
+    """
+    n = theta.shape[0]
+    if kind == 0:
+        for i in range(n):
+            theta[i] = theta[i] - lr * g[i]
+    elif kind == 1:
+        mu = hyper[0]
+        for i in range(n):
+            v = mu * state[0, i] + g[i]
+            state[0, i] = v
+            theta[i] = theta[i] - lr * v
+    elif kind == 2:
+        mu = hyper[0]
+        for i in range(n):
+            v = mu * state[0, i] + g[i]
+            state[0, i] = v
+            theta[i] = theta[i] - lr * (g[i] + mu * v)
+    elif kind == 3:
+        b1 = hyper[1]
+        b2 = hyper[2]
+        eps = hyper[3]
+        c1 = 1.0 - b1**t
+        c2 = 1.0 - b2**t
+        for i in range(n):
+            gi = 1.0 * g[i]
+            m = b1 * state[0, i] + (1.0 - b1) * gi
+            v = b2 * state[1, i] + (1.0 - b2) * gi * gi
+            state[0, i] = m
+            state[1, i] = v
+            theta[i] = theta[i] - lr * (m / c1) / (math.sqrt(v / c2) + eps)
+    else:
+        raise ValueError("unknown optimizer kind")
+
+
+@njit(cache=True)
+def grad_norm_ok(g):  # pragma: no cover - compiled
+    """Return (||g||, finite?) so a step loop can stop before touching theta (internals: divergence)."""
+    s = 0.0
+    for i in range(g.shape[0]):
+        s += 1.0 * g[i] * g[i]
+    return math.sqrt(s), np.isfinite(s)
+
+
+@njit(cache=True)
+def clip_(g, clip_norm, norm):  # pragma: no cover - compiled
+    """Rescale `g` in place to norm `clip_norm` when it is longer (clip_norm <= 0 disables clipping)."""
+    if clip_norm > 0.0 and norm > clip_norm:
+        f = clip_norm / norm
+        for i in range(g.shape[0]):
+            g[i] = g[i] * f
+
+
+def _hyper(momentum: float = 0.0, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> np.ndarray:
+    return np.array([momentum, beta1, beta2, eps], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class SGD:
+    """Plain, heavy-ball (`momentum > 0`) or Nesterov SGD; `lr` is the base rate that schedules multiply."""
+
+    lr: float
+    momentum: float = 0.0
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"SGD: lr must be positive, got {self.lr}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"SGD: momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and self.momentum == 0.0:
+            raise ValueError("SGD: nesterov=True needs momentum > 0")
+
+    @property
+    def kind(self) -> int:
+        if self.momentum == 0.0:
+            return SGD_KIND
+        return NESTEROV_KIND if self.nesterov else MOMENTUM_KIND
+
+    @property
+    def hyper(self) -> np.ndarray:
+        return _hyper(momentum=self.momentum)
+
+
+@dataclass(frozen=True)
+class Adam:
+    """Adam with bias correction (MATH.md); `lr` is the base rate that schedules multiply."""
+
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(f"Adam: lr must be positive, got {self.lr}")
+        if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
+            raise ValueError("Adam: beta1 and beta2 must be in [0, 1)")
+
+    @property
+    def kind(self) -> int:
+        return ADAM_KIND
+
+    @property
+    def hyper(self) -> np.ndarray:
+        return _hyper(beta1=self.beta1, beta2=self.beta2, eps=self.eps)
+
+
+Optimizer = SGD | Adam
+
+
+def make_optimizer(name: str, lr: float | None = None) -> Optimizer:
+    """Build an optimizer from a CLI name (`sgd`, `momentum`, `nesterov`, `adam`) with sensible defaults."""
+    name = name.lower()
+    if name == "sgd":
+        return SGD(lr if lr is not None else 0.1)
+    if name == "momentum":
+        return SGD(lr if lr is not None else 0.05, momentum=0.9)
+    if name == "nesterov":
+        return SGD(lr if lr is not None else 0.05, momentum=0.9, nesterov=True)
+    if name == "adam":
+        return Adam(lr if lr is not None else 1e-3)
+    raise ValueError(f"unknown optimizer {name!r}: choose sgd, momentum, nesterov or adam")
