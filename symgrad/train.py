@@ -235,7 +235,7 @@ class Trainer:
     def constants_at(self, t: int) -> dict[str, float]:
         """The constants in effect at step t, as a dict (for `forward`/`loss` calls)."""
         vec = self.consts_steps(t, 1)[0]
-        return {name: float(v) for name, v in zip(self.const_names, vec, strict=True)}
+        return {name: float(vec[i]) for i, name in enumerate(self.const_names)}  # vec may be padded
 
     def gscale(self, batch_size: int) -> float:
         sign = float(self.model.SIGN)
