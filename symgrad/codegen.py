@@ -1,0 +1,362 @@
+"""Render stage: KernelIR -> a Python module of Numba kernels, through a SymPy code printer and Jinja2 templates.
+
+The printer owns the maths (STYLE.md 3): scalar bodies, stable primitives, index arithmetic. Templates under
+`templates/<backend>/` only lay the module out. A backend differs from another by a dict of deltas
+(`BACKENDS`) and its template folder, never by a second derivation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import jinja2
+import sympy
+from sympy import Indexed, Symbol
+from sympy.printing.pycode import PythonCodePrinter
+
+import symgrad
+from symgrad.derive import derive
+from symgrad.errors import CodegenError
+from symgrad.graph import Program, build_program
+from symgrad.library import PRIMITIVES
+from symgrad.lower import BATCH, GSCALE, Fill, Gemm, KernelIR, LoopNest, lower, stable_rewrites
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+BACKENDS = {
+    "cpu": {"math": "math", "decorator": "@njit(cache=True, fastmath=False)"},
+    "cuda": {"math": "math", "decorator": "@cuda.jit(device=True)"},
+}
+
+
+class KernelPrinter(PythonCodePrinter):
+    """Prints scalar SymPy bodies as Numba-compilable Python: reads as array indexing, primitives as helpers."""
+
+    def __init__(self, names: dict, batched: set, scalars0d: set, loopvars: dict, locals_: dict | None = None):
+        super().__init__({"fully_qualified_modules": True, "standard": "python3"})
+        self.names = names  # sympy base -> code name
+        self.batched = batched  # code names with a leading batch axis
+        self.scalars0d = scalars0d  # code names of 0-d arrays (stored with shape (1,) or (B,))
+        self.loopvars = loopvars  # index symbol -> code name
+        self.locals_ = locals_ or {}  # symbol -> local variable name (constants, cse temps)
+
+    def _print_Symbol(self, expr):
+        if expr in self.locals_:
+            return self.locals_[expr]
+        if expr in self.loopvars:
+            return self.loopvars[expr]
+        if expr == BATCH:
+            return "b"
+        if expr in self.names:
+            name = self.names[expr]
+            return f"{name}[b]" if name in self.batched else f"{name}[0]"
+        if expr == GSCALE:
+            return "gscale"
+        return super()._print_Symbol(expr)
+
+    _print_Dummy = _print_Symbol
+
+    def _print_Indexed(self, expr):
+        name = self.names.get(expr.base, str(expr.base))
+        idx = [self._print(i) for i in expr.indices]
+        if name in self.batched:
+            idx = ["b"] + idx
+        return f"{name}[{', '.join(idx)}]"
+
+    def _print_Rational(self, expr):
+        return repr(float(expr))
+
+    def _print_Integer(self, expr):
+        return str(int(expr))
+
+    def _print_Pow(self, expr, rational=False):
+        base, exp = expr.args
+        b = self.parenthesize(base, sympy.printing.precedence.PRECEDENCE["Pow"])
+        if exp == 2:
+            return f"{b}*{b}" if base.is_Atom or isinstance(base, Indexed) else f"({self._print(base)})**2"
+        if exp == -1:
+            return f"1.0/{b}"
+        if exp == sympy.Rational(1, 2):
+            return f"math.sqrt({self._print(base)})"
+        if exp == -sympy.Rational(1, 2):
+            return f"1.0/math.sqrt({self._print(base)})"
+        if exp.is_Integer:
+            return f"{b}**{int(exp)}"
+        return f"{b}**{self.parenthesize(exp, sympy.printing.precedence.PRECEDENCE['Pow'])}"
+
+    def _print_Function(self, expr):
+        name = type(expr).__name__
+        if name in PRIMITIVES:
+            return f"{PRIMITIVES[name]}({', '.join(self._print(a) for a in expr.args)})"
+        if name == "Log1p":
+            return f"math.log1p({self._print(expr.args[0])})"
+        return super()._print_Function(expr)
+
+    def _print_Heaviside(self, expr):
+        return f"heaviside({self._print(expr.args[0])})"
+
+    def _print_sign(self, expr):
+        return f"sign({self._print(expr.args[0])})"
+
+    def _print_Piecewise(self, expr):
+        parts = []
+        for value, cond in expr.args:
+            if cond == sympy.true:
+                parts.append(f"{self._print(value)}")
+                break
+            parts.append(f"{self._print(value)} if {self._print(cond)} else ")
+        else:
+            parts.append("math.nan")
+        return "(" + "".join(parts) + ")"
+
+    def _print_BooleanTrue(self, expr):
+        return "True"
+
+    def _print_BooleanFalse(self, expr):
+        return "False"
+
+    def _print_Max(self, expr):
+        args = [self._print(a) for a in expr.args]
+        out = args[0]
+        for a in args[1:]:
+            out = f"max({out}, {a})"
+        return out
+
+    def _print_Min(self, expr):
+        args = [self._print(a) for a in expr.args]
+        out = args[0]
+        for a in args[1:]:
+            out = f"min({out}, {a})"
+        return out
+
+
+class _Lines:
+    """Indented lines: the render stage's only layout, so templates stay free of maths."""
+
+    def __init__(self):
+        self.lines: list[str] = []
+        self.depth = 0
+
+    def add(self, text: str) -> None:
+        self.lines.append("    " * self.depth + text)
+
+
+def _code_names(prog: Program) -> dict:
+    return {a.base: a.name for a in prog.arrays.values()}
+
+
+class KernelWriter:
+    """Turns KernelIR operations into Python lines."""
+
+    def __init__(self, ir: KernelIR):
+        self.ir = ir
+        prog = ir.program
+        self.prog = prog
+        self.names = _code_names(prog)
+        self.batched = {a.name for a in prog.arrays.values() if a.batched}
+        self.batched |= {f"{a.name}_bar" for a in prog.arrays.values() if a.batched}
+        self.scalars0d = {a.name for a in prog.arrays.values() if not a.shape}
+        self.scalars0d |= {f"{n}_bar" for n in self.scalars0d}
+        self.const_locals = {sym: name for name, (_, sym) in prog.constants.items()}
+        self.tmp = 0
+
+    def printer(self, loopvars: dict, extra: dict | None = None) -> KernelPrinter:
+        names = dict(self.names)
+        for a in self.prog.arrays.values():
+            names[sympy.IndexedBase(f"{a.name}_bar", real=True)] = f"{a.name}_bar"
+            names[Symbol(f"{a.name}_bar", real=True)] = f"{a.name}_bar"
+        locs = dict(self.const_locals)
+        locs.update(extra or {})
+        return KernelPrinter(names, self.batched, self.scalars0d, loopvars, locs)
+
+    def ops(self, ops: list) -> list[str]:
+        out = _Lines()
+        for op in ops:
+            if isinstance(op, Gemm):
+                self.gemm(op, out)
+            elif isinstance(op, Fill):
+                out.add(f"{op.buffer}[...] = 0.0")
+            elif isinstance(op, LoopNest):
+                self.loopnest(op, out)
+            else:  # pragma: no cover - a new op kind without a writer is a bug
+                raise CodegenError(f"no writer for {type(op).__name__}")
+        return out.lines
+
+    def _as_matrix(self, name: str) -> str:
+        return name
+
+    def gemm(self, op: Gemm, out: _Lines) -> None:
+        a = f"{op.a}.T" if op.trans_a else op.a
+        b = f"{op.b}.T" if op.trans_b else op.b
+        if op.comment:
+            out.add(f"# {op.comment}: one BLAS call")
+        if op.accumulate:
+            out.add(f"{op.out} += np.dot({a}, {b})")
+        else:
+            out.add(f"np.dot({a}, {b}, {op.out})")
+
+    def loopnest(self, op: LoopNest, out: _Lines) -> None:
+        loopvars: dict = {}
+        used: set[str] = set()
+        for lp in op.outer + op.inner:
+            base = "b" if lp.var == BATCH else lp.var.name.lstrip("_") or "i"
+            name = base
+            n = 1
+            while name in used or name in ("b",) and lp.var != BATCH:
+                n += 1
+                name = f"{base}{n}"
+            used.add(name)
+            loopvars[lp.var] = name
+        expr = stable_rewrites(op.expr)
+        init = stable_rewrites(sympy.sympify(op.init))
+        subs, reduced = sympy.cse([expr], symbols=sympy.numbered_symbols("_t"), optimizations=None)
+        expr = reduced[0]
+        locs = {}
+        for sym, _ in subs:
+            tname = f"t{self.tmp}"
+            self.tmp += 1
+            locs[sym] = tname
+        pr = self.printer(loopvars, locs)
+        if op.comment:
+            out.add(f"# {op.comment}")
+        for lp in op.outer:
+            out.add(f"for {loopvars[lp.var]} in range({pr.doprint(lp.lo)}, {self._hi(lp, pr)}):")
+            out.depth += 1
+        target = pr.doprint(op.target)
+        if op.reduce == "none":
+            for sym, value in subs:
+                out.add(f"{locs[sym]} = {pr.doprint(value)}")
+            out.add(f"{target} {op.mode} {pr.doprint(expr)}")
+        elif op.reduce == "sum":
+            out.add(f"acc = {pr.doprint(init)}" if init != 0 else "acc = 0.0")
+            for lp in op.inner:
+                out.add(f"for {loopvars[lp.var]} in range({pr.doprint(lp.lo)}, {self._hi(lp, pr)}):")
+                out.depth += 1
+            for sym, value in subs:
+                out.add(f"{locs[sym]} = {pr.doprint(value)}")
+            out.add(f"acc += {pr.doprint(expr)}")
+            out.depth -= len(op.inner)
+            out.add(f"{target} {op.mode} acc")
+        else:  # lse: max-shifted, so exp never overflows
+            out.add("m = -math.inf")
+            self._inner(op, loopvars, pr, out, subs, locs, f"m = max(m, {pr.doprint(expr)})")
+            out.add("acc = 0.0")
+            self._inner(op, loopvars, pr, out, subs, locs, f"acc += math.exp({pr.doprint(expr)} - m)")
+            out.add(f"{target} = m + math.log(acc)")
+        out.depth -= len(op.outer)
+
+    def _inner(self, op, loopvars, pr, out, subs, locs, line):
+        for lp in op.inner:
+            out.add(f"for {loopvars[lp.var]} in range({pr.doprint(lp.lo)}, {self._hi(lp, pr)}):")
+            out.depth += 1
+        for sym, value in subs:
+            out.add(f"{locs[sym]} = {pr.doprint(value)}")
+        out.add(line)
+        out.depth -= len(op.inner)
+
+    @staticmethod
+    def _hi(lp, pr) -> str:
+        return pr.doprint(sympy.expand(lp.hi + 1))
+
+
+def _env(backend: str) -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES / backend)),
+        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+        autoescape=False)
+
+
+def spec_metadata(prog: Program) -> dict:
+    s = prog.spec
+    return {
+        "name": s.name,
+        "description": s.description,
+        "dims": dict(s.dims),
+        "inputs": {a.name: {"shape": list(a.shape), "sample": a.sample} for a in prog.inputs},
+        "params": {a.name: {"shape": list(a.shape), "init": _init_text(a.init)} for a in prog.params},
+        "constants": {n: v for n, (v, _) in prog.constants.items()},
+        "outputs": list(prog.outputs),
+        "objective": s.objective,
+        "reduction": s.reduction,
+    }
+
+
+def _init_text(init: tuple) -> str:
+    kind, args = init
+    if kind == "constant":
+        return repr(args[0])
+    return f"{kind}({', '.join(repr(a) for a in args)})" if args else kind
+
+
+def render_module(spec_path: str, display_path: str | None = None) -> str:
+    """The full text of generated/<name>.py for one spec."""
+    prog = build_program(spec_path)
+    d = derive(prog)
+    ir = lower(d)
+    w = KernelWriter(ir)
+    try:
+        forward_lines = w.ops(ir.forward_ops)
+        backward_lines = w.ops(ir.backward_ops)
+    except Exception as exc:  # printer failures are bugs: one clear error, never half a file
+        raise CodegenError(f"cannot print kernels for {spec_path}: {exc}") from exc
+    offsets, off = [], 0
+    params = []
+    for a in prog.params:
+        size = 1
+        for n in a.shape:
+            size *= n
+        params.append({"name": a.name, "shape": tuple(a.shape), "offset": off, "size": size,
+                       "view_shape": tuple(a.shape) if a.shape else (1,), "init": a.init})
+        offsets.append(off)
+        off += size
+    stmts = [{"name": st.name, "shape": st.shape or (1,), "user_shape": tuple(st.shape), "batched": st.batched}
+             for st in prog.statements]
+    adjoints = [{"name": b.name, "shape": b.shape or (1,), "user_shape": tuple(b.shape), "batched": b.batched}
+                for b in ir.adjoint_buffers]
+    inputs = [{"name": a.name, "shape": tuple(a.shape), "sample": a.sample} for a in prog.inputs]
+    consts = [{"name": n, "default": v} for n, (v, _) in prog.constants.items()]
+    raw = Path(spec_path).read_bytes()
+    ctx = {
+        "spec_path": display_path or spec_path,
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "version": symgrad.__version__,
+        "name": prog.spec.name,
+        "description": prog.spec.description,
+        "metadata": _pyrepr(spec_metadata(prog)),
+        "params": params,
+        "n_theta": off,
+        "inputs": inputs,
+        "input_args": "".join(f", {a['name']}" for a in inputs),
+        "consts": consts,
+        "statements": stmts,
+        "adjoints": adjoints,
+        "forward_lines": forward_lines,
+        "backward_lines": backward_lines,
+        "loss": prog.loss_name,
+        "outputs": prog.outputs,
+        "sign": -1.0 if prog.spec.objective == "maximize" else 1.0,
+        "reduction": prog.spec.reduction,
+        "has_inputs": bool(inputs),
+        "batch_source": inputs[0]["name"] if inputs else None,
+    }
+    try:
+        text = _env("cpu").get_template("module.py.j2").render(**ctx)
+    except jinja2.TemplateError as exc:
+        raise CodegenError(f"template error while generating {spec_path}: {exc}") from exc
+    return text
+
+
+def _pyrepr(obj, indent: int = 4, level: int = 1) -> str:
+    """Deterministic, readable literal for SPEC (dict order as built, one key per line at the top)."""
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        if level > 1:
+            return "{" + ", ".join(f"{k!r}: {_pyrepr(v, indent, level + 1)}" for k, v in obj.items()) + "}"
+        pad = " " * (indent * level)
+        inner = ",\n".join(f"{pad}{k!r}: {_pyrepr(v, indent, level + 1)}" for k, v in obj.items())
+        return "{\n" + inner + ",\n" + " " * (indent * (level - 1)) + "}"
+    if isinstance(obj, list):
+        return "[" + ", ".join(_pyrepr(v, indent, level + 1) for v in obj) + "]"
+    return repr(obj)
