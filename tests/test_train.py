@@ -258,3 +258,26 @@ def test_callback_and_constant_schedule_and_bad_schedule():
 
 def test_progress_bar_does_not_change_the_result():
     assert np.array_equal(fit(progress=True).params["w"], fit(progress=False).params["w"])
+
+
+def test_classifier_accuracy_is_reported():
+    import handmade_softmax as sm
+
+    rng = np.random.default_rng(0)
+    centers = np.array([[3.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 3.0, 0]])
+    labels = rng.integers(0, 3, 300)
+    x = centers[labels] + rng.normal(size=(300, 4))
+    y = np.eye(3)[labels]
+    res = train(
+        sm,
+        {"x": x[:240], "y": y[:240]},
+        optimizer=Adam(0.05),
+        batch_size=32,
+        epochs=10,
+        validation={"x": x[240:], "y": y[240:]},
+        progress=False,
+    )
+    assert res.val_accuracy.shape == (10,) and res.accuracy.shape == (10,)
+    logits = x[240:] @ res.params["W"].T + res.params["b"]
+    assert res.val_accuracy[-1] == np.mean(logits.argmax(1) == labels[240:])
+    assert res.val_accuracy[-1] > 0.9 and res.val_history[-1] < res.val_history[0]
