@@ -47,12 +47,14 @@ class KernelPrinter(PythonCodePrinter):
         if expr in self.loopvars:
             return self.loopvars[expr]
         if expr == BATCH:
-            return "b"
+            return "_b"
         if expr in self.names:
             name = self.names[expr]
-            return f"{name}[b]" if name in self.batched else f"{name}[0]"
+            return f"{name}[_b]" if name in self.batched else f"{name}[0]"
         if expr == GSCALE:
-            return "gscale"
+            return "_gscale"
+        if expr.name == "B" and expr.is_integer:
+            return "_B"
         return super()._print_Symbol(expr)
 
     _print_Dummy = _print_Symbol
@@ -61,7 +63,7 @@ class KernelPrinter(PythonCodePrinter):
         name = self.names.get(expr.base, str(expr.base))
         idx = [self._print(i) for i in expr.indices]
         if name in self.batched:
-            idx = ["b"] + idx
+            idx = ["_b"] + idx
         return f"{name}[{', '.join(idx)}]"
 
     def _print_Rational(self, expr):
@@ -160,6 +162,10 @@ class KernelWriter:
         self.scalars0d |= {f"{n}_bar" for n in self.scalars0d}
         self.const_locals = {sym: name for name, (_, sym) in prog.constants.items()}
         self.tmp = 0
+        # loop variables must not shadow arrays, constants, helpers or modules the kernel uses
+        self.reserved = {a.name for a in prog.arrays.values()} | set(prog.constants) | {
+            "math", "np", "sigmoid", "relu", "step", "softplus", "log_sigmoid", "heaviside", "sign", "max", "min",
+            "range"} | {f"{a.name}_bar" for a in prog.arrays.values()}
 
     def printer(self, loopvars: dict, extra: dict | None = None) -> KernelPrinter:
         names = dict(self.names)
@@ -200,10 +206,10 @@ class KernelWriter:
         loopvars: dict = {}
         used: set[str] = set()
         for lp in op.outer + op.inner:
-            base = "b" if lp.var == BATCH else lp.var.name.lstrip("_") or "i"
+            base = "_b" if lp.var == BATCH else lp.var.name.lstrip("_") or "i"
             name = base
             n = 1
-            while name in used or name in ("b",) and lp.var != BATCH:
+            while name in used or name in self.reserved:
                 n += 1
                 name = f"{base}{n}"
             used.add(name)
@@ -214,7 +220,7 @@ class KernelWriter:
         expr = reduced[0]
         locs = {}
         for sym, _ in subs:
-            tname = f"t{self.tmp}"
+            tname = f"_t{self.tmp}"
             self.tmp += 1
             locs[sym] = tname
         pr = self.printer(loopvars, locs)
@@ -229,21 +235,21 @@ class KernelWriter:
                 out.add(f"{locs[sym]} = {pr.doprint(value)}")
             out.add(f"{target} {op.mode} {pr.doprint(expr)}")
         elif op.reduce == "sum":
-            out.add(f"acc = {pr.doprint(init)}" if init != 0 else "acc = 0.0")
+            out.add(f"_acc = {pr.doprint(init)}" if init != 0 else "_acc = 0.0")
             for lp in op.inner:
                 out.add(f"for {loopvars[lp.var]} in range({pr.doprint(lp.lo)}, {self._hi(lp, pr)}):")
                 out.depth += 1
             for sym, value in subs:
                 out.add(f"{locs[sym]} = {pr.doprint(value)}")
-            out.add(f"acc += {pr.doprint(expr)}")
+            out.add(f"_acc += {pr.doprint(expr)}")
             out.depth -= len(op.inner)
-            out.add(f"{target} {op.mode} acc")
+            out.add(f"{target} {op.mode} _acc")
         else:  # lse: max-shifted, so exp never overflows
-            out.add("m = -math.inf")
-            self._inner(op, loopvars, pr, out, subs, locs, f"m = max(m, {pr.doprint(expr)})")
-            out.add("acc = 0.0")
-            self._inner(op, loopvars, pr, out, subs, locs, f"acc += math.exp({pr.doprint(expr)} - m)")
-            out.add(f"{target} = m + math.log(acc)")
+            out.add("_m = -math.inf")
+            self._inner(op, loopvars, pr, out, subs, locs, f"_m = max(_m, {pr.doprint(expr)})")
+            out.add("_acc = 0.0")
+            self._inner(op, loopvars, pr, out, subs, locs, f"_acc += math.exp({pr.doprint(expr)} - _m)")
+            out.add(f"{target} = _m + math.log(_acc)")
         out.depth -= len(op.outer)
 
     def _inner(self, op, loopvars, pr, out, subs, locs, line):

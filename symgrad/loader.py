@@ -41,6 +41,21 @@ def header_matches(module_path: Path, sha: str) -> bool:
     return bool(m) and m.group(1) == symgrad.__version__ and m.group(2) == sha
 
 
+_DIGEST: list[str] = []
+
+
+def generator_digest() -> str:
+    """A hash of symgrad's own compiler sources: a cached build from another generator is stale too."""
+    if not _DIGEST:
+        h = hashlib.sha256()
+        root = Path(__file__).parent
+        for f in sorted(list(root.glob("*.py")) + list(root.glob("templates/**/*.j2"))):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+        _DIGEST.append(h.hexdigest()[:12])
+    return _DIGEST[0]
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("SYMGRAD_CACHE") or Path.home() / ".cache" / "symgrad")
 
@@ -63,7 +78,7 @@ def load(spec_path: str | Path) -> ModuleType:
     committed = spec_path.resolve().parent.parent / "generated" / f"{name}.py"
     if header_matches(committed, sha):
         return _import(committed, name, sha)
-    target_dir = cache_dir() / f"{name}-{sha[:16]}-{symgrad.__version__}"
+    target_dir = cache_dir() / f"{name}-{sha[:16]}-{symgrad.__version__}-{generator_digest()}"
     target = target_dir / f"{name}.py"
     if not header_matches(target, sha):
         source = build_module_source(spec_path, display_path=_display(spec_path))
