@@ -31,7 +31,7 @@ def test_worked_number_1_one_sgd_step():
     m = load("linreg")
     tr = Trainer(m, SGD(0.01), params={"w": np.array(1.0), "b": np.array(0.0)})
     before = tr.step({"x": np.array([2.1]), "y": np.array([4.0])})
-    assert before == pytest.approx(3.8**2, abs=1e-12)
+    assert before == pytest.approx(1.9**2, abs=1e-12)  # (2.1 - 4)**2
     assert float(tr.params["w"]) == pytest.approx(1.0798, abs=1e-12)
     assert float(tr.params["b"]) == pytest.approx(0.038, abs=1e-12)
     after = m.loss(tr.params_copy(), {"x": np.array([2.1]), "y": np.array([4.0])})
