@@ -126,3 +126,62 @@ def test_autoencoder_beats_mean_image():
     baseline = float(np.mean((te["x"] - tr["x"].mean(0)) ** 2))
     report("autoencoder", f"test reconstruction MSE {recon:.5f} (mean image {baseline:.5f})", res)
     assert recon < 0.5 * baseline
+
+
+def test_divergence_on_a_real_spec_keeps_last_good_params():
+    from symgrad.errors import TrainingDiverged
+
+    m = load("quadratic")
+    with pytest.raises(TrainingDiverged) as info:
+        train(m, optimizer=SGD(2.0), batch_size=1, steps=5000, progress=False)  # w <- -3 w: overflows
+    exc = info.value
+    assert f"step {exc.step}" in str(exc) and exc.epoch == exc.step  # one full-batch step per epoch
+    assert np.all(np.isfinite(exc.params["w"]))
+    np.testing.assert_allclose(exc.params["w"], 10.0 * (-3.0) ** (exc.step - 1), rtol=1e-9)
+
+
+def test_reduction_sum_on_a_generated_module(tmp_path):
+    spec = tmp_path / "linsum.yaml"
+    spec.write_text(
+        (SPECS / "linreg.yaml").read_text().replace("name: linreg", "name: linsum") + "reduction: sum\n"
+    )
+    m = pytest.importorskip("symgrad.loader").load(str(spec))
+    x = np.linspace(0.0, 1.0, 20)
+    data = {"x": x, "y": 2 * x}
+    start = {"w": np.array(0.0), "b": np.array(0.0)}
+    res = train(
+        m,
+        data,
+        optimizer=SGD(1e-3),
+        batch_size=5,
+        steps=1,
+        params=start,
+        shuffle=False,
+        progress=False,
+        history_per_step=True,
+    )
+    xb, yb = x[:5], 2 * x[:5]
+    np.testing.assert_allclose(float(res.params["w"]), 1e-3 * (20 / 5) * np.sum(2 * yb * xb), rtol=1e-12)
+    assert res.step_history[0] == pytest.approx(np.sum(yb**2), rel=1e-12)
+
+
+def test_vae_resume_and_kl_annealing_are_bit_identical(tmp_path):
+    from symgrad.schedules import linear_ramp
+
+    m = load("vae")
+    tr, _ = load_dataset("digits", m)
+    tr = {"x": tr["x"][:256]}
+    opts = {
+        "optimizer": Adam(1e-3),
+        "batch_size": 32,
+        "progress": False,
+        "seed": 5,
+        "schedule": {"beta": linear_ramp(0.0, 1.0, 20)},
+    }
+    full = train(m, tr, epochs=4, **opts)
+    ck = tmp_path / "vae.npz"
+    train(m, tr, epochs=2, checkpoint=ck, **opts)
+    resumed = train(m, tr, epochs=4, checkpoint=ck, resume=True, **opts)
+    for k in full.params:
+        assert np.array_equal(full.params[k], resumed.params[k])
+    assert np.array_equal(full.history, resumed.history)
