@@ -1,0 +1,158 @@
+"""Command line: thin click commands that call the stages and map errors to exit codes (API.md).
+
+Exit status: 0 success, 1 a check failed or training diverged, 2 a usage or spec error (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from symgrad.errors import CheckFailed, SpecError, SymgradError, UsageError
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+def guarded(spec_arg: str | None = None):
+    """Run a command body; a SymgradError becomes its one-line message and exit code. An unexpected exception
+    while reading a spec is reported as a spec error at line 1 rather than a traceback."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except SymgradError as exc:
+                _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
+            except (RecursionError, MemoryError) as exc:
+                where = kwargs.get(spec_arg) if spec_arg else None
+                _fail(f"{where or '<spec>'}:1: spec is too complex to process ({type(exc).__name__})", 2)
+
+        return inner
+
+    return wrap
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="symgrad")
+def main() -> None:
+    """symgrad: derive gradients of symbolic specs, print them as LaTeX, generate Numba kernels, train."""
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--wrt", multiple=True, help="only these parameters' gradients")
+@click.option("--format", "fmt", type=click.Choice(["latex", "text"]), default="latex", show_default=True)
+@click.option("--render", type=click.Path(dir_okay=False), help="also write OUT.png (mathtext) or OUT.html")
+@guarded("spec")
+def derive(spec: str, wrt: tuple[str, ...], fmt: str, render: str | None) -> None:
+    """Print the backward pass and each parameter's gradient."""
+    from symgrad.derive import derive as run_derive
+    from symgrad.display import render_text
+    from symgrad.graph import build_program
+
+    if render and not render.endswith((".png", ".html")):
+        raise UsageError(f"--render must name a .png or .html file, got {render!r}")
+    d = run_derive(build_program(spec))
+    text = render_text(d, fmt, list(wrt) or None)
+    click.echo(text, nl=False)
+    if render:
+        from symgrad.render import render_file
+
+        render_file(d, list(wrt) or None, render)
+        click.echo(f"wrote {render}", err=True)
+
+
+@main.command()
+@click.argument("specs", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", default="generated", show_default=True, type=click.Path(file_okay=False))
+@click.option("--target", type=click.Choice(["cpu", "cuda", "all"]), default="cpu", show_default=True)
+@click.option("--check", is_flag=True, help="regenerate in memory; exit 1 if a file on disk differs")
+@guarded()
+def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> None:
+    """Generate OUT/<name>.py from each spec (default: specs/*.yaml)."""
+    from symgrad.loader import build_module_source
+    from symgrad.spec import load_spec
+
+    paths = [Path(s) for s in specs] or sorted(Path("specs").glob("*.yaml"))
+    if not paths:
+        raise UsageError("no specs given and none found under specs/")
+    rendered = []
+    for path in paths:  # everything is generated before anything is written: a bad spec writes nothing
+        name = load_spec(path).name
+        text = build_module_source(path, display_path=_display(path))
+        files = [(Path(out_dir) / f"{name}.py", text)]
+        if target in ("cuda", "all"):
+            from symgrad.cuda_codegen import render_cuda_module
+
+            files.append((Path(out_dir) / f"{name}_cuda.py", render_cuda_module(str(path), _display(path))))
+            if target == "cuda":
+                files = files[1:]
+        rendered.extend(files)
+    if check:
+        stale = []
+        for path, text in rendered:
+            old = path.read_text(encoding="utf-8") if path.exists() else ""
+            if old != text:
+                stale.append(path)
+                diff = difflib.unified_diff(old.splitlines(True), text.splitlines(True), f"{path} (on disk)",
+                                            f"{path} (regenerated)", n=2)
+                sys.stdout.writelines(list(diff)[:200])
+        if stale:
+            raise CheckFailed(f"{len(stale)} generated file(s) differ from their specs; run `symgrad build` to update")
+        click.echo(f"{len(rendered)} generated file(s) up to date")
+        return
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for path, text in rendered:
+        tmp = path.with_suffix(".py.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+        click.echo(f"wrote {path}")
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path.name
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--rtol", default=1e-5, show_default=True)
+@guarded("spec")
+def check(spec: str, seed: int, rtol: float) -> None:
+    """Compare generated gradients with float64 central differences on random inputs."""
+    from symgrad.checking import gradient_check
+
+    rows = gradient_check(spec, seed=seed)
+    worst = 0.0
+    for name, err in rows:
+        status = "ok" if err <= rtol else "MISMATCH"
+        click.echo(f"{name:<16} worst relative error {err:.2e}  {status}")
+        worst = max(worst, err)
+    if worst > rtol:
+        raise CheckFailed(f"gradient check failed: worst relative error {worst:.2e} > rtol {rtol:g}")
+
+
+def _register_train() -> None:
+    try:
+        from symgrad.cli_train import train_command
+    except ImportError:  # pragma: no cover - the runtime is part of the package
+        return
+    main.add_command(train_command, "train")
+
+
+_register_train()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
