@@ -63,6 +63,12 @@ def derive(program: Program) -> Derivation:
     for st in program.statements:
         if any(_array_name(r) in needs for r in _reads(st.body, arrays)):
             needs.add(st.name)
+    # keep only what also reaches the loss: a statement the loss never reads has no adjoint to propagate
+    reaches = {program.loss_name}
+    for st in reversed(program.statements):
+        if st.name in reaches:
+            reaches |= {_array_name(r) for r in _reads(st.body, arrays)}
+    needs &= reaches
     if program.loss_name not in needs:
         raise SpecError("the loss does not depend on any parameter, so there is nothing to differentiate",
                         program.spec.path, program.spec.loss.line)

@@ -21,11 +21,6 @@ class sigmoid(sympy.Function):  # noqa: N801  (SymPy's own functions are lower c
         s = sigmoid(self.args[0])
         return s * (1 - s)
 
-    @classmethod
-    def eval(cls, x):
-        if x.is_zero:
-            return sympy.Rational(1, 2)
-
     def _eval_is_real(self):
         return self.args[0].is_real
 
