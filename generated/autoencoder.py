@@ -137,12 +137,11 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x):
     for _b in range(0, _B):
         for i in range(0, 64):
             s_xhat_bar[_b, i] = (1 - xhat[_b, i])*xhat[_b, i]*xhat_bar[_b, i]
+    b2_bar[...] = 0.0
     # d s_xhat / d b2
-    for i in range(0, 64):
-        _acc = 0.0
-        for _b in range(0, _B):
-            _acc += s_xhat_bar[_b, i]
-        b2_bar[i] = _acc
+    for _b in range(0, _B):
+        for i in range(0, 64):
+            b2_bar[i] += s_xhat_bar[_b, i]
     # d s_xhat / d W2: one BLAS call
     np.dot(s_xhat_bar.T, h, W2_bar)
     # d s_xhat / d h: one BLAS call
@@ -151,12 +150,11 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x):
     for _b in range(0, _B):
         for i in range(0, 32):
             s_h_bar[_b, i] = (1 - h[_b, i]*h[_b, i])*h_bar[_b, i]
+    b1_bar[...] = 0.0
     # d s_h / d b1
-    for i in range(0, 32):
-        _acc = 0.0
-        for _b in range(0, _B):
-            _acc += s_h_bar[_b, i]
-        b1_bar[i] = _acc
+    for _b in range(0, _B):
+        for i in range(0, 32):
+            b1_bar[i] += s_h_bar[_b, i]
     # d s_h / d W1: one BLAS call
     np.dot(s_h_bar.T, x, W1_bar)
     return L.sum()

@@ -172,21 +172,19 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
     for _b in range(0, _B):
         for i in range(0, 10):
             z_bar[_b, i] += lse_z_bar[_b]*math.exp(-lse_z[_b] + z[_b, i])
+    b_bar[...] = 0.0
     # d z / d b
-    for k in range(0, 10):
-        _acc = 0.0
-        for _b in range(0, _B):
-            _acc += z_bar[_b, k]
-        b_bar[k] = _acc
+    for _b in range(0, _B):
+        for k in range(0, 10):
+            b_bar[k] += z_bar[_b, k]
+    W_bar[...] = 0.0
     # d z / d W
-    for k in range(0, 10):
-        for c in range(0, 32):
-            for u in range(0, 3):
-                for v in range(0, 3):
-                    _acc = 0.0
-                    for _b in range(0, _B):
-                        _acc += pool[_b, c, u, v]*z_bar[_b, k]
-                    W_bar[k, c, u, v] = _acc
+    for _b in range(0, _B):
+        for k in range(0, 10):
+            for c in range(0, 32):
+                for u in range(0, 3):
+                    for v in range(0, 3):
+                        W_bar[k, c, u, v] += pool[_b, c, u, v]*z_bar[_b, k]
     # d z / d pool
     for _b in range(0, _B):
         for c in range(0, 32):

@@ -104,12 +104,11 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x):
     for _b in range(0, _B):
         for i in range(0, 64):
             logit_bar[_b, i] = _gscale*(-sigmoid(logit[_b, i]) + x[_b, i])
+    c_bar[...] = 0.0
     # d logit / d c
-    for i in range(0, 64):
-        _acc = 0.0
-        for _b in range(0, _B):
-            _acc += logit_bar[_b, i]
-        c_bar[i] = _acc
+    for _b in range(0, _B):
+        for i in range(0, 64):
+            c_bar[i] += logit_bar[_b, i]
     W_bar[...] = 0.0
     # d logit / d W
     for _b in range(0, _B):

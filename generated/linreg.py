@@ -88,16 +88,14 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
     # d L / d yhat
     for _b in range(0, _B):
         yhat_bar[_b] = 2*_gscale*(-y[_b] + yhat[_b])
+    b_bar[...] = 0.0
     # d yhat / d b
-    _acc = 0.0
     for _b in range(0, _B):
-        _acc += yhat_bar[_b]
-    b_bar[0] = _acc
+        b_bar[0] += yhat_bar[_b]
+    w_bar[...] = 0.0
     # d yhat / d w
-    _acc = 0.0
     for _b in range(0, _B):
-        _acc += x[_b]*yhat_bar[_b]
-    w_bar[0] = _acc
+        w_bar[0] += x[_b]*yhat_bar[_b]
     return L.sum()
 
 

@@ -145,12 +145,11 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
     for _b in range(0, _B):
         for i in range(0, 10):
             z_bar[_b, i] += lse_z_bar[_b]*math.exp(-lse_z[_b] + z[_b, i])
+    b2_bar[...] = 0.0
     # d z / d b2
-    for k in range(0, 10):
-        _acc = 0.0
-        for _b in range(0, _B):
-            _acc += z_bar[_b, k]
-        b2_bar[k] = _acc
+    for _b in range(0, _B):
+        for k in range(0, 10):
+            b2_bar[k] += z_bar[_b, k]
     # d z / d W2: one BLAS call
     np.dot(z_bar.T, h, W2_bar)
     # d z / d h: one BLAS call
@@ -159,12 +158,11 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
     for _b in range(0, _B):
         for i in range(0, 128):
             s_h_bar[_b, i] = step(h[_b, i])*h_bar[_b, i]
+    b1_bar[...] = 0.0
     # d s_h / d b1
-    for i in range(0, 128):
-        _acc = 0.0
-        for _b in range(0, _B):
-            _acc += s_h_bar[_b, i]
-        b1_bar[i] = _acc
+    for _b in range(0, _B):
+        for i in range(0, 128):
+            b1_bar[i] += s_h_bar[_b, i]
     # d s_h / d W1: one BLAS call
     np.dot(s_h_bar.T, x, W1_bar)
     return L.sum()

@@ -123,19 +123,17 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x):
     for _b in range(0, _B):
         for i in range(0, 64):
             logit_bar[_b, i] = _gscale*(-sigmoid(logit[_b, i]) + x[_b, i])
+    c_bar[...] = 0.0
     # d logit / d c
-    for i in range(0, 64):
-        _acc = 0.0
-        for _b in range(0, _B):
-            _acc += logit_bar[_b, i]
-        c_bar[i] = _acc
+    for _b in range(0, _B):
+        for i in range(0, 64):
+            c_bar[i] += logit_bar[_b, i]
+    V_bar[...] = 0.0
     # d logit / d V
-    for i in range(0, 64):
-        for h in range(0, 32):
-            _acc = 0.0
-            for _b in range(0, _B):
-                _acc += sigmoid(a[_b, h, i])*logit_bar[_b, i]
-            V_bar[i, h] = _acc
+    for _b in range(0, _B):
+        for i in range(0, 64):
+            for h in range(0, 32):
+                V_bar[i, h] += sigmoid(a[_b, h, i])*logit_bar[_b, i]
     # d logit / d a
     for _b in range(0, _B):
         for i in range(0, 64):

@@ -225,12 +225,11 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, eps):
     for _b in range(0, _B):
         for l2 in range(0, 8):
             mu_bar[_b, l2] = -beta*_gscale*mu[_b, l2]
+    bo_bar[...] = 0.0
     # d logit / d bo
-    for i in range(0, 64):
-        _acc = 0.0
-        for _b in range(0, _B):
-            _acc += logit_bar[_b, i]
-        bo_bar[i] = _acc
+    for _b in range(0, _B):
+        for i in range(0, 64):
+            bo_bar[i] += logit_bar[_b, i]
     # d logit / d Wo: one BLAS call
     np.dot(logit_bar.T, g, Wo_bar)
     # d logit / d g: one BLAS call
@@ -239,12 +238,11 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, eps):
     for _b in range(0, _B):
         for i in range(0, 128):
             s_g_bar[_b, i] = (1 - g[_b, i]*g[_b, i])*g_bar[_b, i]
+    bd_bar[...] = 0.0
     # d s_g / d bd
-    for i in range(0, 128):
-        _acc = 0.0
-        for _b in range(0, _B):
-            _acc += s_g_bar[_b, i]
-        bd_bar[i] = _acc
+    for _b in range(0, _B):
+        for i in range(0, 128):
+            bd_bar[i] += s_g_bar[_b, i]
     # d s_g / d Wd: one BLAS call
     np.dot(s_g_bar.T, z, Wd_bar)
     # d s_g / d z: one BLAS call
@@ -257,22 +255,20 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, eps):
     for _b in range(0, _B):
         for i in range(0, 8):
             mu_bar[_b, i] += z_bar[_b, i]
+    blv_bar[...] = 0.0
     # d logvar / d blv
-    for i in range(0, 8):
-        _acc = 0.0
-        for _b in range(0, _B):
-            _acc += logvar_bar[_b, i]
-        blv_bar[i] = _acc
+    for _b in range(0, _B):
+        for i in range(0, 8):
+            blv_bar[i] += logvar_bar[_b, i]
     # d logvar / d Wlv: one BLAS call
     np.dot(logvar_bar.T, h, Wlv_bar)
     # d logvar / d h: one BLAS call
     np.dot(logvar_bar, Wlv, h_bar)
+    bmu_bar[...] = 0.0
     # d mu / d bmu
-    for i in range(0, 8):
-        _acc = 0.0
-        for _b in range(0, _B):
-            _acc += mu_bar[_b, i]
-        bmu_bar[i] = _acc
+    for _b in range(0, _B):
+        for i in range(0, 8):
+            bmu_bar[i] += mu_bar[_b, i]
     # d mu / d Wmu: one BLAS call
     np.dot(mu_bar.T, h, Wmu_bar)
     # d mu / d h: one BLAS call
@@ -281,12 +277,11 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, eps):
     for _b in range(0, _B):
         for i in range(0, 128):
             s_h_bar[_b, i] = (1 - h[_b, i]*h[_b, i])*h_bar[_b, i]
+    be_bar[...] = 0.0
     # d s_h / d be
-    for i in range(0, 128):
-        _acc = 0.0
-        for _b in range(0, _B):
-            _acc += s_h_bar[_b, i]
-        be_bar[i] = _acc
+    for _b in range(0, _B):
+        for i in range(0, 128):
+            be_bar[i] += s_h_bar[_b, i]
     # d s_h / d We: one BLAS call
     np.dot(s_h_bar.T, x, We_bar)
     return L.sum()

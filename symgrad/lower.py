@@ -255,6 +255,13 @@ def _lower_contribution(c: Contribution, st: Statement, d: Derivation, written: 
         t_loops = [lp for lp in loops if lp.var in t_idx]
         r_loops = [lp for lp in loops if lp.var not in t_idx]
         movable = all(not (lp.lo.free_symbols | lp.hi.free_symbols) & {r.var for r in r_loops} for lp in t_loops)
+        if movable and [lp.var for lp in r_loops] == [BATCH]:
+            # a sum over the batch only (bias gradients): batch outermost keeps every read row-contiguous
+            if first:
+                ops.append(Fill(target_name))
+            ops.append(LoopNest(r_loops + t_loops, [], target, expr, "+=", reduce="none",
+                                comment=f"d {st.name} / d {c.target}"))
+            return ops
         if movable:
             ops.append(LoopNest(t_loops, r_loops, target, expr, mode, reduce="sum" if r_loops else "none",
                                 comment=f"d {st.name} / d {c.target}"))
