@@ -32,6 +32,7 @@ SPEC = {
     },
     'constants': {},
     'outputs': ['xhat'],
+    'loss': 'mse(xhat, x)',
     'objective': 'minimize',
     'reduction': 'mean',
 }

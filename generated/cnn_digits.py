@@ -34,6 +34,7 @@ SPEC = {
     },
     'constants': {},
     'outputs': ['z'],
+    'loss': 'softmax_cross_entropy(z, y)',
     'objective': 'minimize',
     'reduction': 'mean',
 }

@@ -32,6 +32,7 @@ SPEC = {
     },
     'constants': {},
     'outputs': ['logit'],
+    'loss': '-sum(bce_with_logits(logit[i], x[i]), i)',
     'objective': 'maximize',
     'reduction': 'mean',
 }

@@ -23,6 +23,7 @@ SPEC = {
     'params': {'w': {'shape': [], 'init': '1.0'}, 'b': {'shape': [], 'init': '0.0'}},
     'constants': {},
     'outputs': ['yhat'],
+    'loss': '(yhat - y)**2',
     'objective': 'minimize',
     'reduction': 'mean',
 }

@@ -31,6 +31,7 @@ SPEC = {
     },
     'constants': {},
     'outputs': ['z'],
+    'loss': 'softmax_cross_entropy(z, y)',
     'objective': 'minimize',
     'reduction': 'mean',
 }

@@ -31,6 +31,7 @@ SPEC = {
     },
     'constants': {},
     'outputs': ['logit'],
+    'loss': '-sum(bce_with_logits(logit[i], x[i]), i)',
     'objective': 'maximize',
     'reduction': 'mean',
 }

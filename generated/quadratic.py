@@ -23,6 +23,7 @@ SPEC = {
     'params': {'w': {'shape': [2], 'init': '10.0'}},
     'constants': {},
     'outputs': ['L'],
+    'loss': 'sum(w[i]**2, i)',
     'objective': 'minimize',
     'reduction': 'mean',
 }

@@ -46,6 +46,7 @@ SPEC = {
     },
     'constants': {'beta': 1.0},
     'outputs': ['logit', 'mu', 'logvar'],
+    'loss': '-sum(bce_with_logits(logit, x)) - beta * gaussian_kl(mu, logvar)',
     'objective': 'maximize',
     'reduction': 'mean',
 }

@@ -288,6 +288,7 @@ def spec_metadata(prog: Program) -> dict:
         "params": {a.name: {"shape": list(a.shape), "init": _init_text(a.init)} for a in prog.params},
         "constants": {n: v for n, (v, _) in prog.constants.items()},
         "outputs": list(prog.outputs),
+        "loss": s.loss.value,
         "objective": s.objective,
         "reduction": s.reduction,
     }
