@@ -578,6 +578,11 @@ def test_init_kinds():
     np.testing.assert_array_equal(matmul["v"], np.ones(2))
     gauss = symgrad.load(str(CASE_BY_NAME["ref_gauss"].path)).init_params(0)
     assert gauss["b"].shape == () and float(gauss["b"]) == 0.0
+    # ref_nade writes W's init unquoted in a flow mapping, exactly as SPEC.md's example does (YAML alone would
+    # split `normal(0, 0.01)` at the comma), and V's quoted: both must mean normal(0, 0.01)
+    nade = symgrad.load(str(CASE_BY_NAME["ref_nade"].path)).init_params(0)
+    for name in ("W", "V"):
+        assert 0.002 < np.std(nade[name]) < 0.05 and np.max(np.abs(nade[name])) < 0.1, name
     bil = symgrad.load(str(CASE_BY_NAME["ref_bilinear"].path))
     a0, a1 = bil.init_params(0)["A"], bil.init_params(1)["A"]
     assert np.all((a0 >= -0.5) & (a0 <= 0.5)) and not np.array_equal(a0, a1)
