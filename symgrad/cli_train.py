@@ -19,6 +19,17 @@ def _load_model(spec_path: str) -> ModuleType:
     return symgrad.load(spec_path)
 
 
+def _silent(*_args, **_kwargs) -> None:
+    """`click.echo` on ranks other than 0 under `mpiexec`: rank 0 alone prints."""
+
+
+def _print_errors() -> bool:
+    """Under `mpiexec`, errors are raised on every rank together with the same text: rank 0 prints it."""
+    from symgrad.distributed import launched_rank
+
+    return launched_rank() == 0
+
+
 def _epoch_line(info) -> str:
     parts = [f"epoch {info.epoch}/{info.epochs}", f"loss {info.loss:.4f}"]
     if info.accuracy is not None:
@@ -67,15 +78,20 @@ def _run(
     progress: bool,
 ) -> None:
     from symgrad.data import describe, load_dataset
+    from symgrad.distributed import collective, is_root, world_comm
     from symgrad.optim import make_optimizer
     from symgrad.train import train
+
+    comm = world_comm()  # MPI.COMM_WORLD under `mpiexec -n N` (N > 1), else None
+    root = is_root(comm)
+    echo = click.echo if root else _silent
 
     if device == "cuda":
         from numba import cuda
 
         if not cuda.is_available():
             raise UsageError("--device cuda: no CUDA device is available")
-        click.echo(
+        echo(
             "note: the training runtime steps with the CPU kernels; --device cuda only checked the device",
             err=True,
         )
@@ -85,9 +101,10 @@ def _run(
         raise UsageError(str(exc)) from None
     if resume is not None and not os.path.exists(resume):
         raise UsageError(f"--resume: no such checkpoint {resume!r}")
-    model = _load_model(spec)
-    train_data, test_data = load_dataset(data, model)
-    click.echo(f"{os.path.basename(spec)}: {describe(train_data, test_data)}, {opt}")
+    model = collective(comm, lambda: _load_model(spec), "loading the spec")
+    train_data, test_data = collective(comm, lambda: load_dataset(data, model), "reading the data")
+    ranks = f", {comm.Get_size()} MPI ranks" if comm is not None else ""
+    echo(f"{os.path.basename(spec)}: {describe(train_data, test_data)}, {opt}{ranks}")
     name = str(getattr(model, "SPEC", {}).get("name", os.path.basename(spec)))
     try:
         from tqdm.auto import tqdm
@@ -100,17 +117,20 @@ def _run(
             epochs=epochs,
             seed=seed,
             clip_norm=clip_norm,
-            progress=progress,
+            progress=progress and root,
             validation=test_data,
             checkpoint=checkpoint or resume,
             resume=resume is not None,
             callback=lambda info: tqdm.write(_epoch_line(info)),
+            comm=comm,
         )
     except TrainingDiverged as exc:
-        if out is not None and exc.params is not None:
+        if out is not None and exc.params is not None and root:
             np.savez(out, **exc.params)
-            click.echo(f"last good parameters saved to {out}", err=True)
+            echo(f"last good parameters saved to {out}", err=True)
         raise
+    if not root:  # rank 0 alone reports and writes files
+        return
     click.echo(f"trained {result.steps} steps in {result.train_time:.2f} s")
     if out is not None:
         np.savez(out, **result.params)
@@ -187,5 +207,6 @@ def train_command(
             progress,
         )
     except SymgradError as exc:
-        click.echo(f"error: {exc}", err=True)
+        if _print_errors():
+            click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)

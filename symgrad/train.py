@@ -463,6 +463,14 @@ def _positive_int(name: str, value: Any) -> int | None:
     return int(value)
 
 
+def _on_root(dist: Any, what: str, fn: Callable[..., Any], *args: Any) -> None:
+    """Run `fn(*args)` here (one process) or on rank 0 only, every rank learning whether it failed (MPI)."""
+    if dist is None:
+        fn(*args)
+    else:
+        dist.on_root(what, fn, *args)
+
+
 def train(
     model: ModuleType,
     data: Mapping[str, Any] | None = None,
@@ -483,8 +491,21 @@ def train(
     validation: Mapping[str, Any] | None = None,
     history_per_step: bool = False,
     callback: Callable[[EpochInfo], None] | None = None,
+    comm: Any = None,
+    _dist: Any = None,
 ) -> TrainResult:
-    """Train `model` on `data` with mini-batches; see the module docstring for every convention."""
+    """Train `model` on `data` with mini-batches; see the module docstring for every convention.
+
+    `comm` (an mpi4py communicator, e.g. `MPI.COMM_WORLD`) splits every global batch across its ranks
+    (`symgrad.distributed`, docs/distributed.md): the same result as one process up to summation order;
+    rank 0 alone shows progress, writes checkpoints and calls `callback`.
+    """
+    if comm is not None and _dist is None:
+        kwargs = {k: v for k, v in locals().items() if k not in ("model", "data", "comm", "_dist")}
+        from symgrad.distributed import train_distributed
+
+        return train_distributed(model, data, comm=comm, **kwargs)
+    root = _dist is None or _dist.is_root
     batch_size = _positive_int("batch_size", batch_size)
     epochs = _positive_int("epochs", epochs)
     steps = _positive_int("steps", steps)
@@ -511,7 +532,7 @@ def train(
         check_arrays(model, validation, dtype, what="validation") if validation is not None else ({}, None)
     )
 
-    trainer = Trainer(
+    trainer = (Trainer if _dist is None else _dist.make_trainer)(
         model,
         optimizer,
         params=start_params,
@@ -558,7 +579,7 @@ def train(
     bytes_per_step = bsz * dtype.itemsize * max(1, sum(int(np.prod(s)) for _, s, _ in model.INPUTS))
     chunk_steps = max(1, CHUNK_BYTES // bytes_per_step)
     bar = None
-    if progress:
+    if progress and root:
         from tqdm.auto import tqdm
 
         bar = tqdm(
@@ -580,6 +601,8 @@ def train(
             epochs=len(logs["history"]),
         )
 
+    if _dist is not None:  # the one set-up collective: any rank's error, or different data, stops all
+        _dist.setup_done(trainer, arrays)
     t_start = time.perf_counter()
     try:
         for epoch in range(first_epoch, epochs):
@@ -632,9 +655,9 @@ def train(
             if bar is not None:
                 bar.set_postfix(epoch=epoch + 1, loss=f"{info.loss:.4g}")
             if checkpoint is not None:
-                save_checkpoint(checkpoint, trainer, epoch + 1, logs, meta)
+                _on_root(_dist, "checkpoint", save_checkpoint, checkpoint, trainer, epoch + 1, logs, meta)
             if callback is not None:
-                callback(info)
+                _on_root(_dist, "callback", callback, info)
     finally:
         if bar is not None:
             bar.close()
