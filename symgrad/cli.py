@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from symgrad.errors import CheckFailed, SpecError, SymgradError, UsageError
+from symgrad.errors import CheckFailed, SymgradError, UsageError
 
 
 def _fail(message: str, code: int) -> None:

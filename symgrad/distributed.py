@@ -298,8 +298,8 @@ class Dist:
             differ = [r for r, p in enumerate(prints) if p[idx] != prints[0][idx]]
             if differ:
                 raise DistributedError(
-                    f"{_ranks_str(differ)} hold different {what} from rank 0: every rank must read the same "
-                    "data file and checkpoint",
+                    f"{_ranks_str(differ)} {'holds' if len(differ) == 1 else 'hold'} different {what} from "
+                    "rank 0: every rank must read the same data file and checkpoint",
                     ranks=differ,
                     exit_code=2,
                 )

@@ -51,6 +51,7 @@ class Scope:
     constants: dict[str, Symbol]
     functions: dict[str, tuple[tuple[str, ...], ast.AST]]
     later: set[str] = field(default_factory=set)  # statements defined after this one: a helpful error
+    current: str | None = None  # the statement being defined (reading it is a cycle)
     ranges: dict[str, int] = field(default_factory=dict)  # index name -> size, from plain uses
     index_syms: dict[str, Symbol] = field(default_factory=dict)
     used_names: set[str] = field(default_factory=set)
@@ -109,7 +110,8 @@ def collect_plain_uses(node: ast.AST, scope: Scope) -> None:
 
 
 def _is_index_name(name: str, scope: Scope) -> bool:
-    return (name not in scope.arrays and name not in scope.dims and name not in scope.constants
+    return (name != scope.current and name not in scope.arrays and name not in scope.dims
+            and name not in scope.constants
             and name not in scope.functions and name not in ELEMENTWISE and name not in LIBRARY
             and name not in scope.later)
 
@@ -164,6 +166,8 @@ class Builder:
             for sym, n in axes:
                 s.bounds[sym] = (Integer(0), Integer(n - 1))
             return TExpr(ref.base[tuple(a for a, _ in axes)], axes)
+        if name == s.current:
+            raise ExprError(f"statement {name!r} refers to itself (a cycle); a statement reads only earlier ones")
         if name in s.later:
             raise ExprError(f"statement {name!r} is used before it is defined (statements run in order; a cycle?)")
         if name in s.index_syms or name in s.ranges:
@@ -176,6 +180,8 @@ class Builder:
     def _Subscript(self, node: ast.Subscript) -> TExpr:
         if not isinstance(node.value, ast.Name) or node.value.id not in self.scope.arrays:
             what = node.value.id if isinstance(node.value, ast.Name) else _describe(node.value)
+            if what == self.scope.current:
+                raise ExprError(f"statement {what!r} refers to itself (a cycle); statements read only earlier ones")
             if isinstance(node.value, ast.Name) and node.value.id in self.scope.later:
                 raise ExprError(f"statement {what!r} is used before it is defined (statements run in order; a cycle?)")
             raise ExprError(f"only declared arrays can be indexed; {what!r} is not one")
@@ -245,7 +251,8 @@ class Builder:
         for op, a, b in zip(node.ops, parts, parts[1:], strict=False):
             if type(op) not in rel:
                 raise ExprError(f"comparison {type(op).__name__} is not allowed")
-            conds.append(self.elementwise(lambda x, y, r=rel[type(op)]: r(x, y), [a, b], "a comparison"))
+            relation = rel[type(op)]
+            conds.append(self.elementwise(lambda x, y, r=relation: r(x, y), [a, b], "a comparison"))
         return self.elementwise(lambda *c: sympy.And(*c), conds, "a comparison") if len(conds) > 1 else conds[0]
 
     def _BoolOp(self, node: ast.BoolOp) -> TExpr:

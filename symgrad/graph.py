@@ -20,7 +20,8 @@ from symgrad.exprs import ArrayRef, Builder, ExprError, Scope, TExpr, collect_pl
 from symgrad.library import ELEMENTWISE, INITS, LIBRARY, LogSumExp
 from symgrad.spec import Spec, Text, load_spec
 
-_FUNC_SIG = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*(\s*,\s*[A-Za-z_][A-Za-z0-9_]*)*)?\s*\)\s*$")
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_FUNC_SIG = re.compile(rf"^\s*({_NAME})\s*\(\s*({_NAME}(\s*,\s*{_NAME})*)?\s*\)\s*$")
 
 
 @dataclass
@@ -104,7 +105,8 @@ class _GraphBuilder:
             try:
                 n = int(str(v), 10)
             except ValueError:
-                raise self.err(f"size {v!r} in the shape of {what} is neither a positive integer nor a dim", t.line) from None
+                raise self.err(f"size {v!r} in the shape of {what} is neither a positive integer nor a dim",
+                               t.line) from None
             if n <= 0:
                 raise self.err(f"size {n} in the shape of {what} must be positive", t.line)
             out.append(n)
@@ -225,14 +227,14 @@ class _GraphBuilder:
             out[name] = (params, tree)
         return out
 
-    def scope(self, later: set[str]) -> Scope:
+    def scope(self, later: set[str], current: str | None = None) -> Scope:
         refs = {n: ArrayRef(n, a.shape, a.base) for n, a in self.arrays.items()}
         consts = {n: sym for n, (_, sym) in self.constants.items()}
-        return Scope(refs, dict(self.spec.dims), consts, self.functions, later)
+        return Scope(refs, dict(self.spec.dims), consts, self.functions, later, current)
 
     def expression(self, text: str, line: int, later: set[str], lhs: list[str] | None,
-                   shape: tuple[int, ...] | None) -> TExpr:
-        scope = self.scope(later)
+                   shape: tuple[int, ...] | None, current: str | None = None) -> TExpr:
+        scope = self.scope(later, current)
         try:
             tree = parse_source(str(text))
             collect_plain_uses(tree, scope)
@@ -265,7 +267,7 @@ class _GraphBuilder:
         self.declare(name, decl.line)
         declared = self.shape(decl.shape, name) if decl.shape is not None else None
         if m.group(2) is None:
-            body = self.expression(decl.expr.value, decl.expr.line, later, lhs=None, shape=None)
+            body = self.expression(decl.expr.value, decl.expr.line, later, lhs=None, shape=None, current=name)
             if body.named:
                 free = ", ".join(sorted(s.name for s in body.named))
                 raise self.err(f"index {free} is free on the right of {name} but the statement has no indices; "
@@ -278,14 +280,15 @@ class _GraphBuilder:
             self.add_statement(name, indices, shape, body.expr, decl.line)
             return
         idx_names = [p.strip() for p in m.group(2).split(",")]
-        if not all(re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", p) for p in idx_names) or len(set(idx_names)) != len(idx_names):
+        plain = all(re.match(rf"^{_NAME}$", p) for p in idx_names)
+        if not plain or len(set(idx_names)) != len(idx_names):
             raise self.err(f"indices of {name} must be distinct plain names, got [{m.group(2)}]", decl.line)
         for p in idx_names:
             if p in self.arrays or p in self.spec.dims or p in self.spec.constants:
                 raise self.err(f"index {p!r} of {name} is already the name of something else", decl.line)
         if declared is not None and len(declared) != len(idx_names):
             raise self.err(f"{name} has {len(idx_names)} indices but its shape has {len(declared)} sizes", decl.line)
-        body = self.expression(decl.expr.value, decl.expr.line, later, lhs=idx_names, shape=declared)
+        body = self.expression(decl.expr.value, decl.expr.line, later, lhs=idx_names, shape=declared, current=name)
         scope = self._scope
         if body.axes:
             raise self.err(f"{name}[{', '.join(idx_names)}] is in index form but its expression is a whole array "
@@ -482,5 +485,6 @@ def check_ranges(expr: sympy.Expr, scope: Scope, arrays: dict) -> None:
                 raise ExprError(f"cannot infer the range of index {missing} in {read}: use it plainly in a "
                                 f"subscript or give the statement a shape in long form") from None
             if lo < 0 or hi > arr.shape[axis] - 1:
-                raise ExprError(f"index out of range: {sympy.sstr(ix)} in {arr.name}[...] takes values "
+                shown = sympy.sstr(ix.xreplace({s: Symbol(s.name) for s in ix.free_symbols}))
+                raise ExprError(f"index out of range: {shown} in {arr.name}[...] takes values "
                                 f"{lo}..{hi} but axis {axis} of {arr.name} has size {arr.shape[axis]}")

@@ -96,13 +96,14 @@ def batch_arrays(module, batch: dict | None, dtype, rng: np.random.Generator | N
         if value.dtype.kind not in "fiub":
             raise DataError(f"input {name!r} must be numeric, got dtype {value.dtype}")
         if value.shape[1:] != tuple(shape) or value.ndim != len(shape) + 1:
-            raise DataError(f"input {name!r} has shape {value.shape}, expected (B{''.join(', ' + str(n) for n in shape)})")
+            expected = "(B" + "".join(f", {n}" for n in shape) + ")"
+            raise DataError(f"input {name!r} has shape {value.shape}, expected {expected}")
         sizes[name] = value.shape[0]
     if len(set(sizes.values())) > 1:
         raise DataError(f"inputs disagree on the batch size: {sizes}")
     n = next(iter(sizes.values())) if sizes else 1
     rng = rng or np.random.default_rng(0)
-    for name, shape, sample in module.INPUTS:
+    for name, shape, _sample in module.INPUTS:
         if name in batch:
             arrays.append(np.ascontiguousarray(batch[name], dtype=dtype))
         else:

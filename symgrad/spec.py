@@ -120,7 +120,8 @@ class _Reader:
     def scalar(self, node: yaml.Node, what: str) -> yaml.ScalarNode:
         self.check(node)
         if not isinstance(node, yaml.ScalarNode):
-            raise self.fail(node, f"{what} must be a single value, not a {'list' if isinstance(node, yaml.SequenceNode) else 'mapping'}")
+            kind = "list" if isinstance(node, yaml.SequenceNode) else "mapping"
+            raise self.fail(node, f"{what} must be a single value, not a {kind}")
         return node
 
     def string(self, node: yaml.Node, what: str, allow_numbers: bool = False) -> Text:
@@ -167,7 +168,8 @@ def _rejoin_flow_commas(node: yaml.MappingNode) -> list:
         if pending is not None:
             out.append(pending)
             pending = None
-        if isinstance(value, yaml.ScalarNode) and value.style is None and value.value.count("(") > value.value.count(")"):
+        open_paren = isinstance(value, yaml.ScalarNode) and value.value.count("(") > value.value.count(")")
+        if open_paren and value.style is None:
             pending = (key, value)
         else:
             out.append((key, value))
@@ -309,7 +311,9 @@ def _read(r: _Reader, root: yaml.Node, path: str, sha: str) -> Spec:
                 raise r.fail(knode, f"unknown key {k!r} in param {pname} (expected shape, init)")
         if "shape" not in fields:
             raise r.fail(key, f"param {pname} needs a shape")
-        init = r.string(fields["init"][1], f"init of {pname}", allow_numbers=True) if "init" in fields else Text("zeros", line)
+        init = Text("zeros", line)
+        if "init" in fields:
+            init = r.string(fields["init"][1], f"init of {pname}", allow_numbers=True)
         params[pname] = ArrayDecl(pname, _shape(r, fields["shape"][1], pname), line, init=init)
     if not params:
         raise SpecError("params must declare at least one parameter", path, line_of["params"])
@@ -321,7 +325,8 @@ def _read(r: _Reader, root: yaml.Node, path: str, sha: str) -> Spec:
 
     functions = []
     for key, value in r.mapping(top["functions"], "functions") if "functions" in top else []:
-        functions.append((Text(str(key.value), key.start_mark.line + 1), r.string(value, f"function {key.value}", True)))
+        body = r.string(value, f"function {key.value}", True)
+        functions.append((Text(str(key.value), key.start_mark.line + 1), body))
 
     forward = []
     if "forward" in top:
