@@ -1,7 +1,7 @@
 """The four benchmark workloads: shapes, data and initial weights, generated once and shared by every peer.
 
-Why one module: every peer must see bit-identical data, batches, initial weights and (for the VAE) noise, so the
-orchestrator builds them here once and hands them to each worker process as an .npz file.
+Why one module: every peer must see bit-identical data, batches, initial weights and (for the VAE) noise,
+so the orchestrator builds them here once and hands them to each worker process as an .npz file.
 """
 
 from __future__ import annotations
@@ -33,14 +33,46 @@ class Workload:
 
 
 WORKLOADS: dict[str, Workload] = {
-    "W1": Workload("W1", "MLP 2-16-1 tanh, MSE, 1024 synthetic sin*cos samples", "mlp", (2, 16, 1), "tanh",
-                   "mse", 32, "float64"),
-    "W2": Workload("W2", "MLP 64-128-10 relu, softmax CE, digits/16 (first 1437)", "mlp", (64, 128, 10), "relu",
-                   "ce", 64, "float32"),
-    "W3": Workload("W3", "MLP 784-512-512-10 relu, softmax CE, 8192 random normal inputs", "mlp",
-                   (784, 512, 512, 10), "relu", "ce", 256, "float32"),
-    "W4": Workload("W4", "VAE 64-128-(8+8)-128-64 tanh, BCE-with-logits + Gaussian KL, binarised digits", "vae",
-                   (64, 128, 8), "tanh", "elbo", 64, "float32"),
+    "W1": Workload(
+        "W1",
+        "MLP 2-16-1 tanh, MSE, 1024 synthetic sin*cos samples",
+        "mlp",
+        (2, 16, 1),
+        "tanh",
+        "mse",
+        32,
+        "float64",
+    ),
+    "W2": Workload(
+        "W2",
+        "MLP 64-128-10 relu, softmax CE, digits/16 (first 1437)",
+        "mlp",
+        (64, 128, 10),
+        "relu",
+        "ce",
+        64,
+        "float32",
+    ),
+    "W3": Workload(
+        "W3",
+        "MLP 784-512-512-10 relu, softmax CE, 8192 random normal inputs",
+        "mlp",
+        (784, 512, 512, 10),
+        "relu",
+        "ce",
+        256,
+        "float32",
+    ),
+    "W4": Workload(
+        "W4",
+        "VAE 64-128-(8+8)-128-64 tanh, BCE-with-logits + Gaussian KL, binarised digits",
+        "vae",
+        (64, 128, 8),
+        "tanh",
+        "elbo",
+        64,
+        "float32",
+    ),
 }
 
 
@@ -48,12 +80,22 @@ def param_shapes(w: Workload) -> list[tuple[str, tuple[int, ...], int]]:
     """(name, shape, fan_in) in the order the weights are drawn; names match the symgrad specs."""
     if w.kind == "mlp":
         out = []
-        for i, (fin, fout) in enumerate(zip(w.layers[:-1], w.layers[1:]), start=1):
+        for i, (fin, fout) in enumerate(zip(w.layers[:-1], w.layers[1:], strict=False), start=1):
             out += [(f"W{i}", (fout, fin), fin), (f"b{i}", (fout,), fin)]
         return out
     d, h, z = w.layers
-    return [("We", (h, d), d), ("be", (h,), d), ("Wm", (z, h), h), ("bm", (z,), h), ("Wv", (z, h), h),
-            ("bv", (z,), h), ("Wd", (h, z), z), ("bd", (h,), z), ("Wo", (d, h), h), ("bo", (d,), h)]
+    return [
+        ("We", (h, d), d),
+        ("be", (h,), d),
+        ("Wm", (z, h), h),
+        ("bm", (z,), h),
+        ("Wv", (z, h), h),
+        ("bv", (z,), h),
+        ("Wd", (h, z), z),
+        ("bd", (h,), z),
+        ("Wo", (d, h), h),
+        ("bo", (d,), h),
+    ]
 
 
 def init_params(w: Workload) -> dict[str, np.ndarray]:
@@ -106,7 +148,7 @@ def train_flops_per_step(w: Workload) -> float:
         d, h, z = w.layers
         macs = [d * h, 2 * h * z, z * h, h * d]
     else:
-        macs = [a * b for a, b in zip(w.layers[:-1], w.layers[1:])]
+        macs = [a * b for a, b in zip(w.layers[:-1], w.layers[1:], strict=False)]
     fwd = 2 * w.batch * sum(macs)
     return 3 * fwd - 2 * w.batch * macs[0]
 

@@ -25,8 +25,8 @@ class NumpyRunner:
         off = 0
         for name, shape, _ in shapes:
             size = int(np.prod(shape))
-            self.p[name] = self.theta[off:off + size].reshape(shape)
-            self.g[name] = self.grad[off:off + size].reshape(shape)
+            self.p[name] = self.theta[off : off + size].reshape(shape)
+            self.g[name] = self.grad[off : off + size].reshape(shape)
             self.p[name][...] = params[name]
             off += size
         self.t = 0

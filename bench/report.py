@@ -1,0 +1,199 @@
+"""Markdown tables from the workers' results (the same text is printed and written to RESULTS.md)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from bench.workloads import WORKLOADS, train_flops_per_step
+
+RTOL = {"float32": 1e-3, "float64": 1e-8}
+REF_PEER = "jax.jit"
+
+
+def _ok(runs: list[dict]) -> list[dict]:
+    return [r for r in runs if r["status"] == "ok"]
+
+
+def _why(runs: list[dict]) -> str:
+    bad = [r for r in runs if r["status"] != "ok"]
+    return f"{bad[0]['status']}: {bad[0]['reason']}" if bad else "not run"
+
+
+def _sps(runs: list[dict]) -> list[float]:
+    return [1.0 / r["step_s"] for r in _ok(runs)]
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x:,.0f}" if x >= 100 else f"{x:.1f}"
+
+
+def _load(runs: list[dict]) -> str:
+    vals = [r["foreign_load"] for r in runs if "foreign_load" in r]
+    return f"{100 * statistics.median(vals):.0f}%" if vals else "?"
+
+
+def _fmt_ratio(x: float) -> str:
+    return f"{x:.2f}x" if x >= 0.1 else f"{x:.3f}x"
+
+
+def _check(runs: list[dict], ref: list[float], rtol: float) -> tuple[float, bool]:
+    got = _ok(runs)[0]["check"]
+    err = max(abs(a - b) / max(abs(b), 1e-30) for a, b in zip(got, ref, strict=False))
+    return err, err <= rtol
+
+
+def render(wids, peers, results, refs, peak, info, rounds, budget, command, elapsed) -> str:
+    out: list[str] = ["# symgrad training-step benchmark", ""]
+    vers = ", ".join(f"{k} {info[k]}" for k in ("python", "numpy", "numba", "scipy", "torch", "jax", "optax"))
+    out += [
+        f"- date: {time.strftime('%Y-%m-%d %H:%M')}; command: `{command}`; total {elapsed / 60:.1f} min",
+        f"- machine: {info['cpu']}, {info['cores']} cores; {vers}",
+        "- threads: every peer may use both cores and no more (OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS=2, "
+        "`torch.set_num_threads(2)`; XLA's CPU pool is sized by the 2 cores); OMP_WAIT_POLICY=PASSIVE for all",
+        f"- BLAS peak: **{peak:.1f} GFLOP/s** (numpy 2048x2048 float32 matmul, best of 5, 2 threads)",
+        f"- {rounds} rounds, each peer in a fresh process, peer order rotated each round; per process "
+        "one warm-up "
+        f"epoch, then at least 3 (quick: 2) timed epochs and >= {budget:g} s; steps/s = steps / "
+        "median epoch time; "
+        "headline = median over rounds, min-max over rounds",
+    ]
+    loads = [r["foreign_load"] for runs in results.values() for r in runs if "foreign_load" in r]
+    if loads:
+        out.append(
+            f"- load from other processes while the workers ran: median {100 * statistics.median(loads):.0f}%, "
+            f"max {100 * max(loads):.0f}% of the machine's CPU (column 'other load' below); high values mean "
+            "the figures measure contention as much as the peers"
+        )
+    out.append("")
+
+    # summary
+    out += [
+        "## Steps per second (median over rounds)",
+        "",
+        "| workload | " + " | ".join(peers) + f" | symgrad / {REF_PEER} |",
+        "|---" * (len(peers) + 2) + "|",
+    ]
+    for wid in wids:
+        cells = []
+        for p in peers:
+            s = _sps(results[(wid, p)])
+            cells.append(_fmt_rate(statistics.median(s)) if s else "unavailable")
+        sg, jx = _sps(results.get((wid, "symgrad"), [])), _sps(results.get((wid, REF_PEER), []))
+        ratio = _fmt_ratio(statistics.median(sg) / statistics.median(jx)) if sg and jx else "-"
+        out.append(f"| {wid} | " + " | ".join(cells) + f" | {ratio} |")
+    out.append("")
+
+    # loss check
+    out += [
+        "## Loss check against the NumPy reference",
+        "",
+        "Mean batch loss of training steps 1, 2, 3 (before each update) and forward loss on batch 4 after "
+        "the 3 updates, from the same initial weights; relative error = max over the 4 values.",
+        "",
+        "| workload | peer | step 1 | step 2 | step 3 | after 3 steps | max rel err | rtol | agrees |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for wid in wids:
+        rtol = RTOL[WORKLOADS[wid].dtype]
+        ref = refs[wid]
+        out.append(f"| {wid} | reference | " + " | ".join(f"{v:.10g}" for v in ref) + " | - | - | - |")
+        for p in peers:
+            runs = results[(wid, p)]
+            if not _ok(runs):
+                out.append(f"| {wid} | {p} | {_why(runs)} | | | | | | |")
+                continue
+            err, good = _check(runs, ref, rtol)
+            vals = " | ".join(f"{v:.10g}" for v in _ok(runs)[0]["check"])
+            out.append(f"| {wid} | {p} | {vals} | {err:.1e} | {rtol:g} | {'yes' if good else '**NO**'} |")
+    out.append("")
+
+    # per workload detail
+    for wid in wids:
+        w = WORKLOADS[wid]
+        jx = _sps(results.get((wid, REF_PEER), []))
+        jmed = statistics.median(jx) if jx else None
+        n_steps = next((r["n_steps"] for p in peers for r in _ok(results[(wid, p)])), "?")
+        out += [
+            f"## {wid}: {w.title}",
+            "",
+            f"batch {w.batch}, {w.dtype}, {n_steps} steps per epoch, Adam lr 1e-3.",
+            "",
+            f"| peer | steps/s | min-max | vs {REF_PEER} | fwd us/step | bwd+update us/step | import s "
+            "| first step, cold s | first step, warm cache s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for p in peers:
+            runs = results[(wid, p)]
+            ok = _ok(runs)
+            if not ok:
+                out.append(f"| {p} | {_why(runs)} | | | | | | | | |")
+                continue
+            s = _sps(runs)
+            med = statistics.median(s)
+            ratio = _fmt_ratio(med / jmed) if jmed else "-"
+            fwd = statistics.median(r["fwd_s"] for r in ok) * 1e6
+            bwd = statistics.median(r["step_s"] - r["fwd_s"] for r in ok) * 1e6
+            imp = statistics.median(r["import_s"] for r in ok)
+            cold = [r["first_step_s"] for r in ok if r["round"] == 0]
+            warm = [r["first_step_s"] for r in ok if r["round"] > 0]
+            out.append(
+                f"| {p} | {_fmt_rate(med)} | {_fmt_rate(min(s))}-{_fmt_rate(max(s))} | {ratio} | {fwd:,.0f} "
+                f"| {bwd:,.0f} | {imp:.2f} | {f'{cold[0]:.2f}' if cold else '-'} "
+                f"| {f'{statistics.median(warm):.2f}' if warm else '-'} | {_load(ok)} |"
+            )
+        out.append("")
+
+    if "W3" in wids:
+        flops = train_flops_per_step(WORKLOADS["W3"])
+        out += [
+            "## W3 arithmetic throughput",
+            "",
+            f"Model FLOPs per training step (matrix products only: forward, dW, dX except the first layer): "
+            f"{flops / 1e9:.3f} GFLOP. BLAS peak {peak:.1f} GFLOP/s.",
+            "",
+            "| peer | GFLOP/s | % of BLAS peak |",
+            "|---|---|---|",
+        ]
+        for p in peers:
+            s = _sps(results[("W3", p)])
+            if not s:
+                out.append(f"| {p} | {_why(results[('W3', p)])} | |")
+                continue
+            g = flops * statistics.median(s) / 1e9
+            out.append(f"| {p} | {g:.1f} | {100 * g / peak:.0f}% |")
+        out.append("")
+
+    out += [
+        "## Method",
+        "",
+        "- Identical maths and data in every peer: the orchestrator draws the initial weights "
+        "(U(+-1/sqrt(fan_in)) "
+        "for weights and biases, numpy `default_rng(0)`), the synthetic data and the VAE noise "
+        "(`default_rng(1)`), "
+        "batches them (no shuffling, trailing partial batch dropped) and hands one .npz to every "
+        "process. W4 uses "
+        "one pre-drawn eps per step, reused every epoch, and the first 1437 digits binarised at pixel > 7.",
+        "- Peers: NumPy by hand (forward, backward and Adam written out on one flat parameter "
+        "vector); PyTorch "
+        "eager (`torch.optim.Adam`, defaults); `torch.compile` (default mode) of the whole step function "
+        "`zero_grad; loss; backward; opt.step`; `jax.jit` of value_and_grad + optax.adam + "
+        "apply_updates with "
+        "params and optimizer state donated, the epoch a Python loop synchronised at its end; "
+        "symgrad through "
+        "`_train_epoch` (one compiled call per epoch) and `_loss` (one call per batch).",
+        "- Per-step times: training step = epoch time / steps; forward = the same for a forward-only "
+        "loss pass "
+        "(torch `no_grad`, compiled for torch.compile; a jitted loss for jax; `_loss` for symgrad); "
+        "bwd+update = training step - forward.",
+        "- First step: wall time from the start of the worker process's main module (before the framework is "
+        "imported; Python start-up itself excluded) until the first training step's loss is "
+        "available: import, "
+        "model build or code generation, compilation, one step. Cold = round 1 with empty Numba, "
+        "TorchInductor and "
+        "JAX persistent caches; warm cache = median of later rounds (new processes reusing those "
+        "caches; NumPy "
+        "and torch eager have nothing to cache, their figure is just a second start).",
+        "",
+    ]
+    return "\n".join(out)
