@@ -10,6 +10,31 @@ from bench.workloads import WORKLOADS, train_flops_per_step
 RTOL = {"float32": 1e-3, "float64": 1e-8}
 REF_PEER = "jax.jit"
 
+METHOD = [
+    "- Identical maths and data in every peer: the orchestrator draws the initial weights "
+    "(U(+-1/sqrt(fan_in)) for weights and biases, numpy `default_rng(0)`), the synthetic data and "
+    "the VAE noise (`default_rng(1)`), batches them (no shuffling, trailing partial batch dropped) "
+    "and hands one .npz to every process. W4 uses one pre-drawn eps per step, reused every epoch, "
+    "and the first 1437 digits binarised at pixel > 7.",
+    "- Peers: NumPy by hand (forward, backward and Adam written out on one flat parameter vector); "
+    "PyTorch eager (`torch.optim.Adam`, defaults); `torch.compile` (default mode) of the whole step "
+    "function `zero_grad; loss; backward; opt.step`; `jax.jit` of value_and_grad + optax.adam + "
+    "apply_updates with params and optimizer state donated, the epoch a Python loop synchronised at "
+    "its end; symgrad (specs in bench/specs/) through `_train_epoch` (one compiled call per epoch) "
+    "and `_loss` (one call per batch).",
+    "- Per-step times: training step = epoch time / steps; forward = the same for a forward-only "
+    "loss pass (torch `no_grad`, compiled for torch.compile; a jitted loss for jax; `_loss` for "
+    "symgrad); bwd+update = training step - forward.",
+    "- First step: wall time from the start of the worker process's main module (before the "
+    "framework is imported; Python start-up itself excluded) until the first training step's loss "
+    "is available: import, model build or code generation, compilation, one step. Cold = round 1 "
+    "with empty symgrad (generated code), Numba, TorchInductor and JAX persistent caches; warm "
+    "cache = median of later rounds (new processes reusing those caches; NumPy and torch eager "
+    "have nothing to cache, their figure is just a second start).",
+    "- 'other load' = CPU time used by processes other than the worker while it ran, as a share of "
+    "the machine (from /proc/stat minus the worker's own CPU time).",
+]
+
 
 def _ok(runs: list[dict]) -> list[dict]:
     return [r for r in runs if r["status"] == "ok"]
@@ -167,33 +192,7 @@ def render(wids, peers, results, refs, peak, info, rounds, budget, command, elap
     out += [
         "## Method",
         "",
-        "- Identical maths and data in every peer: the orchestrator draws the initial weights "
-        "(U(+-1/sqrt(fan_in)) "
-        "for weights and biases, numpy `default_rng(0)`), the synthetic data and the VAE noise "
-        "(`default_rng(1)`), "
-        "batches them (no shuffling, trailing partial batch dropped) and hands one .npz to every "
-        "process. W4 uses "
-        "one pre-drawn eps per step, reused every epoch, and the first 1437 digits binarised at pixel > 7.",
-        "- Peers: NumPy by hand (forward, backward and Adam written out on one flat parameter "
-        "vector); PyTorch "
-        "eager (`torch.optim.Adam`, defaults); `torch.compile` (default mode) of the whole step function "
-        "`zero_grad; loss; backward; opt.step`; `jax.jit` of value_and_grad + optax.adam + "
-        "apply_updates with "
-        "params and optimizer state donated, the epoch a Python loop synchronised at its end; "
-        "symgrad through "
-        "`_train_epoch` (one compiled call per epoch) and `_loss` (one call per batch).",
-        "- Per-step times: training step = epoch time / steps; forward = the same for a forward-only "
-        "loss pass "
-        "(torch `no_grad`, compiled for torch.compile; a jitted loss for jax; `_loss` for symgrad); "
-        "bwd+update = training step - forward.",
-        "- First step: wall time from the start of the worker process's main module (before the framework is "
-        "imported; Python start-up itself excluded) until the first training step's loss is "
-        "available: import, "
-        "model build or code generation, compilation, one step. Cold = round 1 with empty Numba, "
-        "TorchInductor and "
-        "JAX persistent caches; warm cache = median of later rounds (new processes reusing those "
-        "caches; NumPy "
-        "and torch eager have nothing to cache, their figure is just a second start).",
+        *METHOD,
         "",
     ]
     return "\n".join(out)

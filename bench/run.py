@@ -161,7 +161,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--budget", type=float, default=None, help="seconds of timed training epochs per process")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds before a worker process is killed")
     ap.add_argument("--out", default=RESULTS, help="markdown results file")
+    ap.add_argument("--render", metavar="JSON", help="only re-render the tables from a saved raw .json")
     args = ap.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            _write(json.load(f), args.out)
+        return
     wids = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     for bad in [w for w in wids if w not in WORKLOADS] + [p for p in peers if p not in PEERS]:
@@ -207,25 +212,34 @@ def main(argv: list[str] | None = None) -> None:
                             flush=True,
                         )
                         dead.add((wid, peer))
-        text = render(
-            wids,
-            peers,
-            results,
-            refs,
-            peak,
-            info,
-            rounds,
-            budget,
-            " ".join(["python -m bench"] + (argv if argv is not None else sys.argv[1:])),
-            time.perf_counter() - t_start,
-        )
+        raw = {
+            "wids": wids,
+            "peers": peers,
+            "results": [[w, p, runs] for (w, p), runs in results.items()],
+            "refs": refs,
+            "peak": peak,
+            "info": info,
+            "rounds": rounds,
+            "budget": budget,
+            "command": " ".join(["python -m bench"] + (argv if argv is not None else sys.argv[1:])),
+            "elapsed": time.perf_counter() - t_start,
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+        json.dump(raw, f, indent=1)
+    _write(raw, args.out)
+
+
+def _write(raw: dict, out: str) -> None:
+    results = {(w, p): runs for w, p, runs in raw["results"]}
+    args = [raw[k] for k in ("wids", "peers")] + [results] + [raw[k] for k in ("refs", "peak", "info")]
+    text = render(*args, raw["rounds"], raw["budget"], raw["command"], raw["elapsed"])
     print()
     print(text)
-    with open(args.out, "w") as f:
+    with open(out, "w") as f:
         f.write(text)
-    print(f"written to {os.path.relpath(args.out, os.getcwd())}")
+    print(f"written to {os.path.relpath(out, os.getcwd())} (raw figures beside it, .json)")
 
 
 if __name__ == "__main__":
