@@ -68,7 +68,7 @@ class CudaKernelWriter(KernelWriter):
         self.prefix = prefix
         self.first = first
         self.kernels: list[CudaKernel] = []
-        self.reserved |= {"cuda", "_tid", "_r", "_consts", "_gscale", "_B"}
+        self.reserved |= {"cuda", "_tid", "_r", "_INF", "_consts", "_gscale", "_B"}
         prog = ir.program
         self.shapes: dict[str, tuple] = {}
         for a in prog.arrays.values():
@@ -215,7 +215,7 @@ class CudaKernelWriter(KernelWriter):
             body.depth -= len(inner)
             body.add(write("_acc"))
         else:  # lse: max-shifted, so exp never overflows
-            body.add("_m = -math.inf")
+            body.add("_m = -_INF")
             self._inner(op, loopvars, pr, body, subs, locs, f"_m = max(_m, {pr.doprint(expr)})")
             body.add("_acc = 0.0")
             self._inner(op, loopvars, pr, body, subs, locs, f"_acc += math.exp({pr.doprint(expr)} - _m)")

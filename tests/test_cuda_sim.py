@@ -221,3 +221,23 @@ def test_float32_kernels_run_and_agree(tmp_path_factory):
     for k in g_cpu:
         assert g_gpu[k].dtype == np.float32
         np.testing.assert_allclose(g_gpu[k], g_cpu[k], rtol=1e-4, atol=1e-5)
+
+
+@device_only
+def test_train_with_the_cuda_twin_matches_cpu():
+    """`symgrad.train` steps unchanged with the CUDA module (same private contract): same parameters as the CPU."""
+    import symgrad
+    from symgrad.cuda_runtime import as_cuda
+    from symgrad.optim import Adam
+    from symgrad.train import train
+
+    cpu = symgrad.load(ROOT / "specs/linreg.yaml")
+    gpu = as_cuda(cpu)
+    assert gpu.TARGET == "cuda"
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(12)
+    data = {"x": x, "y": 2.0 * x - 1.0}
+    runs = [train(m, data, optimizer=Adam(0.05), batch_size=4, epochs=2, progress=False, seed=3)
+            for m in (cpu, gpu)]
+    for k in runs[0].params:
+        _close(runs[0].params[k], runs[1].params[k], f"trained {k}")
