@@ -78,7 +78,7 @@ def w3_batches() -> dict[str, np.ndarray]:
 def worker(mode: str, epochs: int) -> None:
     """One configuration; prints one JSON line (rank 0)."""
     from symgrad.optim import Adam
-    from symgrad.train import Trainer
+    from symgrad.training import Trainer
 
     m = w3_model()
     batches = w3_batches()

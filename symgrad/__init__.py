@@ -13,9 +13,9 @@ __version__ = "0.1.0"
 _LAZY = {
     "load": "symgrad.loader",
     "build_module_source": "symgrad.loader",
-    "train": "symgrad.train",
-    "Trainer": "symgrad.train",
-    "TrainResult": "symgrad.train",
+    "train": "symgrad.training",
+    "Trainer": "symgrad.training",
+    "TrainResult": "symgrad.training",
     "SGD": "symgrad.optim",
     "Adam": "symgrad.optim",
     "schedules": "symgrad.schedules",

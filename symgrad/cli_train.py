@@ -80,7 +80,7 @@ def _run(
     from symgrad.data import describe, load_dataset
     from symgrad.distributed import collective, is_root, world_comm
     from symgrad.optim import make_optimizer
-    from symgrad.train import train
+    from symgrad.training import train
 
     comm = world_comm()  # MPI.COMM_WORLD under `mpiexec -n N` (N > 1), else None
     root = is_root(comm)

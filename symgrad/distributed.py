@@ -38,7 +38,7 @@ import numpy as np
 
 from symgrad.errors import SymgradError, TrainingDiverged, UsageError
 from symgrad.optim import clip_, grad_norm_ok, update
-from symgrad.train import Trainer
+from symgrad.training import Trainer
 
 # Set by launchers in every process they start: Hydra (MPICH, Intel MPI), Open MPI, Slurm.
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS")
@@ -327,7 +327,7 @@ class Dist:
 
 def train_distributed(model, data=None, *, comm, **kwargs):
     """`symgrad.train(..., comm=comm)`: the same run split across the ranks of `comm` (see the module doc)."""
-    from symgrad import train as train_mod
+    from symgrad import training as train_mod
 
     dist = Dist(comm)
     try:

@@ -13,7 +13,7 @@ import pytest
 
 from symgrad.data import load_dataset
 from symgrad.optim import SGD, Adam
-from symgrad.train import Trainer, train
+from symgrad.training import Trainer, train
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 

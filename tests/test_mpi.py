@@ -73,7 +73,7 @@ def _digits(model, n: int):
 
 def case_mean(folder: Path, comm):
     from symgrad.optim import SGD
-    from symgrad.train import train
+    from symgrad.training import train
 
     m = _load("mlp_digits")
     tr, te = _digits(m, 512)
@@ -84,7 +84,7 @@ def case_mean(folder: Path, comm):
 def case_uneven(folder: Path, comm):
     """B = 63 on 2 ranks: shards of 32 and 31 rows; Adam."""
     from symgrad.optim import Adam
-    from symgrad.train import train
+    from symgrad.training import train
 
     m = _load("mlp_digits")
     tr, _ = _digits(m, 512)
@@ -94,7 +94,7 @@ def case_uneven(folder: Path, comm):
 
 def case_sum(folder: Path, comm):
     from symgrad.optim import SGD
-    from symgrad.train import train
+    from symgrad.training import train
 
     m = _linsum(folder)
     rng = np.random.default_rng(0)
@@ -108,7 +108,7 @@ def case_vae(folder: Path, comm):
     """Sampled eps drawn for the global batch; KL annealing (constant schedule) and a cosine lr schedule."""
     from symgrad.optim import Adam
     from symgrad.schedules import cosine, linear_ramp
-    from symgrad.train import train
+    from symgrad.training import train
 
     m = _load("vae")
     tr, _ = _digits(m, 256)
@@ -121,7 +121,7 @@ def case_clip(folder: Path, comm):
     """Clipping active on every step (norm 0.05), on the global gradient; step-decay lr schedule."""
     from symgrad.optim import SGD
     from symgrad.schedules import step_decay
-    from symgrad.train import train
+    from symgrad.training import train
 
     m = _load("mlp_digits")
     tr, _ = _digits(m, 512)
@@ -140,7 +140,7 @@ def worker_equal(folder: Path) -> None:
     from mpi4py import MPI
 
     from symgrad.optim import SGD
-    from symgrad.train import train
+    from symgrad.training import train
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
@@ -168,7 +168,7 @@ def worker_fail(folder: Path) -> None:
 
     from symgrad.errors import SymgradError
     from symgrad.optim import SGD
-    from symgrad.train import train
+    from symgrad.training import train
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
@@ -224,7 +224,7 @@ def worker_abort(folder: Path) -> None:
     """An error on one rank outside any step's reduction: the last resort, `comm.Abort`, ends the job."""
     from mpi4py import MPI
 
-    import symgrad.train as train_mod
+    import symgrad.training as train_mod
     from symgrad.optim import SGD
 
     comm = MPI.COMM_WORLD
@@ -335,7 +335,7 @@ def test_cli_under_mpiexec_prints_and_writes_on_rank_0_only(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.npz"]
     # the same as one process
     from symgrad.optim import Adam
-    from symgrad.train import train
+    from symgrad.training import train
 
     m = _load("mlp_digits")
     tr, _ = _digits(m, 10**6)

@@ -12,7 +12,7 @@ import pytest
 from symgrad import schedules
 from symgrad.errors import DataError, TrainingDiverged, UsageError
 from symgrad.optim import SGD, Adam
-from symgrad.train import Trainer, train
+from symgrad.training import Trainer, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 import handmade_concave  # noqa: E402
@@ -281,3 +281,15 @@ def test_classifier_accuracy_is_reported():
     logits = x[240:] @ res.params["W"].T + res.params["b"]
     assert res.val_accuracy[-1] == np.mean(logits.argmax(1) == labels[240:])
     assert res.val_accuracy[-1] > 0.9 and res.val_history[-1] < res.val_history[0]
+
+
+def test_public_train_stays_callable_after_submodule_import():
+    """`import symgrad.training` must not shadow the public `symgrad.train` function (it once was `symgrad.train`)."""
+    import importlib
+
+    import symgrad
+
+    importlib.import_module("symgrad.training")
+    importlib.import_module("symgrad.cli")
+    assert callable(symgrad.train) and callable(symgrad.Trainer)
+    assert symgrad.train.__module__ == "symgrad.training"
