@@ -229,7 +229,7 @@ def test_train_with_the_cuda_twin_matches_cpu():
     import symgrad
     from symgrad.cuda_runtime import as_cuda
     from symgrad.optim import Adam
-    from symgrad.train import train
+    from symgrad.training import train
 
     cpu = symgrad.load(ROOT / "specs/linreg.yaml")
     gpu = as_cuda(cpu)
