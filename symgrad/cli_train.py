@@ -87,14 +87,9 @@ def _run(
     echo = click.echo if root else _silent
 
     if device == "cuda":
-        from numba import cuda
+        from symgrad.cuda_runtime import require_cuda
 
-        if not cuda.is_available():
-            raise UsageError("--device cuda: no CUDA device is available")
-        echo(
-            "note: the training runtime steps with the CPU kernels; --device cuda only checked the device",
-            err=True,
-        )
+        require_cuda()  # one clear line naming what is missing, before any data is read
     try:
         opt = make_optimizer(optimizer, lr)
     except ValueError as exc:
@@ -122,6 +117,7 @@ def _run(
             checkpoint=checkpoint or resume,
             resume=resume is not None,
             callback=lambda info: tqdm.write(_epoch_line(info)),
+            device=device,
             comm=comm,
         )
     except TrainingDiverged as exc:

@@ -492,6 +492,7 @@ def train(
     history_per_step: bool = False,
     callback: Callable[[EpochInfo], None] | None = None,
     comm: Any = None,
+    device: str = "cpu",
     _dist: Any = None,
 ) -> TrainResult:
     """Train `model` on `data` with mini-batches; see the module docstring for every convention.
@@ -500,6 +501,12 @@ def train(
     (`symgrad.distributed`, docs/distributed.md): the same result as one process up to summation order;
     rank 0 alone shows progress, writes checkpoints and calls `callback`.
     """
+    if device not in ("cpu", "cuda"):
+        raise UsageError(f"device must be 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda":  # the CUDA twin honours the same private contract, so the runner is unchanged
+        from symgrad.cuda_runtime import as_cuda
+
+        model = as_cuda(model)
     if comm is not None and _dist is None:
         kwargs = {k: v for k, v in locals().items() if k not in ("model", "data", "comm", "_dist")}
         from symgrad.distributed import train_distributed

@@ -97,3 +97,18 @@ def test_data_error_exits_2(setup):
     assert "data['x'] has shape (10, 2), expected (N, 3)" in res.output
     assert "Traceback" not in res.output
     assert invoke(spec, "--data", "imagenet", "--no-progress").exit_code == 2
+
+
+def test_device_cuda_without_gpu_is_one_clear_line():
+    """No GPU in CI: asking for CUDA names what is missing and exits 2 before reading any data."""
+    import os
+
+    from numba import cuda
+
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or cuda.is_available():
+        pytest.skip("a (simulated) GPU is present")
+    from symgrad.cli import main
+
+    r = CliRunner().invoke(main, ["train", "specs/linreg.yaml", "--data", "digits", "--device", "cuda"])
+    assert r.exit_code == 2
+    assert "CUDA requested but no GPU/driver found" in r.output and "Traceback" not in r.output
