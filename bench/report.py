@@ -58,8 +58,26 @@ def _load(runs: list[dict]) -> str:
     return f"{100 * statistics.median(vals):.0f}%" if vals else "?"
 
 
+def _quietest(runs: list[dict]) -> dict:
+    return min(_ok(runs), key=lambda r: r.get("foreign_load", 0.0))
+
+
+def _quiet(runs: list[dict]) -> str:
+    q = _quietest(runs)
+    return f"{_fmt_rate(1.0 / q['step_s'])} ({100 * q.get('foreign_load', 0.0):.0f}%)"
+
+
 def _fmt_ratio(x: float) -> str:
     return f"{x:.2f}x" if x >= 0.1 else f"{x:.3f}x"
+
+
+# Why a peer can disagree with the reference; shown under the check table when that row fails.
+KNOWN = {
+    ("torch.compile", "float64"): "torch.compile of `torch.optim.Adam` computes the bias corrections from the "
+    "optimizer's float32 `step` tensor, so float64 updates are only float32-accurate (~2e-7 relative; "
+    "measured: compiling only `opt.step()` gives the same error, compiling only the forward gives none). "
+    "A property of torch.compile, not of the benchmark.",
+}
 
 
 def _check(runs: list[dict], ref: list[float], rtol: float) -> tuple[float, bool]:
@@ -76,7 +94,8 @@ def render(wids, peers, results, refs, peak, info, rounds, budget, command, elap
         f"- machine: {info['cpu']}, {info['cores']} cores; {vers}",
         "- threads: every peer may use both cores and no more (OMP/OPENBLAS/MKL/NUMBA_NUM_THREADS=2, "
         "`torch.set_num_threads(2)`; XLA's CPU pool is sized by the 2 cores); OMP_WAIT_POLICY=PASSIVE for all",
-        f"- BLAS peak: **{peak:.1f} GFLOP/s** (numpy 2048x2048 float32 matmul, best of 5, 2 threads)",
+        f"- BLAS peak: **{peak:.1f} GFLOP/s** (numpy 2048x2048 float32 matmul, 2 threads, best of 2x8 "
+        "timings at the start and the end of the run)",
         f"- {rounds} rounds, each peer in a fresh process, peer order rotated each round; per process "
         "one warm-up "
         f"epoch, then at least 3 (quick: 2) timed epochs and >= {budget:g} s; steps/s = steps / "
@@ -110,6 +129,7 @@ def render(wids, peers, results, refs, peak, info, rounds, budget, command, elap
     out.append("")
 
     # loss check
+    notes: list[str] = []
     out += [
         "## Loss check against the NumPy reference",
         "",
@@ -131,7 +151,11 @@ def render(wids, peers, results, refs, peak, info, rounds, budget, command, elap
             err, good = _check(runs, ref, rtol)
             vals = " | ".join(f"{v:.10g}" for v in _ok(runs)[0]["check"])
             out.append(f"| {wid} | {p} | {vals} | {err:.1e} | {rtol:g} | {'yes' if good else '**NO**'} |")
+            why = KNOWN.get((p, WORKLOADS[wid].dtype))
+            if not good and why and why not in notes:
+                notes.append(why)
     out.append("")
+    out += [f"Note: {n}" for n in notes] + ([""] if notes else [])
 
     # per workload detail
     for wid in wids:
@@ -145,14 +169,14 @@ def render(wids, peers, results, refs, peak, info, rounds, budget, command, elap
             f"batch {w.batch}, {w.dtype}, {n_steps} steps per epoch, Adam lr 1e-3.",
             "",
             f"| peer | steps/s | min-max | vs {REF_PEER} | fwd us/step | bwd+update us/step | import s "
-            "| first step, cold s | first step, warm cache s |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| first step, cold s | first step, warm cache s | other load | quietest round steps/s (load) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in peers:
             runs = results[(wid, p)]
             ok = _ok(runs)
             if not ok:
-                out.append(f"| {p} | {_why(runs)} | | | | | | | | |")
+                out.append(f"| {p} | {_why(runs)} | | | | | | | | | |")
                 continue
             s = _sps(runs)
             med = statistics.median(s)
@@ -165,7 +189,7 @@ def render(wids, peers, results, refs, peak, info, rounds, budget, command, elap
             out.append(
                 f"| {p} | {_fmt_rate(med)} | {_fmt_rate(min(s))}-{_fmt_rate(max(s))} | {ratio} | {fwd:,.0f} "
                 f"| {bwd:,.0f} | {imp:.2f} | {f'{cold[0]:.2f}' if cold else '-'} "
-                f"| {f'{statistics.median(warm):.2f}' if warm else '-'} | {_load(ok)} |"
+                f"| {f'{statistics.median(warm):.2f}' if warm else '-'} | {_load(ok)} | {_quiet(ok)} |"
             )
         out.append("")
 
@@ -177,16 +201,17 @@ def render(wids, peers, results, refs, peak, info, rounds, budget, command, elap
             f"Model FLOPs per training step (matrix products only: forward, dW, dX except the first layer): "
             f"{flops / 1e9:.3f} GFLOP. BLAS peak {peak:.1f} GFLOP/s.",
             "",
-            "| peer | GFLOP/s | % of BLAS peak |",
-            "|---|---|---|",
+            "| peer | GFLOP/s (median round) | % of BLAS peak | GFLOP/s (quietest round) | % of BLAS peak |",
+            "|---|---|---|---|---|",
         ]
         for p in peers:
             s = _sps(results[("W3", p)])
             if not s:
-                out.append(f"| {p} | {_why(results[('W3', p)])} | |")
+                out.append(f"| {p} | {_why(results[('W3', p)])} | | | |")
                 continue
             g = flops * statistics.median(s) / 1e9
-            out.append(f"| {p} | {g:.1f} | {100 * g / peak:.0f}% |")
+            gq = flops / _quietest(results[("W3", p)])["step_s"] / 1e9
+            out.append(f"| {p} | {g:.1f} | {100 * g / peak:.0f}% | {gq:.1f} | {100 * gq / peak:.0f}% |")
         out.append("")
 
     out += [

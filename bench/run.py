@@ -48,7 +48,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "bench", "RESULTS.md")
 
 
-def blas_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+def blas_peak_gflops(n: int = 2048, repeats: int = 8) -> float:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="2 rounds, short timing budgets")
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated, e.g. W1,W3")
     ap.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ",".join(PEERS))
-    ap.add_argument("--rounds", type=int, default=None, help="rounds (default 3, --quick 2)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds (default 4, --quick 2)")
     ap.add_argument("--budget", type=float, default=None, help="seconds of timed training epochs per process")
     ap.add_argument("--timeout", type=float, default=300.0, help="seconds before a worker process is killed")
     ap.add_argument("--out", default=RESULTS, help="markdown results file")
@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     for bad in [w for w in wids if w not in WORKLOADS] + [p for p in peers if p not in PEERS]:
         ap.error(f"unknown workload or peer: {bad}")
-    rounds = args.rounds or (2 if args.quick else 3)
+    rounds = args.rounds or (2 if args.quick else 4)
     budget = args.budget or (0.25 if args.quick else 1.0)
     min_epochs = 2 if args.quick else 3
 
@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
                             flush=True,
                         )
                         dead.add((wid, peer))
+        peak = max(peak, blas_peak_gflops())  # again at the end: other processes may have been busy at the start
         raw = {
             "wids": wids,
             "peers": peers,
