@@ -13,8 +13,8 @@ import math
 import numpy as np
 from numba import njit
 
+from symgrad import mathfns as _mf  # noqa: F401  (stable primitives; unused by some specs)
 from symgrad import runtime as _rt
-from symgrad.mathfns import heaviside, log_sigmoid, relu, sigmoid, sign, softplus, step  # noqa: F401
 from symgrad.optim import update as _update
 
 SPEC = {
@@ -102,7 +102,7 @@ def _forward_pass(_theta, _consts, x, y):
         for c in range(0, 32):
             for i in range(0, 6):
                 for j in range(0, 6):
-                    conv[_b, c, i, j] = relu(s_conv[_b, c, i, j])
+                    conv[_b, c, i, j] = _mf.relu(s_conv[_b, c, i, j])
     # pool[c, u, v]
     for _b in range(0, _B):
         for c in range(0, 32):
@@ -129,8 +129,8 @@ def _forward_pass(_theta, _consts, x, y):
             _m = max(_m, z[_b, i])
         _acc = 0.0
         for i in range(0, 10):
-            _acc += math.exp(z[_b, i] - _m)
-        lse_z[_b] = _m + math.log(_acc)
+            _acc += _mf.exp(z[_b, i] - _m, _theta)
+        lse_z[_b] = _m + _mf.log(_acc, _theta)
     # L
     for _b in range(0, _B):
         _acc = lse_z[_b]
@@ -172,7 +172,7 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
     # d lse_z / d z
     for _b in range(0, _B):
         for i in range(0, 10):
-            z_bar[_b, i] += lse_z_bar[_b]*math.exp(-lse_z[_b] + z[_b, i])
+            z_bar[_b, i] += lse_z_bar[_b]*_mf.exp(-lse_z[_b] + z[_b, i], _theta)
     b_bar[...] = 0.0
     # d z / d b
     for _b in range(0, _B):
@@ -206,7 +206,7 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
                     _t6 = conv[_b, c, 2*u, 2*v + 1]
                     _t7 = conv[_b, c, 2*u, 2*v]
                     _t8 = pool_bar[_b, c, u, v]
-                    conv_bar[_b, c, 2*u + 1, 2*v + 1] += _t8*heaviside(_t4 - max(max(_t5, _t6), _t7))
+                    conv_bar[_b, c, 2*u + 1, 2*v + 1] += _t8*_mf.heaviside(_t4 - max(max(_t5, _t6), _t7))
     # d pool / d conv
     for _b in range(0, _B):
         for c in range(0, 32):
@@ -217,7 +217,7 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
                     _t11 = conv[_b, c, 2*u, 2*v + 1]
                     _t12 = conv[_b, c, 2*u, 2*v]
                     _t13 = pool_bar[_b, c, u, v]
-                    conv_bar[_b, c, 2*u + 1, 2*v] += _t13*heaviside(_t10 - max(max(_t9, _t11), _t12))
+                    conv_bar[_b, c, 2*u + 1, 2*v] += _t13*_mf.heaviside(_t10 - max(max(_t9, _t11), _t12))
     # d pool / d conv
     for _b in range(0, _B):
         for c in range(0, 32):
@@ -228,7 +228,7 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
                     _t16 = conv[_b, c, 2*u, 2*v + 1]
                     _t17 = conv[_b, c, 2*u, 2*v]
                     _t18 = pool_bar[_b, c, u, v]
-                    conv_bar[_b, c, 2*u, 2*v + 1] += _t18*heaviside(_t16 - max(max(_t14, _t15), _t17))
+                    conv_bar[_b, c, 2*u, 2*v + 1] += _t18*_mf.heaviside(_t16 - max(max(_t14, _t15), _t17))
     # d pool / d conv
     for _b in range(0, _B):
         for c in range(0, 32):
@@ -239,13 +239,13 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
                     _t21 = conv[_b, c, 2*u, 2*v + 1]
                     _t22 = conv[_b, c, 2*u, 2*v]
                     _t23 = pool_bar[_b, c, u, v]
-                    conv_bar[_b, c, 2*u, 2*v] += _t23*heaviside(_t22 - max(max(_t19, _t20), _t21))
+                    conv_bar[_b, c, 2*u, 2*v] += _t23*_mf.heaviside(_t22 - max(max(_t19, _t20), _t21))
     # d conv / d s_conv
     for _b in range(0, _B):
         for c in range(0, 32):
             for i in range(0, 6):
                 for j in range(0, 6):
-                    s_conv_bar[_b, c, i, j] = step(conv[_b, c, i, j])*conv_bar[_b, c, i, j]
+                    s_conv_bar[_b, c, i, j] = _mf.step(conv[_b, c, i, j])*conv_bar[_b, c, i, j]
     # d s_conv / d bc
     for c in range(0, 32):
         _acc = 0.0
@@ -275,9 +275,7 @@ def _train_epoch(_theta, _grad, _state, _kind, _hyper, _t0, _lrs, _consts_steps,
     for _i in range(_n):
         _total = _loss_grad(_theta, _grad, _consts_steps[_i], _gscale, x[_i], y[_i])
         _losses[_i] = _total
-        _sq = 0.0
-        for _q in range(_grad.shape[0]):
-            _sq += _grad[_q] * _grad[_q]
+        _sq = float(np.dot(_grad, _grad))  # BLAS: a vectorised sum of squares
         if not (math.isfinite(_total) and math.isfinite(_sq)):
             return _losses, _i
         if _clip_norm > 0.0 and math.sqrt(_sq) > _clip_norm:

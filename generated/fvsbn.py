@@ -13,8 +13,8 @@ import math
 import numpy as np
 from numba import njit
 
+from symgrad import mathfns as _mf  # noqa: F401  (stable primitives; unused by some specs)
 from symgrad import runtime as _rt
-from symgrad.mathfns import heaviside, log_sigmoid, relu, sigmoid, sign, softplus, step  # noqa: F401
 from symgrad.optim import update as _update
 
 SPEC = {
@@ -81,7 +81,7 @@ def _forward_pass(_theta, _consts, x):
     for _b in range(0, _B):
         _acc = 0.0
         for i in range(0, 64):
-            _acc += -softplus(logit[_b, i]) + logit[_b, i]*x[_b, i]
+            _acc += -_mf.softplus_w(logit[_b, i], _theta) + logit[_b, i]*x[_b, i]
         L[_b] = _acc
     return logit, L
 
@@ -104,7 +104,7 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x):
     # d L / d logit
     for _b in range(0, _B):
         for i in range(0, 64):
-            logit_bar[_b, i] = _gscale*(-sigmoid(logit[_b, i]) + x[_b, i])
+            logit_bar[_b, i] = _gscale*(-_mf.sigmoid_w(logit[_b, i], _theta) + x[_b, i])
     c_bar[...] = 0.0
     # d logit / d c
     for _b in range(0, _B):
@@ -127,9 +127,7 @@ def _train_epoch(_theta, _grad, _state, _kind, _hyper, _t0, _lrs, _consts_steps,
     for _i in range(_n):
         _total = _loss_grad(_theta, _grad, _consts_steps[_i], _gscale, x[_i])
         _losses[_i] = _total
-        _sq = 0.0
-        for _q in range(_grad.shape[0]):
-            _sq += _grad[_q] * _grad[_q]
+        _sq = float(np.dot(_grad, _grad))  # BLAS: a vectorised sum of squares
         if not (math.isfinite(_total) and math.isfinite(_sq)):
             return _losses, _i
         if _clip_norm > 0.0 and math.sqrt(_sq) > _clip_norm:

@@ -11,8 +11,8 @@ import math
 import numpy as np
 from numba import njit
 
+from symgrad import mathfns as _mf  # noqa: F401  (stable primitives; unused by some specs)
 from symgrad import runtime as _rt
-from symgrad.mathfns import heaviside, log_sigmoid, relu, sigmoid, sign, softplus, step  # noqa: F401
 from symgrad.optim import update as _update
 
 SPEC = {
@@ -90,7 +90,7 @@ def _forward_pass(_theta, _consts, x, y):
     # h[i]
     for _b in range(0, _B):
         for i in range(0, 128):
-            h[_b, i] = relu(s_h[_b, i])
+            h[_b, i] = _mf.relu(s_h[_b, i])
     # z[k]: one BLAS call
     np.dot(h, W2.T, z)
     for _b in range(0, _B):
@@ -103,8 +103,8 @@ def _forward_pass(_theta, _consts, x, y):
             _m = max(_m, z[_b, i])
         _acc = 0.0
         for i in range(0, 10):
-            _acc += math.exp(z[_b, i] - _m)
-        lse_z[_b] = _m + math.log(_acc)
+            _acc += _mf.exp(z[_b, i] - _m, _theta)
+        lse_z[_b] = _m + _mf.log(_acc, _theta)
     # L
     for _b in range(0, _B):
         _acc = lse_z[_b]
@@ -145,7 +145,7 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
     # d lse_z / d z
     for _b in range(0, _B):
         for i in range(0, 10):
-            z_bar[_b, i] += lse_z_bar[_b]*math.exp(-lse_z[_b] + z[_b, i])
+            z_bar[_b, i] += lse_z_bar[_b]*_mf.exp(-lse_z[_b] + z[_b, i], _theta)
     b2_bar[...] = 0.0
     # d z / d b2
     for _b in range(0, _B):
@@ -158,7 +158,7 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
     # d h / d s_h
     for _b in range(0, _B):
         for i in range(0, 128):
-            s_h_bar[_b, i] = step(h[_b, i])*h_bar[_b, i]
+            s_h_bar[_b, i] = _mf.step(h[_b, i])*h_bar[_b, i]
     b1_bar[...] = 0.0
     # d s_h / d b1
     for _b in range(0, _B):
@@ -177,9 +177,7 @@ def _train_epoch(_theta, _grad, _state, _kind, _hyper, _t0, _lrs, _consts_steps,
     for _i in range(_n):
         _total = _loss_grad(_theta, _grad, _consts_steps[_i], _gscale, x[_i], y[_i])
         _losses[_i] = _total
-        _sq = 0.0
-        for _q in range(_grad.shape[0]):
-            _sq += _grad[_q] * _grad[_q]
+        _sq = float(np.dot(_grad, _grad))  # BLAS: a vectorised sum of squares
         if not (math.isfinite(_total) and math.isfinite(_sq)):
             return _losses, _i
         if _clip_norm > 0.0 and math.sqrt(_sq) > _clip_norm:

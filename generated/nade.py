@@ -11,8 +11,8 @@ import math
 import numpy as np
 from numba import njit
 
+from symgrad import mathfns as _mf  # noqa: F401  (stable primitives; unused by some specs)
 from symgrad import runtime as _rt
-from symgrad.mathfns import heaviside, log_sigmoid, relu, sigmoid, sign, softplus, step  # noqa: F401
 from symgrad.optim import update as _update
 
 SPEC = {
@@ -90,13 +90,13 @@ def _forward_pass(_theta, _consts, x):
         for i in range(0, 64):
             _acc = c[i]
             for h in range(0, 32):
-                _acc += sigmoid(a[_b, h, i])*V[i, h]
+                _acc += _mf.sigmoid_w(a[_b, h, i], _theta)*V[i, h]
             logit[_b, i] = _acc
     # L
     for _b in range(0, _B):
         _acc = 0.0
         for i in range(0, 64):
-            _acc += -softplus(logit[_b, i]) + logit[_b, i]*x[_b, i]
+            _acc += -_mf.softplus_w(logit[_b, i], _theta) + logit[_b, i]*x[_b, i]
         L[_b] = _acc
     return a, logit, L
 
@@ -123,7 +123,7 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x):
     # d L / d logit
     for _b in range(0, _B):
         for i in range(0, 64):
-            logit_bar[_b, i] = _gscale*(-sigmoid(logit[_b, i]) + x[_b, i])
+            logit_bar[_b, i] = _gscale*(-_mf.sigmoid_w(logit[_b, i], _theta) + x[_b, i])
     c_bar[...] = 0.0
     # d logit / d c
     for _b in range(0, _B):
@@ -134,12 +134,12 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x):
     for _b in range(0, _B):
         for i in range(0, 64):
             for h in range(0, 32):
-                V_bar[i, h] += sigmoid(a[_b, h, i])*logit_bar[_b, i]
+                V_bar[i, h] += _mf.sigmoid_w(a[_b, h, i], _theta)*logit_bar[_b, i]
     # d logit / d a
     for _b in range(0, _B):
         for i in range(0, 64):
             for h in range(0, 32):
-                _t0 = sigmoid(a[_b, h, i])
+                _t0 = _mf.sigmoid_w(a[_b, h, i], _theta)
                 a_bar[_b, h, i] = _t0*(1 - _t0)*V[i, h]*logit_bar[_b, i]
     # d a / d b
     for h in range(0, 32):
@@ -166,9 +166,7 @@ def _train_epoch(_theta, _grad, _state, _kind, _hyper, _t0, _lrs, _consts_steps,
     for _i in range(_n):
         _total = _loss_grad(_theta, _grad, _consts_steps[_i], _gscale, x[_i])
         _losses[_i] = _total
-        _sq = 0.0
-        for _q in range(_grad.shape[0]):
-            _sq += _grad[_q] * _grad[_q]
+        _sq = float(np.dot(_grad, _grad))  # BLAS: a vectorised sum of squares
         if not (math.isfinite(_total) and math.isfinite(_sq)):
             return _losses, _i
         if _clip_norm > 0.0 and math.sqrt(_sq) > _clip_norm:

@@ -11,8 +11,8 @@ import math
 import numpy as np
 from numba import njit
 
+from symgrad import mathfns as _mf  # noqa: F401  (stable primitives; unused by some specs)
 from symgrad import runtime as _rt
-from symgrad.mathfns import heaviside, log_sigmoid, relu, sigmoid, sign, softplus, step  # noqa: F401
 from symgrad.optim import update as _update
 
 SPEC = {
@@ -91,9 +91,7 @@ def _train_epoch(_theta, _grad, _state, _kind, _hyper, _t0, _lrs, _consts_steps,
     for _i in range(_n):
         _total = _loss_grad(_theta, _grad, _consts_steps[_i], _gscale)
         _losses[_i] = _total
-        _sq = 0.0
-        for _q in range(_grad.shape[0]):
-            _sq += _grad[_q] * _grad[_q]
+        _sq = float(np.dot(_grad, _grad))  # BLAS: a vectorised sum of squares
         if not (math.isfinite(_total) and math.isfinite(_sq)):
             return _losses, _i
         if _clip_norm > 0.0 and math.sqrt(_sq) > _clip_norm:

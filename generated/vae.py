@@ -14,8 +14,8 @@ import math
 import numpy as np
 from numba import njit
 
+from symgrad import mathfns as _mf  # noqa: F401  (stable primitives; unused by some specs)
 from symgrad import runtime as _rt
-from symgrad.mathfns import heaviside, log_sigmoid, relu, sigmoid, sign, softplus, step  # noqa: F401
 from symgrad.optim import update as _update
 
 SPEC = {
@@ -133,7 +133,7 @@ def _forward_pass(_theta, _consts, x, eps):
     # h[i]
     for _b in range(0, _B):
         for i in range(0, 128):
-            h[_b, i] = math.tanh(s_h[_b, i])
+            h[_b, i] = _mf.tanh(s_h[_b, i], _theta)
     # mu[i]: one BLAS call
     np.dot(h, Wmu.T, mu)
     for _b in range(0, _B):
@@ -147,7 +147,7 @@ def _forward_pass(_theta, _consts, x, eps):
     # z[i]
     for _b in range(0, _B):
         for i in range(0, 8):
-            z[_b, i] = math.exp((0.5)*logvar[_b, i])*eps[_b, i] + mu[_b, i]
+            z[_b, i] = _mf.exp((0.5)*logvar[_b, i], _theta)*eps[_b, i] + mu[_b, i]
     # stored s_g[i]: one BLAS call
     np.dot(z, Wd.T, s_g)
     for _b in range(0, _B):
@@ -156,7 +156,7 @@ def _forward_pass(_theta, _consts, x, eps):
     # g[i]
     for _b in range(0, _B):
         for i in range(0, 128):
-            g[_b, i] = math.tanh(s_g[_b, i])
+            g[_b, i] = _mf.tanh(s_g[_b, i], _theta)
     # logit[i]: one BLAS call
     np.dot(g, Wo.T, logit)
     for _b in range(0, _B):
@@ -168,13 +168,13 @@ def _forward_pass(_theta, _consts, x, eps):
     for _b in range(0, _B):
         _acc = 0.0
         for i in range(0, 64):
-            _acc += -softplus(logit[_b, i]) + logit[_b, i]*x[_b, i]
+            _acc += -_mf.softplus_w(logit[_b, i], _theta) + logit[_b, i]*x[_b, i]
         L[_b] += _acc
     for _b in range(0, _B):
         _acc = 0.0
         for l2 in range(0, 8):
             _t0 = (0.5)*beta
-            _acc += -_t0*math.exp(logvar[_b, l2]) - _t0*mu[_b, l2]*mu[_b, l2] + (0.5)*beta*logvar[_b, l2] + (0.5)*beta
+            _acc += -_t0*_mf.exp(logvar[_b, l2], _theta) - _t0*mu[_b, l2]*mu[_b, l2] + (0.5)*beta*logvar[_b, l2] + (0.5)*beta
         L[_b] += _acc
     return s_h, h, mu, logvar, z, s_g, g, logit, L
 
@@ -217,11 +217,11 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, eps):
     # d L / d logit
     for _b in range(0, _B):
         for i in range(0, 64):
-            logit_bar[_b, i] = _gscale*(-sigmoid(logit[_b, i]) + x[_b, i])
+            logit_bar[_b, i] = _gscale*(-_mf.sigmoid_w(logit[_b, i], _theta) + x[_b, i])
     # d L / d logvar
     for _b in range(0, _B):
         for l2 in range(0, 8):
-            logvar_bar[_b, l2] = (0.5)*beta*_gscale*(1 - math.exp(logvar[_b, l2]))
+            logvar_bar[_b, l2] = (0.5)*beta*_gscale*(1 - _mf.exp(logvar[_b, l2], _theta))
     # d L / d mu
     for _b in range(0, _B):
         for l2 in range(0, 8):
@@ -251,7 +251,7 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, eps):
     # d z / d logvar
     for _b in range(0, _B):
         for i in range(0, 8):
-            logvar_bar[_b, i] += (0.5)*math.exp((0.5)*logvar[_b, i])*eps[_b, i]*z_bar[_b, i]
+            logvar_bar[_b, i] += (0.5)*_mf.exp((0.5)*logvar[_b, i], _theta)*eps[_b, i]*z_bar[_b, i]
     # d z / d mu
     for _b in range(0, _B):
         for i in range(0, 8):
@@ -296,9 +296,7 @@ def _train_epoch(_theta, _grad, _state, _kind, _hyper, _t0, _lrs, _consts_steps,
     for _i in range(_n):
         _total = _loss_grad(_theta, _grad, _consts_steps[_i], _gscale, x[_i], eps[_i])
         _losses[_i] = _total
-        _sq = 0.0
-        for _q in range(_grad.shape[0]):
-            _sq += _grad[_q] * _grad[_q]
+        _sq = float(np.dot(_grad, _grad))  # BLAS: a vectorised sum of squares
         if not (math.isfinite(_total) and math.isfinite(_sq)):
             return _losses, _i
         if _clip_norm > 0.0 and math.sqrt(_sq) > _clip_norm:

@@ -25,13 +25,16 @@ from symgrad.lower import BATCH, GSCALE, Fill, Gemm, KernelIR, LoopNest, lower, 
 TEMPLATES = Path(__file__).parent / "templates"
 
 BACKENDS = {
-    "cpu": {"math": "math", "decorator": "@njit(cache=True, fastmath=False)"},
+    # helpers: the module that holds the stable primitives; witness: the array whose dtype picks float32 fast paths
+    "cpu": {"math": "math", "decorator": "@njit(cache=True, fastmath=False)", "helpers": "_mf.", "witness": "_theta"},
     "cuda": {"math": "math", "decorator": "@cuda.jit(device=True)"},
 }
 
 
 class KernelPrinter(PythonCodePrinter):
     """Prints scalar SymPy bodies as Numba-compilable Python: reads as array indexing, primitives as helpers."""
+
+    backend = BACKENDS["cpu"]
 
     def __init__(self, names: dict, batched: set, scalars0d: set, loopvars: dict, locals_: dict | None = None):
         super().__init__({"fully_qualified_modules": True, "standard": "python3"})
@@ -87,19 +90,39 @@ class KernelPrinter(PythonCodePrinter):
             return f"{b}**{int(exp)}"
         return f"{b}**{self.parenthesize(exp, sympy.printing.precedence.PRECEDENCE['Pow'])}"
 
+    def _helper(self, name: str, args, dtype_aware: bool) -> str:
+        """A call of a symgrad.mathfns helper; dtype-aware ones take the witness array as a last argument."""
+        printed = [self._print(a) for a in args]
+        witness = self.backend.get("witness")
+        if dtype_aware and witness:
+            printed.append(witness)
+            name = name if name in ("exp", "log", "log1p", "tanh") else f"{name}_w"
+        return f"{self.backend.get('helpers', '')}{name}({', '.join(printed)})"
+
     def _print_Function(self, expr):
         name = type(expr).__name__
         if name in PRIMITIVES:
-            return f"{PRIMITIVES[name]}({', '.join(self._print(a) for a in expr.args)})"
+            return self._helper(PRIMITIVES[name], expr.args, name in ("sigmoid", "softplus", "log_sigmoid"))
         if name == "Log1p":
+            if self.backend.get("witness"):
+                return self._helper("log1p", expr.args, True)
             return f"math.log1p({self._print(expr.args[0])})"
         return super()._print_Function(expr)
 
+    def _print_exp(self, expr):
+        return self._helper("exp", expr.args, True) if self.backend.get("witness") else super()._print_Function(expr)
+
+    def _print_log(self, expr):
+        return self._helper("log", expr.args, True) if self.backend.get("witness") else super()._print_Function(expr)
+
+    def _print_tanh(self, expr):
+        return self._helper("tanh", expr.args, True) if self.backend.get("witness") else super()._print_Function(expr)
+
     def _print_Heaviside(self, expr):
-        return f"heaviside({self._print(expr.args[0])})"
+        return self._helper("heaviside", expr.args[:1], False)
 
     def _print_sign(self, expr):
-        return f"sign({self._print(expr.args[0])})"
+        return self._helper("sign", expr.args, False)
 
     def _print_Piecewise(self, expr):
         parts = []
@@ -253,8 +276,11 @@ class KernelWriter:
             out.add("_m = -math.inf")
             self._inner(op, loopvars, pr, out, subs, locs, f"_m = max(_m, {pr.doprint(expr)})")
             out.add("_acc = 0.0")
-            self._inner(op, loopvars, pr, out, subs, locs, f"_acc += math.exp({pr.doprint(expr)} - _m)")
-            out.add(f"{target} = _m + math.log(_acc)")
+            shifted = pr.doprint(sympy.exp(sympy.Symbol("_SHIFTED")))
+            self._inner(op, loopvars, pr, out, subs, locs,
+                        f"_acc += {shifted.replace('_SHIFTED', f'{pr.doprint(expr)} - _m')}")
+            logacc = pr.doprint(sympy.log(sympy.Symbol("_ACC", positive=True)))
+            out.add(f"{target} = _m + {logacc.replace('_ACC', '_acc')}")
         out.depth -= len(op.outer)
 
     def _inner(self, op, loopvars, pr, out, subs, locs, line):

@@ -10,13 +10,40 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 SGD_KIND = 0
 MOMENTUM_KIND = 1
 NESTEROV_KIND = 2
 ADAM_KIND = 3
 KIND_NAMES = {SGD_KIND: "sgd", MOMENTUM_KIND: "momentum", NESTEROV_KIND: "nesterov", ADAM_KIND: "adam"}
+
+
+def _adam(theta, g, ms, vs, lr, b1, b2, eps, t):  # noqa: D103  (compiled through the overload below)
+    raise NotImplementedError
+
+
+@overload(_adam, jit_options={"cache": True})
+def _adam_ol(theta, g, ms, vs, lr, b1, b2, eps, t):
+    """Adam in theta's own precision: float32 parameters get float32 vector arithmetic (as PyTorch does), twice
+    the SIMD width of float64; float64 parameters keep float64 throughout."""
+    f = np.float32 if theta.dtype == types.float32 else np.float64
+
+    def impl(theta, g, ms, vs, lr, b1, b2, eps, t):
+        step = f(lr / (1.0 - b1**t))  # lr * mhat / m
+        inv_c2 = f(1.0 / (1.0 - b2**t))  # vhat / v
+        fb1, fb2, feps = f(b1), f(b2), f(eps)
+        ob1, ob2 = f(1.0 - b1), f(1.0 - b2)
+        for i in range(theta.shape[0]):
+            gi = g[i]
+            m = fb1 * ms[i] + ob1 * gi
+            v = fb2 * vs[i] + ob2 * gi * gi
+            ms[i] = m
+            vs[i] = v
+            theta[i] = theta[i] - step * m / (math.sqrt(v * inv_c2) + feps)
+
+    return impl
 
 
 @njit(cache=True)
@@ -43,18 +70,7 @@ def update(theta, g, state, kind, lr, hyper, t):  # pragma: no cover - compiled
             state[0, i] = v
             theta[i] = theta[i] - lr * (g[i] + mu * v)
     elif kind == 3:
-        b1 = hyper[1]
-        b2 = hyper[2]
-        eps = hyper[3]
-        c1 = 1.0 - b1**t
-        c2 = 1.0 - b2**t
-        for i in range(n):
-            gi = 1.0 * g[i]
-            m = b1 * state[0, i] + (1.0 - b1) * gi
-            v = b2 * state[1, i] + (1.0 - b2) * gi * gi
-            state[0, i] = m
-            state[1, i] = v
-            theta[i] = theta[i] - lr * (m / c1) / (math.sqrt(v / c2) + eps)
+        _adam(theta, g, state[0], state[1], lr, hyper[1], hyper[2], hyper[3], t)
     else:
         raise ValueError("unknown optimizer kind")
 
