@@ -149,7 +149,7 @@ class CudaKernelWriter(KernelWriter):
     def loopnest(self, op: LoopNest, out: _Lines) -> None:
         loopvars = self._loopvars(op)
         expr = stable_rewrites(op.expr)
-        init = stable_rewrites(sympy.sympify(op.init))
+        init = stable_rewrites(op.init)
         subs, reduced = sympy.cse([expr], symbols=sympy.numbered_symbols("_t"), optimizations=None)
         expr = reduced[0]
         locs = {}
