@@ -66,8 +66,17 @@ def _spec_name(spec_path: Path) -> str:
     return load_spec(spec_path).name
 
 
-def load(spec_path: str | Path) -> ModuleType:
-    """Build (if needed) and import the generated module of a spec."""
+def load(spec_path: str | Path, target: str = "cpu") -> ModuleType:
+    """Build (if needed) and import the generated module of a spec; `target="cuda"` gives its CUDA twin (same
+    functions, `@cuda.jit` kernels), raising one clear error when no GPU or driver is present."""
+    if target == "cuda":
+        from symgrad.cuda_runtime import load_cuda
+
+        return load_cuda(spec_path)
+    if target != "cpu":
+        from symgrad.errors import UsageError
+
+        raise UsageError(f"target must be 'cpu' or 'cuda', got {target!r}")
     spec_path = Path(spec_path)
     try:
         raw = spec_path.read_bytes()

@@ -109,3 +109,18 @@ def test_float32_follows_params():
     assert l32 == pytest.approx(l64, rel=1e-5)
     for k in g64:
         np.testing.assert_allclose(g32[k], g64[k], rtol=1e-3, atol=1e-5)
+
+
+def test_load_target_cuda_without_gpu_names_what_is_missing():
+    import os
+
+    from numba import cuda
+
+    from symgrad.errors import SymgradError
+
+    if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or cuda.is_available():
+        pytest.skip("a (simulated) GPU is present")
+    with pytest.raises(SymgradError, match="CUDA requested but no GPU/driver found"):
+        symgrad.load("specs/linreg.yaml", target="cuda")
+    with pytest.raises(SymgradError, match="target"):
+        symgrad.load("specs/linreg.yaml", target="tpu")
