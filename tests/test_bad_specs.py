@@ -165,7 +165,7 @@ def test_control_spec_builds(tmp_path):
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_build_rejects(case, tmp_path):
+def test_build_rejects(case, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from symgrad.cli import main
@@ -173,31 +173,35 @@ def test_build_rejects(case, tmp_path):
     out = tmp_path / "out"
     path = str(case.path)
     runner = CliRunner()
-    with runner.isolated_filesystem(temp_dir=tmp_path) as cwd:
-        result = runner.invoke(main, ["build", path, "--out", str(out)])
-        assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-        assert result.exit_code == 2, f"exit {result.exit_code}: {result.output}"
-        check_one_line(result.output, case, path)
-        assert nothing_written(Path(cwd)) == [], "the working directory was written to (PWNED?)"
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # an empty working directory: anything written into it is caught
+    result = runner.invoke(main, ["build", path, "--out", str(out)])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 2, f"exit {result.exit_code}: {result.output}"
+    check_one_line(result.output, case, path)
+    assert nothing_written(cwd) == [], "the working directory was written to (PWNED?)"
     assert nothing_written(out) == [], f"{out} was written to"
     assert not (REPO / "PWNED").exists() and not (BAD / "PWNED").exists()
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("case", CASES, ids=IDS)
-def test_derive_rejects(case, tmp_path):
+def test_derive_rejects(case, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from symgrad.cli import main
 
     path = str(case.path)
     runner = CliRunner()
-    with runner.isolated_filesystem(temp_dir=tmp_path) as cwd:
-        result = runner.invoke(main, ["derive", path])
-        assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-        assert result.exit_code == 2, f"exit {result.exit_code}: {result.output}"
-        check_one_line(result.output, case, path)
-        assert nothing_written(Path(cwd)) == []
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    result = runner.invoke(main, ["derive", path])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == 2, f"exit {result.exit_code}: {result.output}"
+    check_one_line(result.output, case, path)
+    assert nothing_written(cwd) == []
 
 
 SUBPROCESS_CASES = ["empty", "binary_garbage", "tag_python_apply", "bomb_description", "inject_import",
