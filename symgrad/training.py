@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from symgrad import blas
 from symgrad.errors import DataError, TrainingDiverged, UsageError
 from symgrad.optim import Optimizer
 
@@ -261,11 +262,9 @@ class Trainer:
                 args.append(np.ascontiguousarray(draw, dtype=self.dtype))
         return tuple(args)
 
-    def _run(self, batches: dict[str, np.ndarray], n_steps: int, batch_size: int) -> np.ndarray:
-        t0 = self.step_count
-        inputs = self._inputs(batches, n_steps, batch_size)
+    def _train_epoch_call(self, t0: int, n_steps: int, batch_size: int, inputs: tuple):
         clip = float(self.clip_norm) if self.clip_norm is not None else 0.0
-        losses, n_done = self.model._train_epoch(
+        return self.model._train_epoch(
             self.theta,
             self.grad,
             self.opt_state,
@@ -278,6 +277,12 @@ class Trainer:
             self.gscale(batch_size),
             *inputs,
         )
+
+    def _run(self, batches: dict[str, np.ndarray], n_steps: int, batch_size: int) -> np.ndarray:
+        t0 = self.step_count
+        inputs = self._inputs(batches, n_steps, batch_size)
+        with blas.limit(blas.threads_for(int(self.theta.size), batch_size)):
+            losses, n_done = self._train_epoch_call(t0, n_steps, batch_size, inputs)
         n_done = int(n_done)
         self.step_count = t0 + n_done
         objectives = np.asarray(self.objective(np.asarray(losses[:n_done], np.float64), batch_size))
