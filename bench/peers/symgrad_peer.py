@@ -9,6 +9,7 @@ import numpy as np
 
 import symgrad
 from bench.workloads import ADAM_EPS, BETA1, BETA2, LR, Workload
+from symgrad import blas
 
 SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "specs")
 ADAM = 3
@@ -30,12 +31,21 @@ class SymgradRunner:
         self.consts_steps = np.ascontiguousarray(np.broadcast_to(self.consts, (self.n_steps, len(self.consts))))
         self.gscale = float(m.SIGN) / w.batch  # reduction: mean
         self.t = 0
+        self.blas_threads = blas.threads_for(m.N_THETA, w.batch)  # what symgrad.Trainer uses
         # inputs in the module's INPUTS order, each (n_steps, B, *per_sample_shape) in theta's dtype
         self.inputs = [np.ascontiguousarray(data[name], dtype=dt) for name, _, _ in m.INPUTS]
 
     def _run(self, lo: int, hi: int) -> np.ndarray:
         ins = [a[lo:hi] for a in self.inputs]
-        losses, n_done = self.m._train_epoch(
+        with blas.limit(self.blas_threads):
+            losses, n_done = self._train(lo, hi, ins)
+        if n_done != hi - lo:
+            raise RuntimeError(f"symgrad stopped at step {self.t + n_done}: non-finite loss or gradient")
+        self.t += hi - lo
+        return losses
+
+    def _train(self, lo: int, hi: int, ins: list):
+        return self.m._train_epoch(
             self.theta,
             self.grad,
             self.state,
@@ -48,10 +58,6 @@ class SymgradRunner:
             self.gscale,
             *ins,
         )
-        if n_done != hi - lo:
-            raise RuntimeError(f"symgrad stopped at step {self.t + n_done}: non-finite loss or gradient")
-        self.t += hi - lo
-        return losses
 
     def step(self, i: int) -> float:
         return float(self._run(i, i + 1)[0]) / self.batch
@@ -64,8 +70,9 @@ class SymgradRunner:
 
     def forward_epoch(self) -> None:
         loss, th, c = self.m._loss, self.theta, self.consts
-        for i in range(self.n_steps):
-            loss(th, c, *[a[i] for a in self.inputs])
+        with blas.limit(self.blas_threads):
+            for i in range(self.n_steps):
+                loss(th, c, *[a[i] for a in self.inputs])
 
 
 def make(peer: str, w: Workload, data: dict[str, np.ndarray], params: dict[str, np.ndarray]) -> SymgradRunner:
