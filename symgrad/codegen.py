@@ -141,19 +141,19 @@ class KernelPrinter(PythonCodePrinter):
     def _print_BooleanFalse(self, expr):
         return "False"
 
-    def _print_Max(self, expr):
-        args = [self._print(a) for a in expr.args]
-        out = args[0]
-        for a in args[1:]:
-            out = f"max({out}, {a})"
+    def _nested(self, fn: str, args) -> str:
+        """max(a, b, c) as max(max(a, b), c): Numba's builtins take two scalars."""
+        printed = [self._print(a) for a in args]
+        out = printed[0]
+        for a in printed[1:]:
+            out = f"{fn}({out}, {a})"
         return out
 
+    def _print_Max(self, expr):
+        return self._nested("max", expr.args)
+
     def _print_Min(self, expr):
-        args = [self._print(a) for a in expr.args]
-        out = args[0]
-        for a in args[1:]:
-            out = f"min({out}, {a})"
-        return out
+        return self._nested("min", expr.args)
 
 
 class _Lines:
@@ -173,6 +173,8 @@ def _code_names(prog: Program) -> dict:
 
 class KernelWriter:
     """Turns KernelIR operations into Python lines."""
+
+    printer_class = KernelPrinter  # a backend's writer names its printer subclass here
 
     def __init__(self, ir: KernelIR):
         self.ir = ir
@@ -197,7 +199,7 @@ class KernelWriter:
             names[Symbol(f"{a.name}_bar", real=True)] = f"{a.name}_bar"
         locs = dict(self.const_locals)
         locs.update(extra or {})
-        return KernelPrinter(names, self.batched, self.scalars0d, loopvars, locs)
+        return self.printer_class(names, self.batched, self.scalars0d, loopvars, locs)
 
     def ops(self, ops: list) -> list[str]:
         out = _Lines()

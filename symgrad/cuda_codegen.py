@@ -63,6 +63,8 @@ class CudaKernel:
 class CudaKernelWriter(KernelWriter):
     """Turns KernelIR operations into CUDA kernels (module level) and launch lines (host functions)."""
 
+    printer_class = CudaPrinter
+
     def __init__(self, ir, prefix: str, first: int = 0):
         super().__init__(ir)
         self.prefix = prefix
@@ -76,15 +78,6 @@ class CudaKernelWriter(KernelWriter):
             self.shapes[f"{a.name}_bar"] = tuple(a.shape)
         self.array_names = [a.name for a in prog.arrays.values()] + [f"{a.name}_bar" for a in prog.arrays.values()]
         self.constants = list(prog.constants)
-
-    def printer(self, loopvars: dict, extra: dict | None = None) -> KernelPrinter:
-        names = dict(self.names)
-        for a in self.prog.arrays.values():
-            names[sympy.IndexedBase(f"{a.name}_bar", real=True)] = f"{a.name}_bar"
-            names[Symbol(f"{a.name}_bar", real=True)] = f"{a.name}_bar"
-        locs = dict(self.const_locals)
-        locs.update(extra or {})
-        return CudaPrinter(names, self.batched, self.scalars0d, loopvars, locs)
 
     # -- operations -> launch lines -------------------------------------------------------------------------
     def ops(self, ops: list) -> list[str]:

@@ -7,15 +7,12 @@ the data resident on the GPU between epochs.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 
-import symgrad
 from symgrad.errors import SymgradError
 
 _CHECKED: list[bool] = []
@@ -76,28 +73,7 @@ def load_cuda(spec_path: str | Path, check_device: bool = True) -> ModuleType:
 
     if check_device:
         require_cuda()
-    spec_path = Path(spec_path)
-    try:
-        raw = spec_path.read_bytes()
-    except OSError as exc:
-        from symgrad.errors import SpecError
-
-        raise SpecError(f"cannot read spec: {exc.strerror or exc}", str(spec_path), 1) from None
-    sha = hashlib.sha256(raw).hexdigest()
-    name = loader._spec_name(spec_path)
-    committed = spec_path.resolve().parent.parent / "generated" / f"{name}_cuda.py"
-    if loader.header_matches(committed, sha):
-        return loader._import(committed, f"{name}_cuda", sha)
-    target_dir = loader.cache_dir() / f"{name}-{sha[:16]}-{symgrad.__version__}-{loader.generator_digest()}"
-    target = target_dir / f"{name}_cuda.py"
-    if not loader.header_matches(target, sha):
-        source = build_cuda_source(spec_path, display_path=loader._display(spec_path))
-        target_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target_dir, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(source)
-        os.replace(tmp, target)
-    return loader._import(target, f"{name}_cuda", sha)
+    return loader.load_generated(spec_path, "_cuda", build_cuda_source)
 
 
 def as_cuda(model: ModuleType) -> ModuleType:

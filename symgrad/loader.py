@@ -77,20 +77,26 @@ def load(spec_path: str | Path, target: str = "cpu") -> ModuleType:
         from symgrad.errors import UsageError
 
         raise UsageError(f"target must be 'cpu' or 'cuda', got {target!r}")
+    return load_generated(spec_path, "", build_module_source)
+
+
+def load_generated(spec_path: str | Path, suffix: str, build) -> ModuleType:
+    """The committed `generated/<name><suffix>.py` when its header matches, else a cached build (atomic write),
+    imported. `build(spec_path, display_path=...)` renders the source; one function for every backend."""
     spec_path = Path(spec_path)
     try:
         raw = spec_path.read_bytes()
     except OSError as exc:
         raise SpecError(f"cannot read spec: {exc.strerror or exc}", str(spec_path), 1) from None
     sha = hashlib.sha256(raw).hexdigest()
-    name = _spec_name(spec_path)
+    name = _spec_name(spec_path) + suffix
     committed = spec_path.resolve().parent.parent / "generated" / f"{name}.py"
     if header_matches(committed, sha):
         return _import(committed, name, sha)
     target_dir = cache_dir() / f"{name}-{sha[:16]}-{symgrad.__version__}-{generator_digest()}"
     target = target_dir / f"{name}.py"
     if not header_matches(target, sha):
-        source = build_module_source(spec_path, display_path=_display(spec_path))
+        source = build(spec_path, display_path=_display(spec_path))
         target_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target_dir, suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
