@@ -69,7 +69,7 @@ STATEMENT_SHAPES = {
 }
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"reassoc"})
 def _forward_pass(_theta, _consts, x):
     """Every forward statement, batched over the leading axis; all are kept for the backward pass."""
     _B = x.shape[0]
@@ -116,7 +116,7 @@ def _loss(_theta, _consts, x):
     return L.sum()
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"reassoc"})
 def _loss_grad(_theta, _grad, _consts, _gscale, x):
     """Sum over the batch of the objective; grad <- gscale * its gradient (reverse mode, statement by statement)."""
     s_h, h, s_xhat, xhat, L = _forward_pass(_theta, _consts, x)

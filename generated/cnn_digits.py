@@ -73,7 +73,7 @@ STATEMENT_SHAPES = {
 }
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"reassoc"})
 def _forward_pass(_theta, _consts, x, y):
     """Every forward statement, batched over the leading axis; all are kept for the backward pass."""
     _B = x.shape[0]
@@ -147,7 +147,7 @@ def _loss(_theta, _consts, x, y):
     return L.sum()
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"reassoc"})
 def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
     """Sum over the batch of the objective; grad <- gscale * its gradient (reverse mode, statement by statement)."""
     s_conv, conv, pool, z, lse_z, L = _forward_pass(_theta, _consts, x, y)

@@ -49,7 +49,7 @@ STATEMENT_SHAPES = {
 }
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"reassoc"})
 def _forward_pass(_theta, _consts):
     """Every forward statement, batched over the leading axis; all are kept for the backward pass."""
     _B = 1
@@ -70,7 +70,7 @@ def _loss(_theta, _consts):
     return L.sum()
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"reassoc"})
 def _loss_grad(_theta, _grad, _consts, _gscale):
     """Sum over the batch of the objective; grad <- gscale * its gradient (reverse mode, statement by statement)."""
     L, = _forward_pass(_theta, _consts)

@@ -101,7 +101,7 @@ STATEMENT_SHAPES = {
 }
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"reassoc"})
 def _forward_pass(_theta, _consts, x, eps):
     """Every forward statement, batched over the leading axis; all are kept for the backward pass."""
     _B = x.shape[0]
@@ -186,7 +186,7 @@ def _loss(_theta, _consts, x, eps):
     return L.sum()
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath={"reassoc"})
 def _loss_grad(_theta, _grad, _consts, _gscale, x, eps):
     """Sum over the batch of the objective; grad <- gscale * its gradient (reverse mode, statement by statement)."""
     s_h, h, mu, logvar, z, s_g, g, logit, L = _forward_pass(_theta, _consts, x, eps)

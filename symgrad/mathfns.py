@@ -6,11 +6,17 @@ Each is finite for |x| up to 1e4 (and beyond): no exp of a large positive number
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core.errors import NumbaIRAssumptionWarning
 from numba.extending import intrinsic, overload
+
+# Inlining the float32 overloads trips a pedantic SSA self-check in Numba ("variable ... is not in scope"); the
+# code is correct (every float32 path is tested against float64), so that one message is not shown to users.
+warnings.filterwarnings("ignore", message=r".*is not in scope", category=NumbaIRAssumptionWarning)
 
 
 @njit(cache=True, inline="always")
@@ -89,7 +95,9 @@ _F = np.float32
 
 @njit(cache=True, inline="always")
 def exp32(x):
-    x = _F(min(max(_F(x), _F(-87.33654)), _F(88.0)))
+    x = _F(x)
+    x = x if x > _F(-87.33654) else _F(-87.33654)
+    x = x if x < _F(88.0) else _F(88.0)
     k = _F(math.floor(x * _F(1.44269504) + _F(0.5)))
     r = x - k * _F(0.693359375) + k * _F(2.12194440e-4)
     p = _F(1.9875691500e-4)
@@ -104,7 +112,9 @@ def exp32(x):
 
 @njit(cache=True, inline="always")
 def tanh32(x):
-    x = _F(min(max(_F(x), _F(-7.90531110763549805)), _F(7.90531110763549805)))
+    x = _F(x)
+    x = x if x > _F(-7.90531110763549805) else _F(-7.90531110763549805)
+    x = x if x < _F(7.90531110763549805) else _F(7.90531110763549805)
     x2 = x * x
     p = _F(-2.76076847742355e-16)
     p = x2 * p + _F(2.00018790482477e-13)
@@ -128,7 +138,7 @@ def log32(x):
     e = _F(((bits >> np.int32(23)) & np.int32(0xFF)) - np.int32(126))
     m = _f32_from_bits((bits & np.int32(0x007FFFFF)) | np.int32(0x3F000000))
     small = m < _F(0.707106781186547524)
-    e = e - _F(1.0) if small else e
+    e = e - _F(1.0) if small else e  # branch-free selects only, so loops over it vectorise
     m = m + m - _F(1.0) if small else m - _F(1.0)
     z = m * m
     y = _F(7.0376836292e-2)
@@ -143,19 +153,18 @@ def log32(x):
     y = y * m * z
     y = y + _F(-2.12194440e-4) * e - _F(0.5) * z
     r = m + y + _F(0.693359375) * e
-    if not x > 0:
-        r = _F(-np.inf) if x == 0 else _F(np.nan)
-    if x == np.inf:
-        r = x
+    r = r if x < _F(np.inf) else x  # log(inf) = inf, log(nan) = nan
+    r = r if x > _F(0.0) else (_F(-np.inf) if x == _F(0.0) else _F(np.nan))
     return r
 
 
 @njit(cache=True, inline="always")
 def log1p32(x):
-    u = _F(1.0) + _F(x)
-    if u == _F(1.0):
-        return _F(x)
-    return log32(u) * (_F(x) / (u - _F(1.0)))
+    x = _F(x)
+    u = _F(1.0) + x
+    d = u - _F(1.0)
+    # log(u) * x / (u - 1) corrects log(1 + x)'s rounding (Goldberg); where u == 1 the answer is x itself
+    return x if d == _F(0.0) else log32(u) * (x / d)
 
 
 def _is_f32(w) -> bool:
@@ -190,35 +199,35 @@ def log_sigmoid_w(x, w):  # noqa: D103
     return log_sigmoid(x)
 
 
-@overload(exp, jit_options={"cache": True})
+@overload(exp, jit_options={"cache": True}, inline="always")
 def _exp_ol(x, w):
     if _is_f32(w):
         return lambda x, w: exp32(x)
     return lambda x, w: math.exp(x)
 
 
-@overload(tanh, jit_options={"cache": True})
+@overload(tanh, jit_options={"cache": True}, inline="always")
 def _tanh_ol(x, w):
     if _is_f32(w):
         return lambda x, w: tanh32(x)
     return lambda x, w: math.tanh(x)
 
 
-@overload(log, jit_options={"cache": True})
+@overload(log, jit_options={"cache": True}, inline="always")
 def _log_ol(x, w):
     if _is_f32(w):
         return lambda x, w: log32(x)
     return lambda x, w: math.log(x)
 
 
-@overload(log1p, jit_options={"cache": True})
+@overload(log1p, jit_options={"cache": True}, inline="always")
 def _log1p_ol(x, w):
     if _is_f32(w):
         return lambda x, w: log1p32(x)
     return lambda x, w: math.log1p(x)
 
 
-@overload(sigmoid_w, jit_options={"cache": True})
+@overload(sigmoid_w, jit_options={"cache": True}, inline="always")
 def _sigmoid_ol(x, w):
     if _is_f32(w):
         def impl(x, w):
@@ -230,15 +239,15 @@ def _sigmoid_ol(x, w):
     return lambda x, w: sigmoid(x)
 
 
-@overload(softplus_w, jit_options={"cache": True})
+@overload(softplus_w, jit_options={"cache": True}, inline="always")
 def _softplus_ol(x, w):
     if _is_f32(w):
-        return lambda x, w: max(_F(x), _F(0.0)) + log1p32(exp32(-abs(_F(x))))
+        return lambda x, w: (_F(x) if x > 0 else _F(0.0)) + log1p32(exp32(-abs(_F(x))))
     return lambda x, w: softplus(x)
 
 
-@overload(log_sigmoid_w, jit_options={"cache": True})
+@overload(log_sigmoid_w, jit_options={"cache": True}, inline="always")
 def _log_sigmoid_ol(x, w):
     if _is_f32(w):
-        return lambda x, w: min(_F(x), _F(0.0)) - log1p32(exp32(-abs(_F(x))))
+        return lambda x, w: (_F(x) if x < 0 else _F(0.0)) - log1p32(exp32(-abs(_F(x))))
     return lambda x, w: log_sigmoid(x)
