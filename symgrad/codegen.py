@@ -214,9 +214,6 @@ class KernelWriter:
                 raise CodegenError(f"no writer for {type(op).__name__}")
         return out.lines
 
-    def _as_matrix(self, name: str) -> str:
-        return name
-
     def gemm(self, op: Gemm, out: _Lines) -> None:
         a = f"{op.a}.T" if op.trans_a else op.a
         b = f"{op.b}.T" if op.trans_b else op.b

@@ -102,12 +102,6 @@ def _bar(name: str) -> str:
     return f"{name}_bar"
 
 
-def _batched_read(read, prog: Program, adjoint_of: dict) -> bool:
-    base = read.base if isinstance(read, Indexed) else read
-    arr = adjoint_of.get(base)
-    return arr is not None and arr.batched
-
-
 def _lower_statement(st: Statement, prog: Program) -> list:
     base = prog.arrays[st.name].base
     target = base[st.indices] if st.indices else base
@@ -195,9 +189,6 @@ def _match_gemm(out_name: str, out_idx: tuple, out_batched: bool, g: sympy.Expr,
     if m and n and o_idx.index(m[0]) > o_idx.index(n[0]):
         (na, ia), (nb, ib) = (nb, ib), (na, ia)
         m, n = n, m
-    if not m and n and len(o_idx) == 1 and len(ia) == 1:
-        # out[n] = sum_k a[k] b[k, n] or b[n, k]: vector @ matrix
-        pass
     trans_a = bool(m) and len(ia) == 2 and ia[0] == k[0]
     trans_b = bool(n) and len(ib) == 2 and ib[1] == k[0]
     if not m and len(ia) == 1:
