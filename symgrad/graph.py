@@ -359,6 +359,15 @@ class _GraphBuilder:
         return e.func(*[self.hoist_all(a, bounds, line) for a in e.args])
 
     def hoist(self, r: sympy.Expr, bounds: dict, line: int) -> sympy.Expr:
+        """Store r once: the same reduction written twice (swish(W @ x) = s * sigmoid(s)) is one hidden statement."""
+        cache = self.__dict__.setdefault("_hoisted", {})
+        free = sorted((s for s in r.free_symbols if s.is_integer), key=lambda s: s.name)
+        key = (r, tuple((s, interval(s, bounds)) for s in free))  # same maths over the same index ranges
+        if key not in cache:
+            cache[key] = self._hoist_new(r, bounds, line)
+        return cache[key]
+
+    def _hoist_new(self, r: sympy.Expr, bounds: dict, line: int) -> sympy.Expr:
         free = sorted((s for s in r.free_symbols if s.is_integer), key=lambda s: s.name)
         shape = []
         for s in free:

@@ -147,3 +147,20 @@ def test_derive_is_fast_for_every_shipped_spec():
         start = time.perf_counter()
         render_text(derive(build_program(str(path))), "latex", None)
         assert time.perf_counter() - start < 5.0, path
+
+
+def test_a_reduction_written_twice_is_stored_once(tmp_path):
+    """swish(W @ x) expands to s * sigmoid(s): the product W @ x must be one stored statement, not two."""
+    spec = """
+name: swishnet
+dims: {D: 3, H: 2}
+inputs: {x: [D]}
+functions: {"swish(s)": "s*sigmoid(s)"}
+params: {W: {shape: [H, D], init: normal(0, 1)}}
+forward:
+  h: swish(W @ x)
+loss: sum(h)
+"""
+    prog = build_program(_write(tmp_path, "swishnet", spec))
+    hidden = [st.name for st in prog.statements if st.hidden]
+    assert hidden == ["s_h"], hidden
