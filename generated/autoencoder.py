@@ -84,21 +84,17 @@ def _forward_pass(_theta, _consts, x):
     L = np.empty((_B, ), dtype=_theta.dtype)
     # stored s_h[i]: one BLAS call
     np.dot(x, W1.T, s_h)
-    for _b in range(0, _B):
-        for i in range(0, 32):
-            s_h[_b, i] += b1[i]
     # h[i]
     for _b in range(0, _B):
         for i in range(0, 32):
+            s_h[_b, i] += b1[i]
             h[_b, i] = _mf.tanh(s_h[_b, i], _theta)
     # stored s_xhat[i]: one BLAS call
     np.dot(h, W2.T, s_xhat)
-    for _b in range(0, _B):
-        for i in range(0, 64):
-            s_xhat[_b, i] += b2[i]
     # xhat[i]
     for _b in range(0, _B):
         for i in range(0, 64):
+            s_xhat[_b, i] += b2[i]
             xhat[_b, i] = _mf.sigmoid_w(s_xhat[_b, i], _theta)
     # L
     for _b in range(0, _B):
@@ -130,31 +126,22 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x):
     h_bar = np.empty((_B, 32), dtype=_theta.dtype)
     s_xhat_bar = np.empty((_B, 64), dtype=_theta.dtype)
     xhat_bar = np.empty((_B, 64), dtype=_theta.dtype)
-    # d L / d xhat
+    b2_bar[...] = 0.0
+    b1_bar[...] = 0.0
+    # d L / d xhat; d xhat / d s_xhat; d s_xhat / d b2
     for _b in range(0, _B):
         for i in range(0, 64):
             xhat_bar[_b, i] = (0.03125)*_gscale*(-x[_b, i] + xhat[_b, i])
-    # d xhat / d s_xhat
-    for _b in range(0, _B):
-        for i in range(0, 64):
             s_xhat_bar[_b, i] = (1 - xhat[_b, i])*xhat[_b, i]*xhat_bar[_b, i]
-    b2_bar[...] = 0.0
-    # d s_xhat / d b2
-    for _b in range(0, _B):
-        for i in range(0, 64):
             b2_bar[i] += s_xhat_bar[_b, i]
     # d s_xhat / d W2: one BLAS call
     np.dot(s_xhat_bar.T, h, W2_bar)
     # d s_xhat / d h: one BLAS call
     np.dot(s_xhat_bar, W2, h_bar)
-    # d h / d s_h
+    # d h / d s_h; d s_h / d b1
     for _b in range(0, _B):
         for i in range(0, 32):
             s_h_bar[_b, i] = (1 - h[_b, i]*h[_b, i])*h_bar[_b, i]
-    b1_bar[...] = 0.0
-    # d s_h / d b1
-    for _b in range(0, _B):
-        for i in range(0, 32):
             b1_bar[i] += s_h_bar[_b, i]
     # d s_h / d W1: one BLAS call
     np.dot(s_h_bar.T, x, W1_bar)

@@ -162,23 +162,18 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
     pool_bar = np.empty((_B, 32, 3, 3), dtype=_theta.dtype)
     z_bar = np.empty((_B, 10), dtype=_theta.dtype)
     lse_z_bar = np.empty((_B, ), dtype=_theta.dtype)
+    b_bar[...] = 0.0
+    W_bar[...] = 0.0
+    conv_bar[...] = 0.0
     # d L / d lse_z
     for _b in range(0, _B):
         lse_z_bar[_b] = _gscale
-    # d L / d z
+    # d L / d z; d lse_z / d z; d z / d b
     for _b in range(0, _B):
         for j in range(0, 10):
             z_bar[_b, j] = -_gscale*y[_b, j]
-    # d lse_z / d z
-    for _b in range(0, _B):
-        for i in range(0, 10):
-            z_bar[_b, i] += lse_z_bar[_b]*_mf.exp(-lse_z[_b] + z[_b, i], _theta)
-    b_bar[...] = 0.0
-    # d z / d b
-    for _b in range(0, _B):
-        for k in range(0, 10):
-            b_bar[k] += z_bar[_b, k]
-    W_bar[...] = 0.0
+            z_bar[_b, j] += lse_z_bar[_b]*_mf.exp(-lse_z[_b] + z[_b, j], _theta)
+            b_bar[j] += z_bar[_b, j]
     # d z / d W
     for _b in range(0, _B):
         for k in range(0, 10):
@@ -195,7 +190,6 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
                     for k in range(0, 10):
                         _acc += W[k, c, u, v]*z_bar[_b, k]
                     pool_bar[_b, c, u, v] = _acc
-    conv_bar[...] = 0.0
     # d pool / d conv
     for _b in range(0, _B):
         for c in range(0, 32):

@@ -101,16 +101,13 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x):
     W_bar = _grad[0:4096].reshape((64, 64))
     c_bar = _grad[4096:4160].reshape((64,))
     logit_bar = np.empty((_B, 64), dtype=_theta.dtype)
-    # d L / d logit
+    c_bar[...] = 0.0
+    W_bar[...] = 0.0
+    # d L / d logit; d logit / d c
     for _b in range(0, _B):
         for i in range(0, 64):
             logit_bar[_b, i] = _gscale*(-_mf.sigmoid_w(logit[_b, i], _theta) + x[_b, i])
-    c_bar[...] = 0.0
-    # d logit / d c
-    for _b in range(0, _B):
-        for i in range(0, 64):
             c_bar[i] += logit_bar[_b, i]
-    W_bar[...] = 0.0
     # d logit / d W
     for _b in range(0, _B):
         for i in range(0, 64):

@@ -62,11 +62,9 @@ def _forward_pass(_theta, _consts, x, y):
     b = _theta[1:2].reshape((1,))
     yhat = np.empty((_B, ), dtype=_theta.dtype)
     L = np.empty((_B, ), dtype=_theta.dtype)
-    # yhat
+    # yhat; L
     for _b in range(0, _B):
         yhat[_b] = b[0] + w[0]*x[_b]
-    # L
-    for _b in range(0, _B):
         L[_b] = (-y[_b] + yhat[_b])**2
     return yhat, L
 
@@ -86,16 +84,12 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
     w_bar = _grad[0:1].reshape((1,))
     b_bar = _grad[1:2].reshape((1,))
     yhat_bar = np.empty((_B, ), dtype=_theta.dtype)
-    # d L / d yhat
+    b_bar[...] = 0.0
+    w_bar[...] = 0.0
+    # d L / d yhat; d yhat / d b; d yhat / d w
     for _b in range(0, _B):
         yhat_bar[_b] = 2*_gscale*(-y[_b] + yhat[_b])
-    b_bar[...] = 0.0
-    # d yhat / d b
-    for _b in range(0, _B):
         b_bar[0] += yhat_bar[_b]
-    w_bar[...] = 0.0
-    # d yhat / d w
-    for _b in range(0, _B):
         w_bar[0] += x[_b]*yhat_bar[_b]
     return L.sum()
 

@@ -84,12 +84,10 @@ def _forward_pass(_theta, _consts, x, y):
     L = np.empty((_B, ), dtype=_theta.dtype)
     # stored s_h[i]: one BLAS call
     np.dot(x, W1.T, s_h)
-    for _b in range(0, _B):
-        for i in range(0, 128):
-            s_h[_b, i] += b1[i]
     # h[i]
     for _b in range(0, _B):
         for i in range(0, 128):
+            s_h[_b, i] += b1[i]
             h[_b, i] = _mf.relu(s_h[_b, i])
     # z[k]: one BLAS call
     np.dot(h, W2.T, z)
@@ -135,34 +133,25 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
     h_bar = np.empty((_B, 128), dtype=_theta.dtype)
     z_bar = np.empty((_B, 10), dtype=_theta.dtype)
     lse_z_bar = np.empty((_B, ), dtype=_theta.dtype)
+    b2_bar[...] = 0.0
+    b1_bar[...] = 0.0
     # d L / d lse_z
     for _b in range(0, _B):
         lse_z_bar[_b] = _gscale
-    # d L / d z
+    # d L / d z; d lse_z / d z; d z / d b2
     for _b in range(0, _B):
         for j in range(0, 10):
             z_bar[_b, j] = -_gscale*y[_b, j]
-    # d lse_z / d z
-    for _b in range(0, _B):
-        for i in range(0, 10):
-            z_bar[_b, i] += lse_z_bar[_b]*_mf.exp(-lse_z[_b] + z[_b, i], _theta)
-    b2_bar[...] = 0.0
-    # d z / d b2
-    for _b in range(0, _B):
-        for k in range(0, 10):
-            b2_bar[k] += z_bar[_b, k]
+            z_bar[_b, j] += lse_z_bar[_b]*_mf.exp(-lse_z[_b] + z[_b, j], _theta)
+            b2_bar[j] += z_bar[_b, j]
     # d z / d W2: one BLAS call
     np.dot(z_bar.T, h, W2_bar)
     # d z / d h: one BLAS call
     np.dot(z_bar, W2, h_bar)
-    # d h / d s_h
+    # d h / d s_h; d s_h / d b1
     for _b in range(0, _B):
         for i in range(0, 128):
             s_h_bar[_b, i] = _mf.step(h[_b, i])*h_bar[_b, i]
-    b1_bar[...] = 0.0
-    # d s_h / d b1
-    for _b in range(0, _B):
-        for i in range(0, 128):
             b1_bar[i] += s_h_bar[_b, i]
     # d s_h / d W1: one BLAS call
     np.dot(s_h_bar.T, x, W1_bar)

@@ -120,25 +120,19 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x):
     c_bar = _grad[4128:4192].reshape((64,))
     a_bar = np.empty((_B, 32, 64), dtype=_theta.dtype)
     logit_bar = np.empty((_B, 64), dtype=_theta.dtype)
-    # d L / d logit
+    c_bar[...] = 0.0
+    V_bar[...] = 0.0
+    W_bar[...] = 0.0
+    # d L / d logit; d logit / d c
     for _b in range(0, _B):
         for i in range(0, 64):
             logit_bar[_b, i] = _gscale*(-_mf.sigmoid_w(logit[_b, i], _theta) + x[_b, i])
-    c_bar[...] = 0.0
-    # d logit / d c
-    for _b in range(0, _B):
-        for i in range(0, 64):
             c_bar[i] += logit_bar[_b, i]
-    V_bar[...] = 0.0
-    # d logit / d V
+    # d logit / d V; d logit / d a
     for _b in range(0, _B):
         for i in range(0, 64):
             for h in range(0, 32):
                 V_bar[i, h] += _mf.sigmoid_w(a[_b, h, i], _theta)*logit_bar[_b, i]
-    # d logit / d a
-    for _b in range(0, _B):
-        for i in range(0, 64):
-            for h in range(0, 32):
                 _t0 = _mf.sigmoid_w(a[_b, h, i], _theta)
                 a_bar[_b, h, i] = _t0*(1 - _t0)*V[i, h]*logit_bar[_b, i]
     # d a / d b
@@ -148,7 +142,6 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x):
             for i in range(0, 64):
                 _acc += a_bar[_b, h, i]
         b_bar[h] = _acc
-    W_bar[...] = 0.0
     # d a / d W
     for _b in range(0, _B):
         for h in range(0, 32):

@@ -127,12 +127,10 @@ def _forward_pass(_theta, _consts, x, eps):
     L = np.empty((_B, ), dtype=_theta.dtype)
     # stored s_h[i]: one BLAS call
     np.dot(x, We.T, s_h)
-    for _b in range(0, _B):
-        for i in range(0, 128):
-            s_h[_b, i] += be[i]
     # h[i]
     for _b in range(0, _B):
         for i in range(0, 128):
+            s_h[_b, i] += be[i]
             h[_b, i] = _mf.tanh(s_h[_b, i], _theta)
     # mu[i]: one BLAS call
     np.dot(h, Wmu.T, mu)
@@ -141,21 +139,17 @@ def _forward_pass(_theta, _consts, x, eps):
             mu[_b, i] += bmu[i]
     # logvar[i]: one BLAS call
     np.dot(h, Wlv.T, logvar)
-    for _b in range(0, _B):
-        for i in range(0, 8):
-            logvar[_b, i] += blv[i]
     # z[i]
     for _b in range(0, _B):
         for i in range(0, 8):
+            logvar[_b, i] += blv[i]
             z[_b, i] = _mf.exp((0.5)*logvar[_b, i], _theta)*eps[_b, i] + mu[_b, i]
     # stored s_g[i]: one BLAS call
     np.dot(z, Wd.T, s_g)
-    for _b in range(0, _B):
-        for i in range(0, 128):
-            s_g[_b, i] += bd[i]
     # g[i]
     for _b in range(0, _B):
         for i in range(0, 128):
+            s_g[_b, i] += bd[i]
             g[_b, i] = _mf.tanh(s_g[_b, i], _theta)
     # logit[i]: one BLAS call
     np.dot(g, Wo.T, logit)
@@ -214,19 +208,20 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, eps):
     s_g_bar = np.empty((_B, 128), dtype=_theta.dtype)
     g_bar = np.empty((_B, 128), dtype=_theta.dtype)
     logit_bar = np.empty((_B, 64), dtype=_theta.dtype)
+    bo_bar[...] = 0.0
+    bd_bar[...] = 0.0
+    blv_bar[...] = 0.0
+    bmu_bar[...] = 0.0
+    be_bar[...] = 0.0
     # d L / d logit
     for _b in range(0, _B):
         for i in range(0, 64):
             logit_bar[_b, i] = _gscale*(-_mf.sigmoid_w(logit[_b, i], _theta) + x[_b, i])
-    # d L / d logvar
+    # d L / d logvar; d L / d mu
     for _b in range(0, _B):
         for l2 in range(0, 8):
             logvar_bar[_b, l2] = (0.5)*beta*_gscale*(1 - _mf.exp(logvar[_b, l2], _theta))
-    # d L / d mu
-    for _b in range(0, _B):
-        for l2 in range(0, 8):
             mu_bar[_b, l2] = -beta*_gscale*mu[_b, l2]
-    bo_bar[...] = 0.0
     # d logit / d bo
     for _b in range(0, _B):
         for i in range(0, 64):
@@ -235,37 +230,25 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, eps):
     np.dot(logit_bar.T, g, Wo_bar)
     # d logit / d g: one BLAS call
     np.dot(logit_bar, Wo, g_bar)
-    # d g / d s_g
+    # d g / d s_g; d s_g / d bd
     for _b in range(0, _B):
         for i in range(0, 128):
             s_g_bar[_b, i] = (1 - g[_b, i]*g[_b, i])*g_bar[_b, i]
-    bd_bar[...] = 0.0
-    # d s_g / d bd
-    for _b in range(0, _B):
-        for i in range(0, 128):
             bd_bar[i] += s_g_bar[_b, i]
     # d s_g / d Wd: one BLAS call
     np.dot(s_g_bar.T, z, Wd_bar)
     # d s_g / d z: one BLAS call
     np.dot(s_g_bar, Wd, z_bar)
-    # d z / d logvar
+    # d z / d logvar; d z / d mu; d logvar / d blv
     for _b in range(0, _B):
         for i in range(0, 8):
             logvar_bar[_b, i] += (0.5)*_mf.exp((0.5)*logvar[_b, i], _theta)*eps[_b, i]*z_bar[_b, i]
-    # d z / d mu
-    for _b in range(0, _B):
-        for i in range(0, 8):
             mu_bar[_b, i] += z_bar[_b, i]
-    blv_bar[...] = 0.0
-    # d logvar / d blv
-    for _b in range(0, _B):
-        for i in range(0, 8):
             blv_bar[i] += logvar_bar[_b, i]
     # d logvar / d Wlv: one BLAS call
     np.dot(logvar_bar.T, h, Wlv_bar)
     # d logvar / d h: one BLAS call
     np.dot(logvar_bar, Wlv, h_bar)
-    bmu_bar[...] = 0.0
     # d mu / d bmu
     for _b in range(0, _B):
         for i in range(0, 8):
@@ -274,14 +257,10 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, eps):
     np.dot(mu_bar.T, h, Wmu_bar)
     # d mu / d h: one BLAS call
     h_bar += np.dot(mu_bar, Wmu)
-    # d h / d s_h
+    # d h / d s_h; d s_h / d be
     for _b in range(0, _B):
         for i in range(0, 128):
             s_h_bar[_b, i] = (1 - h[_b, i]*h[_b, i])*h_bar[_b, i]
-    be_bar[...] = 0.0
-    # d s_h / d be
-    for _b in range(0, _B):
-        for i in range(0, 128):
             be_bar[i] += s_h_bar[_b, i]
     # d s_h / d We: one BLAS call
     np.dot(s_h_bar.T, x, We_bar)

@@ -16,7 +16,7 @@ from sympy import Indexed, Symbol
 from sympy.printing.pycode import PythonCodePrinter
 
 import symgrad
-from symgrad.derive import derive
+from symgrad.derive import Loop, derive
 from symgrad.errors import CodegenError
 from symgrad.graph import Program, build_program
 from symgrad.library import PRIMITIVES
@@ -203,16 +203,92 @@ class KernelWriter:
 
     def ops(self, ops: list) -> list[str]:
         out = _Lines()
-        for op in ops:
+        # A Fill only ever precedes the first write of a buffer nothing has written yet, so all of them can go
+        # first; that lets the loop nests around them fuse.
+        ops = [op for op in ops if isinstance(op, Fill)] + [op for op in ops if not isinstance(op, Fill)]
+        for group in self.fuse(ops):
+            op = group[0]
             if isinstance(op, Gemm):
                 self.gemm(op, out)
             elif isinstance(op, Fill):
                 out.add(f"{op.buffer}[...] = 0.0")
             elif isinstance(op, LoopNest):
-                self.loopnest(op, out)
+                self.loopnest(group, out)
             else:  # pragma: no cover - a new op kind without a writer is a bug
                 raise CodegenError(f"no writer for {type(op).__name__}")
         return out.lines
+
+    # -- fusion: consecutive loop nests over the same outer loops become one pass ------------------------------
+    def _written_index(self, op: LoopNest):
+        """(array name, index incl. the batch) that op writes, and whether each outer iteration writes its own
+        element (the index is exactly the outer loop variables)."""
+        t = op.target
+        name = self.names.get(t.base if isinstance(t, Indexed) else t) or str(t.base if isinstance(t, Indexed) else t)
+        idx = tuple(t.indices) if isinstance(t, Indexed) else ()
+        if name in self.batched:
+            idx = (BATCH,) + idx
+        own = not op.inner and sorted(map(str, idx)) == sorted(str(lp.var) for lp in op.outer) \
+            and len(set(idx)) == len(idx) and all(isinstance(i, Symbol) for i in idx)
+        return name, idx, own
+
+    def _reads(self, op: LoopNest) -> list:
+        out = []
+        exprs = [op.expr, op.init] if isinstance(op.init, sympy.Basic) else [op.expr]
+        for e in exprs:
+            for r in e.atoms(Indexed):
+                name = self.names.get(r.base) or str(r.base)
+                idx = tuple(r.indices)
+                out.append((name, (BATCH,) + idx if name in self.batched else idx))
+            for s in e.atoms(Symbol):
+                name = self.names.get(s) or (s.name if s.name.endswith("_bar") else None)
+                if name is not None and name in self.scalars0d:
+                    out.append((name, (BATCH,) if name in self.batched else ()))
+        return out
+
+    def fuse(self, ops: list) -> list[list]:
+        groups: list[list] = []
+        for op in ops:
+            last = groups[-1] if groups else None
+            if isinstance(op, LoopNest) and last and isinstance(last[0], LoopNest):
+                renamed = self._fusable(last, op)
+                if renamed is not None:
+                    last.append(renamed)
+                    continue
+            groups.append([op])
+        return groups
+
+    def _fusable(self, group: list, op: LoopNest):
+        head = group[0]
+        if len(op.outer) != len(head.outer):
+            return None
+        ren = {}
+        for a, b in zip(op.outer, head.outer, strict=True):
+            if a.lo.xreplace(ren) != b.lo or a.hi.xreplace(ren) != b.hi:
+                return None
+            ren[a.var] = b.var
+        inner_vars = {lp.var for lp in op.inner}
+        if inner_vars & set(ren.values()) - set(ren):
+            return None  # an inner loop variable would collide with a renamed outer one
+        renamed = LoopNest(head.outer, [Loop(lp.var, lp.lo.xreplace(ren), lp.hi.xreplace(ren)) for lp in op.inner],
+                           op.target.xreplace(ren), op.expr.xreplace(ren), op.mode, op.reduce,
+                           op.init.xreplace(ren) if isinstance(op.init, sympy.Basic) else op.init, op.comment)
+        writes = {}
+        for g in group:
+            name, idx, own = self._written_index(g)
+            if name in writes and writes[name] != (idx, own):
+                return None
+            writes[name] = (idx, own)
+        for name, idx in self._reads(renamed):  # read-after-write: only this iteration's own element
+            if name in writes and not (writes[name][1] and writes[name][0] == idx):
+                return None
+        name, idx, own = self._written_index(renamed)
+        if any(r == name for g in group for r, _ in self._reads(g)):
+            return None  # write-after-read: an earlier nest still reads what this one writes
+        if name in writes and not (own and writes[name] == (idx, True)):
+            return None
+        if renamed.reduce != "none":
+            return None if any(lp.var in ren for lp in renamed.inner) else renamed
+        return renamed
 
     def gemm(self, op: Gemm, out: _Lines) -> None:
         a = f"{op.a}.T" if op.trans_a else op.a
@@ -224,10 +300,14 @@ class KernelWriter:
         else:
             out.add(f"np.dot({a}, {b}, {op.out})")
 
-    def loopnest(self, op: LoopNest, out: _Lines) -> None:
+    def loopnest(self, group, out: _Lines) -> None:
+        """One loop nest, or several fused ones sharing their outer loops (one pass over the data)."""
+        group = group if isinstance(group, list) else [group]
         loopvars: dict = {}
         used: set[str] = set()
-        for lp in op.outer + op.inner:
+        for lp in group[0].outer + [lp for op in group for lp in op.inner]:
+            if lp.var in loopvars:
+                continue
             base = "_b" if lp.var == BATCH else lp.var.name.lstrip("_") or "i"
             name = base
             n = 1
@@ -236,6 +316,18 @@ class KernelWriter:
                 name = f"{base}{n}"
             used.add(name)
             loopvars[lp.var] = name
+        pr0 = self.printer(loopvars)
+        comments = [op.comment for op in group if op.comment]
+        if comments:
+            out.add(f"# {'; '.join(comments)}")
+        for lp in group[0].outer:
+            out.add(f"for {loopvars[lp.var]} in range({pr0.doprint(lp.lo)}, {self._hi(lp, pr0)}):")
+            out.depth += 1
+        for op in group:
+            self._body(op, loopvars, out)
+        out.depth -= len(group[0].outer)
+
+    def _body(self, op: LoopNest, loopvars: dict, out: _Lines) -> None:
         expr = stable_rewrites(op.expr)
         init = stable_rewrites(op.init)
         subs, reduced = sympy.cse([expr], symbols=sympy.numbered_symbols("_t"), optimizations=None)
@@ -251,11 +343,6 @@ class KernelWriter:
             self.tmp += 1
             locs[sym] = tname
         pr = self.printer(loopvars, locs)
-        if op.comment:
-            out.add(f"# {op.comment}")
-        for lp in op.outer:
-            out.add(f"for {loopvars[lp.var]} in range({pr.doprint(lp.lo)}, {self._hi(lp, pr)}):")
-            out.depth += 1
         target = pr.doprint(op.target)
         if op.reduce == "none":
             for sym, value in subs:
@@ -280,7 +367,6 @@ class KernelWriter:
                         f"_acc += {shifted.replace('_SHIFTED', f'{pr.doprint(expr)} - _m')}")
             logacc = pr.doprint(sympy.log(sympy.Symbol("_ACC", positive=True)))
             out.add(f"{target} = _m + {logacc.replace('_ACC', '_acc')}")
-        out.depth -= len(op.outer)
 
     def _inner(self, op, loopvars, pr, out, subs, locs, line):
         for lp in op.inner:
