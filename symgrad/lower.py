@@ -154,7 +154,7 @@ def _array_of(read, prog: Program):
 
 
 def _match_gemm(out_name: str, out_idx: tuple, out_batched: bool, g: sympy.Expr, inner: list[Loop],
-                prog: Program, accumulate: bool, out_array=None, operand_lookup=None) -> Gemm | None:
+                prog: Program, accumulate: bool, operand_lookup=None) -> Gemm | None:
     """g == A[...] * B[...] with plain, full-range indices that split into (m, n, k) groups of one index each."""
     if not isinstance(g, sympy.Mul) or len(g.args) != 2:
         return None
