@@ -303,19 +303,7 @@ class KernelWriter:
     def loopnest(self, group, out: _Lines) -> None:
         """One loop nest, or several fused ones sharing their outer loops (one pass over the data)."""
         group = group if isinstance(group, list) else [group]
-        loopvars: dict = {}
-        used: set[str] = set()
-        for lp in group[0].outer + [lp for op in group for lp in op.inner]:
-            if lp.var in loopvars:
-                continue
-            base = "_b" if lp.var == BATCH else lp.var.name.lstrip("_") or "i"
-            name = base
-            n = 1
-            while name in used or name in self.reserved:
-                n += 1
-                name = f"{base}{n}"
-            used.add(name)
-            loopvars[lp.var] = name
+        loopvars = self.loop_names(group[0].outer + [lp for op in group for lp in op.inner])
         pr0 = self.printer(loopvars)
         comments = [op.comment for op in group if op.comment]
         if comments:
@@ -326,6 +314,22 @@ class KernelWriter:
         for op in group:
             self._body(op, loopvars, out)
         out.depth -= len(group[0].outer)
+
+    def loop_names(self, loops: list) -> dict:
+        """A readable, unique code name per loop variable (`_b` for the batch), never shadowing the kernel's names."""
+        names: dict = {}
+        used: set[str] = set()
+        for lp in loops:
+            if lp.var in names:
+                continue
+            base = "_b" if lp.var == BATCH else lp.var.name.lstrip("_") or "i"
+            name, n = base, 1
+            while name in used or name in self.reserved:
+                n += 1
+                name = f"{base}{n}"
+            used.add(name)
+            names[lp.var] = name
+        return names
 
     def _body(self, op: LoopNest, loopvars: dict, out: _Lines) -> None:
         expr = stable_rewrites(op.expr)

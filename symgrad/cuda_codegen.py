@@ -126,18 +126,7 @@ class CudaKernelWriter(KernelWriter):
                                comment=f"{name} = {op.value}"), out)
 
     def _loopvars(self, op: LoopNest) -> dict:
-        loopvars: dict = {}
-        used: set[str] = set()
-        for lp in op.outer + op.inner:
-            base = "_b" if lp.var == BATCH else lp.var.name.lstrip("_") or "i"
-            name = base
-            n = 1
-            while name in used or name in self.reserved:
-                n += 1
-                name = f"{base}{n}"
-            used.add(name)
-            loopvars[lp.var] = name
-        return loopvars
+        return self.loop_names(op.outer + op.inner)
 
     def loopnest(self, op: LoopNest, out: _Lines) -> None:
         loopvars = self._loopvars(op)
