@@ -46,6 +46,7 @@ def _display_rewrites(expr: sympy.Expr, prog: Program, d: Derivation) -> sympy.E
     lse = {prog.arrays[st.name].base: st for st in prog.statements if st.hidden and isinstance(st.body, LogSumExp)}
     loss_bar = d.adjoint_bases[prog.loss_name]
     expr = expr.xreplace({loss_bar: sympy.S.One})
+
     def softmax(e):
         arg = e.args[0]
         for base, st in lse.items():
@@ -99,8 +100,8 @@ def derivation_lines(d: Derivation, fmt: str = "latex", wrt: list[str] | None = 
     eqs = combined_equations(d)
     inline = _inline_lse_adjoints(eqs, prog, d)
     for eq in eqs:
-        if eq.target in lse_hidden:
-            continue
+        if d.adjoint_bases[eq.target] in inline:
+            continue  # a stored logsumexp's adjoint, shown inline where it is used
         if eq.rhs is not None:
             rhs = eq.rhs.xreplace(inline)
             rhs = _display_rewrites(rhs, prog, d)
