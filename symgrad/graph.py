@@ -313,7 +313,7 @@ class _GraphBuilder:
         bounds = dict(getattr(self, "_scope", None).bounds) if getattr(self, "_scope", None) else {}
         for sym, n in zip(indices, shape, strict=True):
             bounds[sym] = (Integer(0), Integer(n - 1))
-        body = self.normalize(body, bounds, line)
+        body = self.normalize(logsumexp_rewrite(body), bounds, line)
         base = make_base(name, shape)
         self.arrays[name] = Array(name, tuple(shape), base, "stmt", False, line)
         self.statements.append(Statement(name, tuple(indices), tuple(shape), body, line, hidden=hidden, bounds=bounds))
@@ -412,6 +412,16 @@ def _scale(u: sympy.Expr, factor: sympy.Expr) -> sympy.Expr:
     if isinstance(u, Sum):
         return Sum(factor * u.function, *u.limits)
     return factor * u
+
+
+def logsumexp_rewrite(expr: sympy.Expr) -> sympy.Expr:
+    """Named numeric rewrite: log(Σ exp(f)) written by hand becomes LogSumExp, which is evaluated max-shifted (no
+    overflow at f = 1e4) and differentiated through its stored value, exactly like the library's logsumexp."""
+
+    def is_lse(e) -> bool:
+        return isinstance(e, sympy.log) and isinstance(e.args[0], Sum) and isinstance(e.args[0].function, sympy.exp)
+
+    return expr.replace(is_lse, lambda e: LogSumExp(e.args[0].function.args[0], *e.args[0].limits))
 
 
 def _merge_like_sums(terms) -> sympy.Expr:

@@ -164,3 +164,29 @@ loss: sum(h)
     prog = build_program(_write(tmp_path, "swishnet", spec))
     hidden = [st.name for st in prog.statements if st.hidden]
     assert hidden == ["s_h"], hidden
+
+
+def test_hand_written_logsumexp_is_rewritten_stable(tmp_path):
+    """log(sum(exp(z))) written by hand is evaluated max-shifted: finite at z = 1e4, gradient softmax(z) - y."""
+    import numpy as np
+
+    import symgrad
+
+    spec = """
+name: rowlse
+dims: {N: 2, K: 3}
+inputs: {Y: [N, K]}
+params: {Z: {shape: [N, K], init: normal(0, 1)}}
+forward:
+  l[n]: log(sum(exp(Z[n, k]), k))
+loss: sum(l[n] - sum(Y[n, k] * Z[n, k], k), n)
+"""
+    m = symgrad.load(_write(tmp_path, "rowlse", spec))
+    z = np.array([[1e4, -1e4, 0.5], [3.0, 2.0, 1.0]])
+    y = np.array([[[0.2, 0.3, 0.5], [1.0, 0.0, 0.0]]])
+    value, grads = m.loss_and_grad({"Z": z}, {"Y": y})
+    soft = np.exp(z - z.max(1, keepdims=True))
+    soft /= soft.sum(1, keepdims=True)
+    lse = z.max(1) + np.log(np.exp(z - z.max(1, keepdims=True)).sum(1))
+    assert np.isfinite(value) and abs(value - (lse.sum() - (y[0] * z).sum())) < 1e-9 * abs(value)
+    np.testing.assert_allclose(grads["Z"], soft - y[0], rtol=1e-12, atol=1e-12)
