@@ -69,7 +69,7 @@ STATEMENT_SHAPES = {
 }
 
 
-@njit(cache=True, fastmath={"reassoc"})
+@njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
 def _forward_pass(_theta, _consts, x, y):
     """Every forward statement, batched over the leading axis; all are kept for the backward pass."""
     _B = x.shape[0]
@@ -112,14 +112,14 @@ def _forward_pass(_theta, _consts, x, y):
     return s_h, h, z, lse_z, L
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _loss(_theta, _consts, x, y):
     """Sum over the batch of the per-sample objective."""
     s_h, h, z, lse_z, L = _forward_pass(_theta, _consts, x, y)
     return L.sum()
 
 
-@njit(cache=True, fastmath={"reassoc"})
+@njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
 def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
     """Sum over the batch of the objective; grad <- gscale * its gradient (reverse mode, statement by statement)."""
     s_h, h, z, lse_z, L = _forward_pass(_theta, _consts, x, y)
@@ -158,7 +158,7 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
     return L.sum()
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _train_epoch(_theta, _grad, _state, _kind, _hyper, _t0, _lrs, _consts_steps, _clip_norm, _gscale, x, y):
     """Many optimizer steps in one compiled call: loss, gradient, finiteness check, clipping, update."""
     _n = _lrs.shape[0]

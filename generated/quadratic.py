@@ -49,7 +49,7 @@ STATEMENT_SHAPES = {
 }
 
 
-@njit(cache=True, fastmath={"reassoc"})
+@njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
 def _forward_pass(_theta, _consts):
     """Every forward statement, batched over the leading axis; all are kept for the backward pass."""
     _B = 1
@@ -63,14 +63,14 @@ def _forward_pass(_theta, _consts):
     return L,
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _loss(_theta, _consts):
     """Sum over the batch of the per-sample objective."""
     L, = _forward_pass(_theta, _consts)
     return L.sum()
 
 
-@njit(cache=True, fastmath={"reassoc"})
+@njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
 def _loss_grad(_theta, _grad, _consts, _gscale):
     """Sum over the batch of the objective; grad <- gscale * its gradient (reverse mode, statement by statement)."""
     L, = _forward_pass(_theta, _consts)
@@ -83,7 +83,7 @@ def _loss_grad(_theta, _grad, _consts, _gscale):
     return L.sum()
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def _train_epoch(_theta, _grad, _state, _kind, _hyper, _t0, _lrs, _consts_steps, _clip_norm, _gscale):
     """Many optimizer steps in one compiled call: loss, gradient, finiteness check, clipping, update."""
     _n = _lrs.shape[0]

@@ -21,6 +21,7 @@ from symgrad.errors import CodegenError
 from symgrad.graph import Program, build_program
 from symgrad.library import PRIMITIVES
 from symgrad.lower import BATCH, GSCALE, Fill, Gemm, KernelIR, LoopNest, lower, stable_rewrites
+from symgrad.names import RESERVED
 
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -73,7 +74,10 @@ class KernelPrinter(PythonCodePrinter):
         return repr(float(expr))
 
     def _print_Integer(self, expr):
-        return str(int(expr))
+        n = int(expr)
+        # Numba types integer literals as int64: a larger one (10**21 from an exact decimal's denominator) fails to
+        # compile, so it is printed as the float it stands for.
+        return str(n) if abs(n) < 2**53 else repr(float(n))
 
     def _print_Pow(self, expr, rational=False):
         base, exp = expr.args
@@ -182,21 +186,22 @@ class KernelWriter:
         self.prog = prog
         self.names = _code_names(prog)
         self.batched = {a.name for a in prog.arrays.values() if a.batched}
-        self.batched |= {f"{a.name}_bar" for a in prog.arrays.values() if a.batched}
+        self.batched |= {prog.adjoint[a.name] for a in prog.arrays.values() if a.batched}
         self.scalars0d = {a.name for a in prog.arrays.values() if not a.shape}
-        self.scalars0d |= {f"{n}_bar" for n in self.scalars0d}
+        self.scalars0d |= {prog.adjoint[n] for n in self.scalars0d}
+        self.adjoint_names = set(prog.adjoint.values())
         self.const_locals = {sym: name for name, (_, sym) in prog.constants.items()}
         self.tmp = 0
         # loop variables must not shadow arrays, constants, helpers or modules the kernel uses
-        self.reserved = {a.name for a in prog.arrays.values()} | set(prog.constants) | {
-            "math", "np", "sigmoid", "relu", "step", "softplus", "log_sigmoid", "heaviside", "sign", "max", "min",
-            "range", "l", "O", "I"} | {f"{a.name}_bar" for a in prog.arrays.values()}
+        self.reserved = {a.name for a in prog.arrays.values()} | set(prog.constants) | self.adjoint_names \
+            | RESERVED | {"l", "O", "I"}
+        for a in prog.arrays.values():
+            bar = prog.adjoint[a.name]
+            self.names[sympy.IndexedBase(bar, real=True)] = bar
+            self.names[Symbol(bar, real=True)] = bar
 
     def printer(self, loopvars: dict, extra: dict | None = None) -> KernelPrinter:
-        names = dict(self.names)
-        for a in self.prog.arrays.values():
-            names[sympy.IndexedBase(f"{a.name}_bar", real=True)] = f"{a.name}_bar"
-            names[Symbol(f"{a.name}_bar", real=True)] = f"{a.name}_bar"
+        names = self.names
         locs = dict(self.const_locals)
         locs.update(extra or {})
         return self.printer_class(names, self.batched, self.scalars0d, loopvars, locs)
@@ -240,7 +245,7 @@ class KernelWriter:
                 idx = tuple(r.indices)
                 out.append((name, (BATCH,) + idx if name in self.batched else idx))
             for s in e.atoms(Symbol):
-                name = self.names.get(s) or (s.name if s.name.endswith("_bar") else None)
+                name = self.names.get(s) or (s.name if s.name in self.adjoint_names else None)
                 if name is not None and name in self.scalars0d:
                     out.append((name, (BATCH,) if name in self.batched else ()))
         return out
@@ -434,7 +439,8 @@ def render_module(spec_path: str, display_path: str | None = None) -> str:
         for n in a.shape:
             size *= n
         params.append({"name": a.name, "shape": tuple(a.shape), "offset": off, "size": size,
-                       "view_shape": tuple(a.shape) if a.shape else (1,), "init": a.init})
+                       "view_shape": tuple(a.shape) if a.shape else (1,), "init": a.init,
+                       "grad_name": prog.adjoint[a.name]})
         offsets.append(off)
         off += size
     fwd_text = "\n".join(x for x in forward_lines if not x.lstrip().startswith("#"))

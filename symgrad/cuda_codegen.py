@@ -75,8 +75,8 @@ class CudaKernelWriter(KernelWriter):
         self.shapes: dict[str, tuple] = {}
         for a in prog.arrays.values():
             self.shapes[a.name] = tuple(a.shape)
-            self.shapes[f"{a.name}_bar"] = tuple(a.shape)
-        self.array_names = [a.name for a in prog.arrays.values()] + [f"{a.name}_bar" for a in prog.arrays.values()]
+            self.shapes[prog.adjoint[a.name]] = tuple(a.shape)
+        self.array_names = [a.name for a in prog.arrays.values()] + [prog.adjoint[a.name] for a in prog.arrays.values()]
         self.constants = list(prog.constants)
 
     # -- operations -> launch lines -------------------------------------------------------------------------
@@ -293,7 +293,8 @@ def render_cuda_module(spec_path: str, display_path: str | None = None) -> str:
         for n in a.shape:
             size *= n
         params.append({"name": a.name, "shape": tuple(a.shape), "offset": off, "size": size,
-                       "view_shape": tuple(a.shape) if a.shape else (1,), "init": a.init})
+                       "view_shape": tuple(a.shape) if a.shape else (1,), "init": a.init,
+                       "grad_name": prog.adjoint[a.name]})
         off += size
 
     def dev_shape(shape: tuple, batched: bool) -> str:
@@ -326,7 +327,7 @@ def render_cuda_module(spec_path: str, display_path: str | None = None) -> str:
         "backward_lines": backward_lines,
         "loss": prog.loss_name,
         "loss_index": [st.name for st in prog.statements].index(prog.loss_name),
-        "grad_names": [f"{p['name']}_bar" for p in params],
+        "grad_names": [p["grad_name"] for p in params],
         "outputs": prog.outputs,
         "sign": -1.0 if prog.spec.objective == "maximize" else 1.0,
         "reduction": prog.spec.reduction,

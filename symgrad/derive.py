@@ -53,10 +53,6 @@ class Derivation:
         return base[index] if index else base
 
 
-def adjoint_name(name: str) -> str:
-    return f"{name}_bar"
-
-
 def derive(program: Program) -> Derivation:
     arrays = program.arrays
     needs = set(a.name for a in program.params)
@@ -75,7 +71,8 @@ def derive(program: Program) -> Derivation:
     bases = {}
     for name in needs:
         shape = arrays[name].shape
-        bases[name] = Symbol(adjoint_name(name), real=True) if not shape else IndexedBase(adjoint_name(name), real=True)
+        code = program.adjoint[name]
+        bases[name] = Symbol(code, real=True) if not shape else IndexedBase(code, real=True)
     d = Derivation(program, needs, bases, [])
     for st in reversed(program.statements):
         if st.name not in needs:
@@ -147,7 +144,8 @@ def _pieces(piece: sympy.Expr, seed: sympy.Expr, loops: list[Loop], st: Statemen
             partial = _reuse_stored(partial, *reuse)
         if partial == 0:
             continue
-        partial = sympy.factor_terms(partial)
+        # powsimp first: d/dp (1-p)**g is g*(1-p)**g/(1-p) until combined, and that divides by 0 at p = 1
+        partial = sympy.factor_terms(sympy.powsimp(partial, combine="exp"))
         out.append(Contribution(_array_name(r), tuple(r.indices) if isinstance(r, Indexed) else (), list(loops),
                                 seed * partial, st.name))
     return out

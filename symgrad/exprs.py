@@ -63,7 +63,8 @@ class Scope:
         candidates += list(_INDEX_NAMES) + [f"i{n}" for n in range(1, 1000)]
         for name in candidates:
             if name and name not in self.used_names and name not in self.arrays and name not in self.dims \
-                    and name not in self.constants:
+                    and name not in self.constants and name not in self.later and name not in self.functions \
+                    and name != self.current:
                 self.used_names.add(name)
                 return Symbol(name, integer=True)
         raise ExprError("too many indices")

@@ -9,6 +9,7 @@ hidden statement of its own, so its value is stored for the backward pass instea
 from __future__ import annotations
 
 import ast
+import itertools
 import re
 from dataclasses import dataclass, field
 
@@ -18,6 +19,7 @@ from sympy import Indexed, Integer, Sum, Symbol
 from symgrad.errors import SpecError
 from symgrad.exprs import ArrayRef, Builder, ExprError, Scope, TExpr, collect_plain_uses, make_base, parse_source
 from symgrad.library import ELEMENTWISE, INITS, LIBRARY, LogSumExp
+from symgrad.names import KERNEL_GLOBALS, NameAllocator, identifiers
 from symgrad.spec import Spec, Text, load_spec
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -63,6 +65,8 @@ class Program:
     statements: list[Statement]
     outputs: list[str]
     loss_name: str
+    names: NameAllocator = field(default_factory=NameAllocator)
+    adjoint: dict[str, str] = field(default_factory=dict)  # array name -> code name of its adjoint (`w_bar`)
 
     @property
     def params(self) -> list[Array]:
@@ -71,10 +75,6 @@ class Program:
     @property
     def inputs(self) -> list[Array]:
         return [a for a in self.arrays.values() if a.kind == "input"]
-
-    @property
-    def has_inputs(self) -> bool:
-        return bool(self.inputs)
 
     def base_to_array(self) -> dict:
         return {a.base: a for a in self.arrays.values()}
@@ -90,7 +90,8 @@ class _GraphBuilder:
         self.spec = spec
         self.arrays: dict[str, Array] = {}
         self.statements: list[Statement] = []
-        self.temp_count = 0
+        self.names = NameAllocator(_spec_identifiers(spec))
+        self._hoisted: dict = {}
 
     def err(self, msg: str, line: int) -> SpecError:
         return SpecError(msg, self.spec.path, line)
@@ -117,7 +118,8 @@ class _GraphBuilder:
         taken = (name in self.arrays and "an earlier " + self.arrays[name].kind) or \
                 (name in s.dims and "a dim") or (name in s.constants and "a constant") or \
                 (name in ELEMENTWISE and "a built-in function") or (name in LIBRARY and "a library function") or \
-                (name in ("sum", "Sum", "mean", "Piecewise") and "a built-in")
+                (name in ("sum", "Sum", "mean", "Piecewise") and "a built-in") or \
+                (name in KERNEL_GLOBALS and "a name generated code uses")
         if taken:
             raise self.err(f"{name!r} is already {taken}; choose another name", line)
 
@@ -130,6 +132,8 @@ class _GraphBuilder:
         for name, (value, line) in s.constants.items():
             if name in s.dims:
                 raise self.err(f"constant {name!r} is already a dim", line)
+            if name in KERNEL_GLOBALS:
+                raise self.err(f"constant {name!r} is a name generated code uses; choose another name", line)
             constants[name] = (value, Symbol(name, real=True))
         for name, decl in s.inputs.items():
             self.declare(name, decl.line)
@@ -146,7 +150,7 @@ class _GraphBuilder:
         stmt_names = [d.lhs.value.split("[")[0].strip() for d in s.forward]
         for pos, decl in enumerate(s.forward):
             self.statement(decl, set(stmt_names[pos + 1:]))
-        loss_name = "L" if "L" not in self.arrays else "L_"
+        loss_name = self.names.take("L")
         body = self.expression(s.loss.value, s.loss.line, set(), lhs=None, shape=None)
         if body.axes or body.named:
             shape = [n for _, n in body.axes]
@@ -166,7 +170,9 @@ class _GraphBuilder:
             reads = [self.base_array(r) for r in _read_bases(st.body)]
             st.batched = (has_inputs and st.name == loss_name) or any(a is not None and a.batched for a in reads)
             self.arrays[st.name].batched = st.batched
-        return Program(s, dict(s.dims), self.arrays, constants, self.statements, outputs, loss_name)
+        prog = Program(s, dict(s.dims), self.arrays, constants, self.statements, outputs, loss_name, self.names)
+        prog.adjoint = {name: self.names.take(f"{name}_bar") for name in self.arrays}
+        return prog
 
     def base_array(self, base) -> Array | None:
         for a in self.arrays.values():
@@ -237,6 +243,7 @@ class _GraphBuilder:
         scope = self.scope(later, current)
         try:
             tree = parse_source(str(text))
+            _refuse_private_names(tree)
             collect_plain_uses(tree, scope)
             if lhs is not None:
                 for pos, idx in enumerate(lhs):
@@ -359,16 +366,30 @@ class _GraphBuilder:
         return e.func(*[self.hoist_all(a, bounds, line) for a in e.args])
 
     def hoist(self, r: sympy.Expr, bounds: dict, line: int) -> sympy.Expr:
-        """Store r once: the same reduction written twice (swish(W @ x) = s * sigmoid(s)) is one hidden statement."""
-        cache = self.__dict__.setdefault("_hoisted", {})
+        """Store r once: the same reduction written twice (swish(W @ x) = s * sigmoid(s)) is one hidden statement,
+        also when its free indices have other names (`W[q, j] x[j]` in one place, `W[i, j] x[j]` in another)."""
         free = sorted((s for s in r.free_symbols if s.is_integer), key=lambda s: s.name)
-        key = (r, tuple((s, interval(s, bounds)) for s in free))  # same maths over the same index ranges
-        if key not in cache:
-            cache[key] = self._hoist_new(r, bounds, line)
-        return cache[key]
+        canon = [Symbol(f"_c{n}", integer=True) for n in range(len(free))]
+        orders = itertools.permutations(free) if len(free) <= 3 else [tuple(free)]
+        for order in orders:
+            key = self._hoist_key(r, order, canon, bounds)
+            if key in self._hoisted:
+                base = self._hoisted[key]
+                return base[tuple(order)] if order else base
+        key = self._hoist_key(r, tuple(free), canon, bounds)
+        self._hoisted[key] = self._hoist_new(r, free, bounds, line)
+        return self._hoisted[key][tuple(free)] if free else self._hoisted[key]
 
-    def _hoist_new(self, r: sympy.Expr, bounds: dict, line: int) -> sympy.Expr:
-        free = sorted((s for s in r.free_symbols if s.is_integer), key=lambda s: s.name)
+    @staticmethod
+    def _hoist_key(r: sympy.Expr, order, canon, bounds: dict) -> tuple:
+        ren = dict(zip(order, canon, strict=True))
+        bound = [lim[0] for node in sympy.preorder_traversal(r) if isinstance(node, Sum | LogSumExp)
+                 for lim in node.limits]
+        ren.update({v: Symbol(f"_k{n}", integer=True) for n, v in enumerate(dict.fromkeys(bound))})
+        return r.xreplace(ren), tuple(interval(s, bounds) for s in order)  # same maths over the same index ranges
+
+    def _hoist_new(self, r: sympy.Expr, free: list, bounds: dict, line: int):
+        """A hidden statement `name[free] = r`; returns its base (read it at the free indices)."""
         shape = []
         for s in free:
             lo, hi = interval(s, bounds)
@@ -376,16 +397,28 @@ class _GraphBuilder:
                 raise self.err(f"index {s} can be negative where a reduction is stored", line)
             shape.append(int(hi) + 1)
         name = self.temp_name(r)
-        idx = tuple(Symbol(s.name, integer=True) if isinstance(s, sympy.Dummy) else s for s in free)
+        # A Dummy index (from whole-array notation) becomes a plain index whose name nothing else in r uses.
+        used = {s.name for s in r.free_symbols} | {v.name for v in r.atoms(Symbol)}
+        idx = []
+        for s in free:
+            if isinstance(s, sympy.Dummy):
+                stem = s.name.lstrip("_") or "i"
+                n, nm = 1, stem
+                while nm in used:
+                    n += 1
+                    nm = f"{stem}{n}"
+                used.add(nm)
+                idx.append(Symbol(nm, integer=True))
+            else:
+                idx.append(s)
+        idx = tuple(idx)
         body = r.xreplace(dict(zip(free, idx, strict=True)))
         inner_bounds = dict(bounds)
         for s, i in zip(free, idx, strict=True):
             inner_bounds[i] = (Integer(0), Integer(shape[free.index(s)] - 1))
         self.add_statement(name, idx, tuple(shape), body, line, hidden=True)
         self.statements[-1].bounds.update(inner_bounds)
-        base = self.arrays[name].base
-        return base[tuple(free)] if free else base
-
+        return self.arrays[name].base
 
     def temp_name(self, r: sympy.Expr) -> str:
         """Readable names for stored reductions: s_h for h's pre-activation, lse_z for logsumexp(z)."""
@@ -394,12 +427,27 @@ class _GraphBuilder:
             stem = "lse_" + (reads[0] if len(reads) == 1 else "t")
         else:
             stem = "s_" + getattr(self, "_current", "t")
-        name, n = stem, 1
-        while name in self.arrays or name in self.spec.dims or name in self.spec.constants \
-                or name == getattr(self, "_current", None):
-            n += 1
-            name = f"{stem}{n}"
-        return name
+        return self.names.take(stem)
+
+
+def _spec_identifiers(spec: Spec) -> set[str]:
+    """Every identifier the spec text mentions: declared names, statement names and indices, function names and
+    parameters, and every name inside every expression, so no name the compiler makes can equal one of them."""
+    out = set(spec.dims) | set(spec.constants) | set(spec.inputs) | set(spec.params)
+    for decl in spec.forward:
+        out |= identifiers(str(decl.lhs.value).replace("[", "(").replace("]", ")"))
+        out |= identifiers(decl.expr.value)
+    if spec.loss is not None:
+        out |= identifiers(spec.loss.value)
+    for sig, body in spec.functions:
+        out |= identifiers(sig.value) | identifiers(body.value)
+    return out
+
+
+def _refuse_private_names(tree: ast.AST) -> None:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id.startswith("_"):
+            raise ExprError(f"name {node.id!r} must not start with '_' (reserved for symgrad)")
 
 
 def _merge(u: sympy.Expr, limits) -> sympy.Expr:

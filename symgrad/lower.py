@@ -89,17 +89,13 @@ def lower(d: Derivation) -> KernelIR:
             ir.backward_ops.extend(_lower_contribution(c, st, d, written, loss_bar))
     # params never reached by any contribution still get a zero gradient
     for p in prog.params:
-        if _bar(p.name) not in written:
-            ir.backward_ops.append(Fill(_bar(p.name)))
+        if prog.adjoint[p.name] not in written:
+            ir.backward_ops.append(Fill(prog.adjoint[p.name]))
     return ir
 
 
 def _adjoint_order(d: Derivation) -> list[str]:
     return [st.name for st in d.program.statements if st.name in d.needs_grad]
-
-
-def _bar(name: str) -> str:
-    return f"{name}_bar"
 
 
 def _lower_statement(st: Statement, prog: Program) -> list:
@@ -226,7 +222,7 @@ def _lower_contribution(c: Contribution, st: Statement, d: Derivation, written: 
     loop_vars = [lp.var for lp in loops]
     full = plain and all(i in loop_vars for i in t_idx) and all(
         lp.lo == 0 and _full_hi(lp, arr, t_idx) for lp in loops if lp.var in t_idx)
-    target_name = _bar(c.target)
+    target_name = d.program.adjoint[c.target]
     first = target_name not in written
     ops: list = []
     if plain and full:
@@ -279,8 +275,8 @@ def _match_gemm_adjoint(target: str, t_idx: tuple, expr: sympy.Expr, loops: list
             if not all(isinstance(i, Symbol) for i in idx) or len(set(idx)) != len(idx):
                 return None
             if arr.batched:
-                return _bar(arr.name), (BATCH,) + idx, True, (None,) + tuple(arr.shape)
-            return _bar(arr.name), idx, False, tuple(arr.shape)
+                return prog.adjoint[arr.name], (BATCH,) + idx, True, (None,) + tuple(arr.shape)
+            return prog.adjoint[arr.name], idx, False, tuple(arr.shape)
         return _operand(read, prog)
 
     inner = [lp for lp in loops if lp.var not in t_idx]
