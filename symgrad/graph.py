@@ -330,7 +330,34 @@ class _GraphBuilder:
         if isinstance(body, LogSumExp):
             return LogSumExp(self.hoist_all(body.function, bounds, line), *body.limits)
         terms = sympy.Add.make_args(sympy.Add(*[self.linear(t, bounds, line) for t in sympy.Add.make_args(body)]))
-        return _merge_like_sums(terms)
+        return _merge_like_sums([self.hoist_invariant(t, bounds, line) if isinstance(t, Sum) else t for t in terms])
+
+    def hoist_invariant(self, t: Sum, bounds: dict, line: int) -> sympy.Expr:
+        """`Σ_j W[i, j] f(s[j])`: the factor beside the one plain read is stored when it does not vary with every
+        loop index, so it is computed once per j instead of once per (i, j), and the sum becomes a plain product
+        (one BLAS call) however the statements are split: `Wo @ tanh(Wd @ z + bd)` is as fast as two statements."""
+        g = t.function
+        if not isinstance(g, sympy.Mul):
+            return t
+        reads = [f for f in g.args if isinstance(f, Indexed) and all(isinstance(i, Symbol) for i in f.indices)]
+        if not reads:
+            return t
+        rest = sympy.Mul(*[f for f in g.args if f is not reads[0]])
+        inner = dict(bounds)
+        for v, lo, hi in t.limits:
+            inner[v] = (lo, hi)
+        loop_vars = set(inner) & (g.free_symbols | {lim[0] for lim in t.limits})
+        free = {s for s in rest.free_symbols if s.is_integer}
+        plain = isinstance(rest, Indexed) or rest.is_Number or not rest.has(Indexed, *self._array_symbols())
+        if plain or not free or free >= {s for s in loop_vars if s.is_integer} or _has_reduction(rest):
+            return t
+        if any(s not in inner for s in free):
+            return t
+        stored = self.hoist(rest, inner, line)
+        return Sum(reads[0] * stored, *t.limits)
+
+    def _array_symbols(self) -> list:
+        return [a.base for a in self.arrays.values() if not a.shape]
 
     def linear(self, t: sympy.Expr, bounds: dict, line: int) -> sympy.Expr:
         """Rewrite one additive term so that reductions appear only as top-level Sum terms."""
@@ -425,6 +452,8 @@ class _GraphBuilder:
         reads = sorted({str(i.base) for i in r.atoms(Indexed)})
         if isinstance(r, LogSumExp):
             stem = "lse_" + (reads[0] if len(reads) == 1 else "t")
+        elif not _has_reduction(r):
+            stem = "a_" + getattr(self, "_current", "t")  # a stored activation beside a product
         else:
             stem = "s_" + getattr(self, "_current", "t")
         return self.names.take(stem)
