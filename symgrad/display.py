@@ -43,7 +43,8 @@ def _symbol_names(prog: Program, d: Derivation) -> dict:
 
 
 def _display_rewrites(expr: sympy.Expr, prog: Program, d: Derivation) -> sympy.Expr:
-    lse = {prog.arrays[st.name].base: st for st in prog.statements if st.hidden and isinstance(st.body, LogSumExp)}
+    lse = {prog.arrays[st.name].base: st for st in prog.statements
+           if st.hidden and isinstance(st.body, LogSumExp) and not st.indices}  # a per-row lse shows as exp(.)
     loss_bar = d.adjoint_bases[prog.loss_name]
     expr = expr.xreplace({loss_bar: sympy.S.One})
 

@@ -123,6 +123,7 @@ class Builder:
     def __init__(self, scope: Scope, internal: bool = False):
         self.scope = scope
         self.internal = internal  # library bodies may call `_logsumexp`; spec text may not
+        self.axis: int | None = None  # inside an axis= call: the positional axis every reduction runs over
         self.env: dict[str, TExpr] = {}  # function parameters while expanding a call
         self.depth = 0
 
@@ -264,11 +265,12 @@ class Builder:
     def _Call(self, node: ast.Call) -> TExpr:
         if not isinstance(node.func, ast.Name):
             raise ExprError(f"{_describe(node.func)} cannot be called; only named functions can")
-        if node.keywords:
-            raise ExprError(f"{node.func.id}(...) takes no keyword arguments")
         name = node.func.id
         if any(isinstance(a, ast.Starred) for a in node.args):
             raise ExprError("starred arguments are not allowed")
+        axis = self._axis_keyword(node)
+        if axis is not None:
+            return self.along_axis(name, node, axis)
         if name in ("sum", "Sum", "mean"):
             return self.reduction(name, node.args)
         if name == "Piecewise":
@@ -278,6 +280,9 @@ class Builder:
             x = self.build(arg)
             if not x.axes:
                 raise ExprError("logsumexp needs an array (whole-array notation)")
+            if self.axis is not None:
+                expr, limits = self._reduce_axis(x)
+                return TExpr(LogSumExp(expr, *limits), x.axes, x.named)
             return TExpr(LogSumExp(x.expr, *[(s, 0, n - 1) for s, n in x.axes]), (), x.named)
         if name in self.scope.functions or name in LIBRARY:
             params, body = self.scope.functions.get(name) or (LIBRARY[name][0], None)
@@ -321,6 +326,11 @@ class Builder:
             body = self.build(args[0])
             return self._bind(body, limits)
         body = self.build(args[0])
+        if len(args) == 1 and self.axis is not None and body.axes:
+            expr, limits = self._reduce_axis(body)
+            total = Sum(expr, *limits)
+            n = body.axes[self.axis][1]
+            return TExpr(total / n if name == "mean" else total, body.axes, body.named)
         if len(args) == 1:
             if not body.axes:
                 if name == "mean":
@@ -346,6 +356,58 @@ class Builder:
                 count *= s.ranges[a.id]
             out = TExpr(out.expr / count, out.axes, out.named)
         return out
+
+    # -- per-axis forms: softmax(S, axis=-1), logsumexp(S, axis=0), mean(x, axis=1), ... --------------------
+    def _axis_keyword(self, node: ast.Call) -> int | None:
+        if not node.keywords:
+            return None
+        kw = node.keywords[0]
+        if len(node.keywords) != 1 or kw.arg != "axis":
+            raise ExprError(f"{node.func.id}(...) takes no keyword arguments except axis=")
+        v = kw.value
+        neg = isinstance(v, ast.UnaryOp) and isinstance(v.op, ast.USub)
+        v = v.operand if neg else v
+        if not (isinstance(v, ast.Constant) and isinstance(v.value, int) and not isinstance(v.value, bool)):
+            raise ExprError(f"axis= of {node.func.id} must be an integer literal such as axis=-1")
+        return -v.value if neg else v.value
+
+    def along_axis(self, name: str, node: ast.Call, axis: int) -> TExpr:
+        """A library layer or reduction along one positional axis of its first argument. Inside, every reduction
+        runs over that axis only and keeps it as a broadcast axis (NumPy's keepdims), so `z - logsumexp(z)` aligns;
+        the call's result drops the axis when the result no longer varies along it (logsumexp, mean, var)."""
+        if name not in LIBRARY and name not in self.scope.functions and name not in ("sum", "mean"):
+            raise ExprError(f"{name} takes no axis= (only library layers, user functions, sum and mean do)")
+        if not node.args:
+            raise ExprError(f"{name}(..., axis=) needs an array argument")
+        first = self.build(node.args[0])
+        if not first.axes:
+            raise ExprError(f"axis= of {name} needs a whole array as its first argument (not index notation)")
+        rank = len(first.axes)
+        if not -rank <= axis < rank:
+            raise ExprError(f"axis={axis} is out of range for an argument with {rank} ax{'i' if rank == 1 else 'e'}s")
+        k = axis % rank
+        saved = self.axis
+        self.axis = k
+        try:
+            if name in ("sum", "mean"):
+                if len(node.args) != 1:
+                    raise ExprError(f"{name}(expr, axis=k) takes one expression")
+                out = self.reduction(name, node.args)
+            else:
+                out = self._Call(ast.Call(func=node.func, args=node.args, keywords=[]))
+        finally:
+            self.axis = saved
+        if saved is None and len(out.axes) == rank and out.axes[k][0] not in out.expr.free_symbols:
+            out = TExpr(out.expr, out.axes[:k] + out.axes[k + 1:], out.named)
+        return out
+
+    def _reduce_axis(self, x: TExpr) -> tuple[sympy.Expr, list]:
+        if len(x.axes) <= self.axis:
+            raise ExprError("a reduction along axis= met an argument with fewer axes")
+        sym, n = x.axes[self.axis]
+        d = sympy.Dummy(sym.name, integer=True)
+        self.scope.bounds[d] = (Integer(0), Integer(n - 1))
+        return x.expr.xreplace({sym: d}), [(d, 0, n - 1)]
 
     def _bind(self, body: TExpr, limits: list[tuple[str, sympy.Expr, sympy.Expr]]) -> TExpr:
         """Sum over named indices. Each bound index gets a fresh symbol so later algebra cannot capture it."""

@@ -126,6 +126,9 @@ LIBRARY: dict[str, tuple[tuple[str, ...], str]] = {
     "bce_with_logits": (("z", "y"), "softplus(z) - y * z"),
     "mse": (("yhat", "y"), "mean((yhat - y)**2)"),
     "gaussian_kl": (("mu", "logvar"), "-sum(1 + logvar - mu**2 - exp(logvar)) / 2"),
+    # Normalisation statistics (per row with axis=-1: LayerNorm is standardize(x, eps, axis=-1) * g + b).
+    "var": (("z",), "mean((z - mean(z))**2)"),
+    "standardize": (("z", "eps"), "(z - mean(z)) / sqrt(var(z) + eps)"),
 }
 
 # How each primitive is printed for the CPU backend: helper functions in symgrad.mathfns (stable forms).
