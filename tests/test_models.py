@@ -79,6 +79,14 @@ def test_cnn_digits_accuracy():
     assert res.val_accuracy[-1] >= 0.97
 
 
+@pytest.mark.slow
+def test_transformer_digits_accuracy():
+    """One encoder block over the 8 rows as tokens: row softmax attention and LayerNorm via axis=-1."""
+    _, _, _, res = _fit("transformer_digits", optimizer=Adam(1e-2))
+    report("transformer_digits", f"test accuracy {res.val_accuracy[-1]:.4f}", res)
+    assert res.val_accuracy[-1] >= 0.95
+
+
 def independent_bernoulli_ll(train_x: np.ndarray, test_x: np.ndarray) -> float:
     """Test log-likelihood per image of independent Bernoulli pixels fitted on the training set."""
     p = np.clip(train_x.mean(0), 1e-3, 1 - 1e-3)
