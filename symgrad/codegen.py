@@ -139,6 +139,8 @@ class KernelPrinter(PythonCodePrinter):
             parts.append("math.nan")
         return "(" + "".join(parts) + ")"
 
+    _print_Select = _print_Piecewise
+
     def _print_BooleanTrue(self, expr):
         return "True"
 

@@ -14,10 +14,39 @@ from dataclasses import dataclass, field
 
 import sympy
 from sympy import Indexed, IndexedBase, Integer, Rational, Sum, Symbol
+from sympy.functions.elementary.piecewise import ExprCondPair
 
 from symgrad.library import ELEMENTWISE, LIBRARY, LogSumExp
 
 _INDEX_NAMES = "ijklmnpqrstuvabcdefgho"
+
+
+class Select(sympy.Piecewise):
+    """Piecewise that leaves a condition holding a reduction as written. SymPy canonicalises conditions with
+    piecewise_fold, which pulls a Piecewise out of a Sum whose condition reads the summation index
+    (`mean(Piecewise(...)) < 3` became `ITE(d[m] > 1/2, ...)` with m unbound). Once the graph stage has stored the
+    reduction in a hidden statement, the condition holds a plain read and SymPy's usual canonical form applies."""
+
+    def __new__(cls, *args, **options):
+        pairs = [tuple(getattr(ec, "args", ec)) for ec in args]
+        if any(isinstance(c, sympy.Basic) and c.has(Sum, LogSumExp) for _, c in pairs):
+            kept = []
+            for e, c in pairs:
+                c = sympy.true if c is True else c
+                kept.append(_Pair(e, c))
+                if c is sympy.true:
+                    break
+            return sympy.Basic.__new__(cls, *kept)
+        return sympy.Piecewise(*args, **options)
+
+
+class _Pair(ExprCondPair):
+    """An (expr, cond) pair whose condition holds a reduction: kept as written (see Select)."""
+
+    def __new__(cls, expr, cond):
+        if isinstance(cond, sympy.Basic) and cond.has(Sum, LogSumExp):
+            return sympy.Tuple.__new__(cls, sympy.sympify(expr), cond)
+        return ExprCondPair(expr, cond)
 
 
 class ExprError(Exception):
@@ -440,7 +469,7 @@ class Builder:
                 cond = self.build(cond_node)
             pieces.append((value, cond))
         flat = [t for pair in pieces for t in pair]
-        return self.elementwise(lambda *xs: sympy.Piecewise(*zip(xs[::2], xs[1::2], strict=True)), flat,
+        return self.elementwise(lambda *xs: Select(*zip(xs[::2], xs[1::2], strict=True)), flat,
                                 "Piecewise")
 
     # -- shape algebra ---------------------------------------------------------------------------------

@@ -91,6 +91,10 @@ def lower(d: Derivation) -> KernelIR:
     for p in prog.params:
         if prog.adjoint[p.name] not in written:
             ir.backward_ops.append(Fill(prog.adjoint[p.name]))
+    # a statement read only where the derivative is 0 (a Piecewise condition) gets no contribution, but its own
+    # contributions still read its adjoint: zero it, never leave np.empty's memory there
+    unwritten = [b.name for b in adj_bufs if b.name not in written]
+    ir.backward_ops[:0] = [Fill(name) for name in unwritten]
     return ir
 
 
