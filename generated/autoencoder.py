@@ -59,7 +59,7 @@ INITS = (
 SIGN = 1.0
 REDUCTION = "mean"
 OUTPUTS = ("xhat", )
-STATEMENTS = ("s_h", "h", "s_xhat", "xhat", "L", )
+STATEMENTS = ("s_h", "h", "s_xhat", "xhat", "L")
 STATEMENT_SHAPES = {
     "s_h": ((32,), True),
     "h": ((32,), True),

@@ -62,7 +62,7 @@ INITS = (
 SIGN = 1.0
 REDUCTION = "mean"
 OUTPUTS = ("z", )
-STATEMENTS = ("s_conv", "conv", "pool", "z", "lse_z", "L", )
+STATEMENTS = ("s_conv", "conv", "pool", "z", "lse_z", "L")
 STATEMENT_SHAPES = {
     "s_conv": ((32, 6, 6), True),
     "conv": ((32, 6, 6), True),

@@ -55,7 +55,7 @@ INITS = (
 SIGN = -1.0
 REDUCTION = "mean"
 OUTPUTS = ("logit", )
-STATEMENTS = ("logit", "L", )
+STATEMENTS = ("logit", "L")
 STATEMENT_SHAPES = {
     "logit": ((64,), True),
     "L": ((), True),

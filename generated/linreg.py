@@ -47,7 +47,7 @@ INITS = (
 SIGN = 1.0
 REDUCTION = "mean"
 OUTPUTS = ("yhat", )
-STATEMENTS = ("yhat", "L", )
+STATEMENTS = ("yhat", "L")
 STATEMENT_SHAPES = {
     "yhat": ((), True),
     "L": ((), True),

@@ -59,7 +59,7 @@ INITS = (
 SIGN = 1.0
 REDUCTION = "mean"
 OUTPUTS = ("z", )
-STATEMENTS = ("s_h", "h", "z", "lse_z", "L", )
+STATEMENTS = ("s_h", "h", "z", "lse_z", "L")
 STATEMENT_SHAPES = {
     "s_h": ((128,), True),
     "h": ((128,), True),

@@ -58,7 +58,7 @@ INITS = (
 SIGN = -1.0
 REDUCTION = "mean"
 OUTPUTS = ("logit", )
-STATEMENTS = ("a", "logit", "L", )
+STATEMENTS = ("a", "logit", "L")
 STATEMENT_SHAPES = {
     "a": ((32, 64), True),
     "logit": ((64,), True),

@@ -43,7 +43,7 @@ INITS = (
 SIGN = 1.0
 REDUCTION = "mean"
 OUTPUTS = ("L", )
-STATEMENTS = ("L", )
+STATEMENTS = ("L",)
 STATEMENT_SHAPES = {
     "L": ((), False),
 }

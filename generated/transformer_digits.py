@@ -96,19 +96,20 @@ INITS = (
 SIGN = 1.0
 REDUCTION = "mean"
 OUTPUTS = ("z", )
-STATEMENTS = ("a_E", "E", "Q", "Kt", "V", "a_S", "S", "lse_S", "s_A", "A", "a_R1", "R1", "s_N1s2", "s_N1s", "N1s", "N1", "s_H", "H", "R2", "s_N2s2", "s_N2s", "N2s", "N2", "a_z", "z", "lse_z", "L", )
+STATEMENTS = (
+    "E", "Q", "Kt", "V", "S", "lse_S", "s_A", "A", "s_R1", "R1", "s_N1s2", "s_N1s", "N1s", "N1", "s_H", "H",
+    "R2", "s_N2s2", "s_N2s", "N2s", "N2", "z", "lse_z", "L",
+)
 STATEMENT_SHAPES = {
-    "a_E": ((8, 8), True),
     "E": ((8, 16), True),
     "Q": ((8, 16), True),
     "Kt": ((8, 16), True),
     "V": ((8, 16), True),
-    "a_S": ((16, 8), True),
     "S": ((8, 8), True),
     "lse_S": ((8,), True),
     "s_A": ((8, 8), True),
     "A": ((8, 8), True),
-    "a_R1": ((16, 8, 16), True),
+    "s_R1": ((8, 16), True),
     "R1": ((8, 16), True),
     "s_N1s2": ((8,), True),
     "s_N1s": ((8,), True),
@@ -121,7 +122,6 @@ STATEMENT_SHAPES = {
     "s_N2s": ((8,), True),
     "N2s": ((8, 16), True),
     "N2": ((8, 16), True),
-    "a_z": ((16, 10), False),
     "z": ((10,), True),
     "lse_z": ((), True),
     "L": ((), True),
@@ -147,17 +147,15 @@ def _forward_pass(_theta, _consts, x, y):
     c2 = _theta[2384:2400].reshape((16,))
     Wc = _theta[2400:2560].reshape((10, 16))
     bc = _theta[2560:2570].reshape((10,))
-    a_E = np.empty((_B, 8, 8), dtype=_theta.dtype)
     E = np.empty((_B, 8, 16), dtype=_theta.dtype)
     Q = np.empty((_B, 8, 16), dtype=_theta.dtype)
     Kt = np.empty((_B, 8, 16), dtype=_theta.dtype)
     V = np.empty((_B, 8, 16), dtype=_theta.dtype)
-    a_S = np.empty((_B, 16, 8), dtype=_theta.dtype)
     S = np.empty((_B, 8, 8), dtype=_theta.dtype)
     lse_S = np.empty((_B, 8), dtype=_theta.dtype)
     s_A = np.empty((_B, 8, 8), dtype=_theta.dtype)
     A = np.empty((_B, 8, 8), dtype=_theta.dtype)
-    a_R1 = np.empty((_B, 16, 8, 16), dtype=_theta.dtype)
+    s_R1 = np.empty((_B, 8, 16), dtype=_theta.dtype)
     R1 = np.empty((_B, 8, 16), dtype=_theta.dtype)
     s_N1s2 = np.empty((_B, 8), dtype=_theta.dtype)
     s_N1s = np.empty((_B, 8), dtype=_theta.dtype)
@@ -170,22 +168,16 @@ def _forward_pass(_theta, _consts, x, y):
     s_N2s = np.empty((_B, 8), dtype=_theta.dtype)
     N2s = np.empty((_B, 8, 16), dtype=_theta.dtype)
     N2 = np.empty((_B, 8, 16), dtype=_theta.dtype)
-    a_z = np.empty((16, 10), dtype=_theta.dtype)
     z = np.empty((_B, 10), dtype=_theta.dtype)
     lse_z = np.empty((_B, ), dtype=_theta.dtype)
     L = np.empty((_B, ), dtype=_theta.dtype)
-    # stored a_E[i, j]
-    for _b in range(0, _B):
-        for i in range(0, 8):
-            for j in range(0, 8):
-                a_E[_b, i, j] = (0.0625)*x[_b, i, j]
     # E[i, l]
     for _b in range(0, _B):
         for i in range(0, 8):
             for l2 in range(0, 16):
                 _acc = P[i, l2]
                 for j in range(0, 8):
-                    _acc += We[j, l2]*a_E[_b, i, j]
+                    _acc += (0.0625)*We[j, l2]*x[_b, i, j]
                 E[_b, i, l2] = _acc
     # Q[i, l]; Kt[i, l]; V[i, l]
     for _b in range(0, _B):
@@ -203,18 +195,13 @@ def _forward_pass(_theta, _consts, x, y):
                 for j in range(0, 16):
                     _acc += E[_b, i, j]*Wv[j, l2]
                 V[_b, i, l2] = _acc
-    # stored a_S[d2, t]
-    for _b in range(0, _B):
-        for d2 in range(0, 16):
-            for t in range(0, 8):
-                a_S[_b, d2, t] = (0.25)*Q[_b, t, d2]
     # S[t, u]
     for _b in range(0, _B):
         for t in range(0, 8):
             for u in range(0, 8):
                 _acc = 0.0
                 for d in range(0, 16):
-                    _acc += Kt[_b, u, d]*a_S[_b, d, t]
+                    _acc += (0.25)*Kt[_b, u, d]*Q[_b, t, d]
                 S[_b, t, u] = _acc
     # stored lse_S[k]
     for _b in range(0, _B):
@@ -232,20 +219,21 @@ def _forward_pass(_theta, _consts, x, y):
             for l2 in range(0, 8):
                 s_A[_b, k, l2] = S[_b, k, l2] - lse_S[_b, k]
                 A[_b, k, l2] = _mf.exp(s_A[_b, k, l2], _theta)
-    # stored a_R1[j, l, n]
+    # stored s_R1[i, n]
     for _b in range(0, _B):
-        for j in range(0, 16):
-            for l2 in range(0, 8):
-                for n in range(0, 16):
-                    a_R1[_b, j, l2, n] = V[_b, l2, n]*Wo[n, j]
+        for i in range(0, 8):
+            for n in range(0, 16):
+                _acc = 0.0
+                for l2 in range(0, 8):
+                    _acc += A[_b, i, l2]*V[_b, l2, n]
+                s_R1[_b, i, n] = _acc
     # R1[i, j]
     for _b in range(0, _B):
         for i in range(0, 8):
             for j in range(0, 16):
                 _acc = E[_b, i, j]
                 for n in range(0, 16):
-                    for l2 in range(0, 8):
-                        _acc += A[_b, i, l2]*a_R1[_b, j, l2, n]
+                    _acc += Wo[n, j]*s_R1[_b, i, n]
                 R1[_b, i, j] = _acc
     # stored s_N1s2[k]
     for _b in range(0, _B):
@@ -308,17 +296,13 @@ def _forward_pass(_theta, _consts, x, y):
             for l2 in range(0, 16):
                 N2s[_b, k, l2] = (R2[_b, k, l2] - 0.0625*s_N2s2[_b, k])/math.sqrt((0.0625)*s_N2s[_b, k] + 1e-05)
                 N2[_b, k, l2] = N2s[_b, k, l2]*g2[l2] + c2[l2]
-    # stored a_z[d2, k]
-    for d2 in range(0, 16):
-        for k in range(0, 10):
-            a_z[d2, k] = (0.125)*Wc[k, d2]
     # z[k]
     for _b in range(0, _B):
         for k in range(0, 10):
             _acc = bc[k]
             for t in range(0, 8):
                 for d in range(0, 16):
-                    _acc += N2[_b, t, d]*a_z[d, k]
+                    _acc += (0.125)*N2[_b, t, d]*Wc[k, d]
             z[_b, k] = _acc
     # stored lse_z
     for _b in range(0, _B):
@@ -335,20 +319,29 @@ def _forward_pass(_theta, _consts, x, y):
         for j in range(0, 10):
             _acc += -y[_b, j]*z[_b, j]
         L[_b] = _acc
-    return a_E, E, Q, Kt, V, a_S, S, lse_S, s_A, A, a_R1, R1, s_N1s2, s_N1s, N1s, N1, s_H, H, R2, s_N2s2, s_N2s, N2s, N2, a_z, z, lse_z, L
+    return (
+        E, Q, Kt, V, S, lse_S, s_A, A, s_R1, R1, s_N1s2, s_N1s, N1s, N1, s_H, H, R2, s_N2s2, s_N2s, N2s, N2,
+        z, lse_z, L,
+    )
 
 
 @njit(cache=True, error_model="numpy")
 def _loss(_theta, _consts, x, y):
     """Sum over the batch of the per-sample objective."""
-    a_E, E, Q, Kt, V, a_S, S, lse_S, s_A, A, a_R1, R1, s_N1s2, s_N1s, N1s, N1, s_H, H, R2, s_N2s2, s_N2s, N2s, N2, a_z, z, lse_z, L = _forward_pass(_theta, _consts, x, y)
+    (
+        E, Q, Kt, V, S, lse_S, s_A, A, s_R1, R1, s_N1s2, s_N1s, N1s, N1, s_H, H, R2, s_N2s2, s_N2s, N2s, N2,
+        z, lse_z, L,
+    ) = _forward_pass(_theta, _consts, x, y)
     return L.sum()
 
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")
 def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
     """Sum over the batch of the objective; grad <- gscale * its gradient (reverse mode, statement by statement)."""
-    a_E, E, Q, Kt, V, a_S, S, lse_S, s_A, A, a_R1, R1, s_N1s2, s_N1s, N1s, N1, s_H, H, R2, s_N2s2, s_N2s, N2s, N2, a_z, z, lse_z, L = _forward_pass(_theta, _consts, x, y)
+    (
+        E, Q, Kt, V, S, lse_S, s_A, A, s_R1, R1, s_N1s2, s_N1s, N1s, N1, s_H, H, R2, s_N2s2, s_N2s, N2s, N2,
+        z, lse_z, L,
+    ) = _forward_pass(_theta, _consts, x, y)
     _B = x.shape[0]
     Wq = _theta[256:512].reshape((16, 16))
     Wk = _theta[512:768].reshape((16, 16))
@@ -358,6 +351,7 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
     W1 = _theta[1312:1824].reshape((16, 32))
     W2 = _theta[1856:2368].reshape((32, 16))
     g2 = _theta[2368:2384].reshape((16,))
+    Wc = _theta[2400:2560].reshape((10, 16))
     We_bar = _grad[0:128].reshape((8, 16))
     P_bar = _grad[128:256].reshape((8, 16))
     Wq_bar = _grad[256:512].reshape((16, 16))
@@ -377,12 +371,11 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
     Q_bar = np.empty((_B, 8, 16), dtype=_theta.dtype)
     Kt_bar = np.empty((_B, 8, 16), dtype=_theta.dtype)
     V_bar = np.empty((_B, 8, 16), dtype=_theta.dtype)
-    a_S_bar = np.empty((_B, 16, 8), dtype=_theta.dtype)
     S_bar = np.empty((_B, 8, 8), dtype=_theta.dtype)
     lse_S_bar = np.empty((_B, 8), dtype=_theta.dtype)
     s_A_bar = np.empty((_B, 8, 8), dtype=_theta.dtype)
     A_bar = np.empty((_B, 8, 8), dtype=_theta.dtype)
-    a_R1_bar = np.empty((_B, 16, 8, 16), dtype=_theta.dtype)
+    s_R1_bar = np.empty((_B, 8, 16), dtype=_theta.dtype)
     R1_bar = np.empty((_B, 8, 16), dtype=_theta.dtype)
     s_N1s2_bar = np.empty((_B, 8), dtype=_theta.dtype)
     s_N1s_bar = np.empty((_B, 8), dtype=_theta.dtype)
@@ -395,7 +388,6 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
     s_N2s_bar = np.empty((_B, 8), dtype=_theta.dtype)
     N2s_bar = np.empty((_B, 8, 16), dtype=_theta.dtype)
     N2_bar = np.empty((_B, 8, 16), dtype=_theta.dtype)
-    a_z_bar = np.empty((16, 10), dtype=_theta.dtype)
     z_bar = np.empty((_B, 10), dtype=_theta.dtype)
     lse_z_bar = np.empty((_B, ), dtype=_theta.dtype)
     bc_bar[...] = 0.0
@@ -415,20 +407,16 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
             for d in range(0, 16):
                 _acc = 0.0
                 for k in range(0, 10):
-                    _acc += a_z[d, k]*z_bar[_b, k]
+                    _acc += (0.125)*Wc[k, d]*z_bar[_b, k]
                 N2_bar[_b, t, d] = _acc
-    # d z / d a_z
+    # d z / d Wc
     for k in range(0, 10):
         for d in range(0, 16):
             _acc = 0.0
             for _b in range(0, _B):
                 for t in range(0, 8):
-                    _acc += N2[_b, t, d]*z_bar[_b, k]
-            a_z_bar[d, k] = _acc
-    # d a_z / d Wc
-    for d2 in range(0, 16):
-        for k in range(0, 10):
-            Wc_bar[k, d2] = (0.125)*a_z_bar[d2, k]
+                    _acc += (0.125)*N2[_b, t, d]*z_bar[_b, k]
+            Wc_bar[k, d] = _acc
     # d N2 / d N2s
     for _b in range(0, _B):
         for t in range(0, 8):
@@ -575,40 +563,38 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
             for l2 in range(0, 16):
                 R1_bar[_b, k, l2] += s_N1s2_bar[_b, k]
                 E_bar[_b, k, l2] = R1_bar[_b, k, l2]
-    # d R1 / d A
-    for _b in range(0, _B):
-        for i in range(0, 8):
-            for l2 in range(0, 8):
-                _acc = 0.0
-                for j in range(0, 16):
-                    for n in range(0, 16):
-                        _acc += R1_bar[_b, i, j]*a_R1[_b, j, l2, n]
-                A_bar[_b, i, l2] = _acc
-    # d R1 / d a_R1
-    for _b in range(0, _B):
-        for j in range(0, 16):
-            for n in range(0, 16):
-                for l2 in range(0, 8):
-                    _acc = 0.0
-                    for i in range(0, 8):
-                        _acc += A[_b, i, l2]*R1_bar[_b, i, j]
-                    a_R1_bar[_b, j, l2, n] = _acc
-    # d a_R1 / d V
-    for _b in range(0, _B):
-        for l2 in range(0, 8):
-            for n in range(0, 16):
-                _acc = 0.0
-                for j in range(0, 16):
-                    _acc += Wo[n, j]*a_R1_bar[_b, j, l2, n]
-                V_bar[_b, l2, n] = _acc
-    # d a_R1 / d Wo
+    # d R1 / d Wo
     for j in range(0, 16):
         for n in range(0, 16):
             _acc = 0.0
             for _b in range(0, _B):
-                for l2 in range(0, 8):
-                    _acc += V[_b, l2, n]*a_R1_bar[_b, j, l2, n]
+                for i in range(0, 8):
+                    _acc += R1_bar[_b, i, j]*s_R1[_b, i, n]
             Wo_bar[n, j] = _acc
+    # d R1 / d s_R1
+    for _b in range(0, _B):
+        for i in range(0, 8):
+            for n in range(0, 16):
+                _acc = 0.0
+                for j in range(0, 16):
+                    _acc += R1_bar[_b, i, j]*Wo[n, j]
+                s_R1_bar[_b, i, n] = _acc
+    # d s_R1 / d A
+    for _b in range(0, _B):
+        for i in range(0, 8):
+            for l2 in range(0, 8):
+                _acc = 0.0
+                for n in range(0, 16):
+                    _acc += V[_b, l2, n]*s_R1_bar[_b, i, n]
+                A_bar[_b, i, l2] = _acc
+    # d s_R1 / d V
+    for _b in range(0, _B):
+        for n in range(0, 16):
+            for l2 in range(0, 8):
+                _acc = 0.0
+                for i in range(0, 8):
+                    _acc += A[_b, i, l2]*s_R1_bar[_b, i, n]
+                V_bar[_b, l2, n] = _acc
     # d A / d s_A; d s_A / d S
     for _b in range(0, _B):
         for k in range(0, 8):
@@ -633,29 +619,20 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
             for d in range(0, 16):
                 _acc = 0.0
                 for t in range(0, 8):
-                    _acc += S_bar[_b, t, u]*a_S[_b, d, t]
+                    _acc += (0.25)*Q[_b, t, d]*S_bar[_b, t, u]
                 Kt_bar[_b, u, d] = _acc
-    # d S / d a_S
+    # d S / d Q; d V / d E
     for _b in range(0, _B):
         for t in range(0, 8):
             for d in range(0, 16):
                 _acc = 0.0
                 for u in range(0, 8):
-                    _acc += Kt[_b, u, d]*S_bar[_b, t, u]
-                a_S_bar[_b, d, t] = _acc
-    # d a_S / d Q
-    for _b in range(0, _B):
-        for d2 in range(0, 16):
-            for t in range(0, 8):
-                Q_bar[_b, t, d2] = (0.25)*a_S_bar[_b, d2, t]
-    # d V / d E
-    for _b in range(0, _B):
-        for i in range(0, 8):
-            for j in range(0, 16):
+                    _acc += (0.25)*Kt[_b, u, d]*S_bar[_b, t, u]
+                Q_bar[_b, t, d] = _acc
                 _acc = 0.0
                 for l2 in range(0, 16):
-                    _acc += V_bar[_b, i, l2]*Wv[j, l2]
-                E_bar[_b, i, j] += _acc
+                    _acc += V_bar[_b, t, l2]*Wv[d, l2]
+                E_bar[_b, t, d] += _acc
     # d V / d Wv
     for l2 in range(0, 16):
         for j in range(0, 16):
@@ -707,7 +684,7 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
             _acc = 0.0
             for _b in range(0, _B):
                 for i in range(0, 8):
-                    _acc += E_bar[_b, i, l2]*a_E[_b, i, j]
+                    _acc += (0.0625)*E_bar[_b, i, l2]*x[_b, i, j]
             We_bar[j, l2] = _acc
     return L.sum()
 

@@ -87,7 +87,7 @@ INITS = (
 SIGN = -1.0
 REDUCTION = "mean"
 OUTPUTS = ("logit", "mu", "logvar", )
-STATEMENTS = ("s_h", "h", "mu", "logvar", "z", "s_g", "g", "logit", "L", )
+STATEMENTS = ("s_h", "h", "mu", "logvar", "z", "s_g", "g", "logit", "L")
 STATEMENT_SHAPES = {
     "s_h": ((128,), True),
     "h": ((128,), True),

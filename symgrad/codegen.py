@@ -394,10 +394,28 @@ class KernelWriter:
 
 
 def _env(backend: str) -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES / backend)),
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
         autoescape=False)
+    env.filters["pytuple"] = pytuple
+    return env
+
+
+def pytuple(names, indent: int = 0, quoted: bool = False, bare: bool = False) -> str:
+    """A tuple of names (or of their string literals) that stays within the line length: wrapped inside the
+    parentheses when a model has many statements."""
+    import json
+    import textwrap
+
+    items = [json.dumps(n) if quoted else str(n) for n in names]
+    flat = ", ".join(items) + ("," if len(items) == 1 else "")
+    if indent + len(flat) <= 90:
+        return flat if bare else f"({flat})"
+    pad = " " * (indent + 4)
+    body = textwrap.fill(", ".join(items) + ",", width=110, initial_indent=pad, subsequent_indent=pad,
+                         break_on_hyphens=False, break_long_words=False)
+    return "(\n" + body + "\n" + " " * indent + ")"
 
 
 def spec_metadata(prog: Program) -> dict:

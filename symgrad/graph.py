@@ -333,28 +333,56 @@ class _GraphBuilder:
         return _merge_like_sums([self.hoist_invariant(t, bounds, line) if isinstance(t, Sum) else t for t in terms])
 
     def hoist_invariant(self, t: Sum, bounds: dict, line: int) -> sympy.Expr:
-        """`Σ_j W[i, j] f(s[j])`: the factor beside the one plain read is stored when it does not vary with every
-        loop index, so it is computed once per j instead of once per (i, j), and the sum becomes a plain product
-        (one BLAS call) however the statements are split: `Wo @ tanh(Wd @ z + bd)` is as fast as two statements."""
-        g = t.function
-        if not isinstance(g, sympy.Mul):
+        """`Σ_j W[i, j] f(s[j])`: a nonlinear factor beside the product's plain read is stored when it does not vary
+        with every loop index, so it is computed once per j instead of once per (i, j), and the sum becomes a plain
+        product (one BLAS call) however the statements are split: `Wo @ tanh(Wd @ z + bd)` is as fast as two."""
+        t = self.contract_chain(t, bounds, line)
+        if not isinstance(t, Sum) or not isinstance(t.function, sympy.Mul):
             return t
+        g = t.function
         reads = [f for f in g.args if isinstance(f, Indexed) and all(isinstance(i, Symbol) for i in f.indices)]
         if not reads:
             return t
-        rest = sympy.Mul(*[f for f in g.args if f is not reads[0]])
+        read = max(reads, key=lambda f: len(f.indices))
+        rest = sympy.Mul(*[f for f in g.args if f is not read])
         inner = dict(bounds)
         for v, lo, hi in t.limits:
             inner[v] = (lo, hi)
-        loop_vars = set(inner) & (g.free_symbols | {lim[0] for lim in t.limits})
+        loop_vars = {s for s in g.free_symbols | {lim[0] for lim in t.limits} if s.is_integer and s in inner}
         free = {s for s in rest.free_symbols if s.is_integer}
-        plain = isinstance(rest, Indexed) or rest.is_Number or not rest.has(Indexed, *self._array_symbols())
-        if plain or not free or free >= {s for s in loop_vars if s.is_integer} or _has_reduction(rest):
+        nonlinear = bool(rest.atoms(sympy.Function)) or any(not p.exp.is_Integer for p in rest.atoms(sympy.Pow))
+        if not nonlinear or not free or free >= loop_vars or _has_reduction(rest) or any(s not in inner for s in free):
             return t
-        if any(s not in inner for s in free):
-            return t
-        stored = self.hoist(rest, inner, line)
-        return Sum(reads[0] * stored, *t.limits)
+        return Sum(read * self.hoist(rest, inner, line), *t.limits)
+
+    def contract_chain(self, t: Sum, bounds: dict, line: int) -> sympy.Expr:
+        """`Σ_{u,d} A[t,u] V[u,d] Wo[d,e]` ((A @ V) @ Wo in one statement) is contracted pairwise, as written,
+        through stored products, instead of one loop nest over every index (T·T·D·D work for T·D·(T + D))."""
+        while isinstance(t, Sum) and len(t.limits) >= 2 and isinstance(t.function, sympy.Mul):
+            factors = [f for f in t.function.args if isinstance(f, Indexed)]
+            coeff = sympy.Mul(*[f for f in t.function.args if not isinstance(f, Indexed)])
+            if len(factors) < 3 or coeff.free_symbols & set(self._array_symbols()) or coeff.has(Indexed) \
+                    or any(not all(isinstance(i, Symbol) for i in f.indices) for f in factors) \
+                    or any(not (lo.is_Integer and hi.is_Integer) for _, lo, hi in t.limits):
+                return t
+            inner = dict(bounds)
+            for v, lo, hi in t.limits:
+                inner[v] = (lo, hi)
+            best = None
+            for v, lo, hi in t.limits:
+                users = [f for f in factors if v in f.indices]
+                if len(users) != 2:
+                    continue
+                out_idx = (set(users[0].indices) | set(users[1].indices)) - {v}
+                if best is None or len(out_idx) < best[0]:
+                    best = (len(out_idx), v, lo, hi, users)
+            if best is None:
+                return t
+            _, v, lo, hi, users = best
+            stored = self.hoist(Sum(users[0] * users[1], (v, lo, hi)), inner, line)
+            rest = [f for f in factors if f is not users[0] and f is not users[1]]
+            t = Sum(coeff * sympy.Mul(*rest) * stored, *[lim for lim in t.limits if lim[0] != v])
+        return t
 
     def _array_symbols(self) -> list:
         return [a.base for a in self.arrays.values() if not a.shape]
