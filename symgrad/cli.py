@@ -89,7 +89,9 @@ def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> Non
         name = load_spec(path).name
         text = build_module_source(path, display_path=_display(path))
         files = [(Path(out_dir) / f"{name}.py", text)]
-        if target in ("cuda", "all"):
+        if target == "all" and _has_recurrence(path):
+            click.echo(f"note: {path} has a recurrence, which runs on the CPU backend only: no CUDA module", err=True)
+        elif target in ("cuda", "all"):
             from symgrad.cuda_codegen import render_cuda_module
 
             files.append((Path(out_dir) / f"{name}_cuda.py", render_cuda_module(str(path), _display(path))))
@@ -115,6 +117,12 @@ def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> Non
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
         click.echo(f"wrote {path}")
+
+
+def _has_recurrence(path: Path) -> bool:
+    from symgrad.graph import build_program
+
+    return bool(build_program(str(path)).recurrences)
 
 
 def _display(path: Path) -> str:

@@ -20,7 +20,7 @@ from symgrad.derive import Loop, derive
 from symgrad.errors import CodegenError
 from symgrad.graph import Program, build_program
 from symgrad.library import PRIMITIVES
-from symgrad.lower import BATCH, GSCALE, Fill, Gemm, KernelIR, LoopNest, lower, stable_rewrites
+from symgrad.lower import BATCH, BATCH_SIZE, GSCALE, Fill, Gemm, KernelIR, LoopNest, TimeLoop, lower, stable_rewrites
 from symgrad.names import RESERVED
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -57,7 +57,7 @@ class KernelPrinter(PythonCodePrinter):
             return f"{name}[_b]" if name in self.batched else f"{name}[0]"
         if expr == GSCALE:
             return "_gscale"
-        if expr.name == "B" and expr.is_integer:
+        if expr == BATCH_SIZE:
             return "_B"
         return super()._print_Symbol(expr)
 
@@ -193,6 +193,7 @@ class KernelWriter:
         self.scalars0d |= {prog.adjoint[n] for n in self.scalars0d}
         self.adjoint_names = set(prog.adjoint.values())
         self.const_locals = {sym: name for name, (_, sym) in prog.constants.items()}
+        self.outer_loopvars: dict = {}  # loop variables of enclosing step loops (recurrences)
         self.tmp = 0
         # loop variables must not shadow arrays, constants, helpers or modules the kernel uses
         self.reserved = {a.name for a in prog.arrays.values()} | set(prog.constants) | self.adjoint_names \
@@ -221,6 +222,8 @@ class KernelWriter:
                 out.add(f"{op.buffer}[...] = 0.0")
             elif isinstance(op, LoopNest):
                 self.loopnest(group, out)
+            elif isinstance(op, TimeLoop):
+                self.timeloop(op, out)
             else:  # pragma: no cover - a new op kind without a writer is a bug
                 raise CodegenError(f"no writer for {type(op).__name__}")
         return out.lines
@@ -322,10 +325,29 @@ class KernelWriter:
             self._body(op, loopvars, out)
         out.depth -= len(group[0].outer)
 
+    def timeloop(self, op: TimeLoop, out: _Lines) -> None:
+        """A recurrence's step loop: its statements run one step at a time, each op as its own loop nest."""
+        name = self.loop_names([Loop(op.var, sympy.Integer(0), sympy.Integer(op.size - 1))])[op.var]
+        out.add(f"# {op.comment}")
+        out.add(f"for {name} in range({op.size - 1}, -1, -1):" if op.reverse else f"for {name} in range(0, {op.size}):")
+        out.depth += 1
+        self.outer_loopvars[op.var] = name
+        try:
+            for sub, guard in zip(op.ops, op.guards, strict=True):
+                if guard is not None:
+                    out.add(f"if {self.printer(dict(self.outer_loopvars)).doprint(guard)}:")
+                    out.depth += 1
+                self.loopnest([sub], out)
+                if guard is not None:
+                    out.depth -= 1
+        finally:
+            del self.outer_loopvars[op.var]
+            out.depth -= 1
+
     def loop_names(self, loops: list) -> dict:
         """A readable, unique code name per loop variable (`_b` for the batch), never shadowing the kernel's names."""
-        names: dict = {}
-        used: set[str] = set()
+        names: dict = dict(self.outer_loopvars)
+        used: set[str] = set(names.values())
         for lp in loops:
             if lp.var in names:
                 continue

@@ -33,12 +33,12 @@ from symgrad.codegen import (
     spec_metadata,
 )
 from symgrad.derive import Loop, derive
-from symgrad.errors import CodegenError
+from symgrad.errors import CodegenError, SpecError
 from symgrad.graph import build_program
-from symgrad.lower import BATCH, Fill, Gemm, LoopNest, lower, stable_rewrites
+from symgrad.lower import BATCH, BATCH_SIZE, Fill, Gemm, LoopNest, lower, stable_rewrites
 
 BACKEND = BACKENDS["cuda"]
-B_SYM = Symbol("B", integer=True)
+B_SYM = BATCH_SIZE
 BATCH_ESTIMATE = 256  # batch size assumed when choosing between a per-thread loop and atomics
 SEQUENTIAL_LIMIT = 4096  # a scatter-add loops inside each thread over at most this many iterations, else atomics
 
@@ -276,6 +276,11 @@ def _template_env() -> jinja2.Environment:
 def render_cuda_module(spec_path: str, display_path: str | None = None) -> str:
     """The full text of generated/<name>_cuda.py for one spec."""
     prog = build_program(spec_path)
+    if prog.recurrences:
+        rec = prog.recurrences[0]
+        line = prog.arrays[rec.members[-1]].line
+        raise SpecError(f"recurrence {rec.members[-1]} runs on the CPU backend only (the CUDA writer has no step "
+                        f"loop yet); build it with --target cpu", prog.spec.path, line)
     d = derive(prog)
     ir = lower(d)
     fw = CudaKernelWriter(ir, "fwd")

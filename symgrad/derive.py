@@ -56,14 +56,21 @@ class Derivation:
 def derive(program: Program) -> Derivation:
     arrays = program.arrays
     needs = set(a.name for a in program.params)
-    for st in program.statements:
-        if any(_array_name(r) in needs for r in _reads(st.body, arrays)):
-            needs.add(st.name)
+    reads = {st.name: {_array_name(r) for r in _reads(st.body, arrays)} for st in program.statements}
+    size = -1
+    while size != len(needs):  # one pass unless a recurrence reads a later statement
+        size = len(needs)
+        for st in program.statements:
+            if reads[st.name] & needs:
+                needs.add(st.name)
     # keep only what also reaches the loss: a statement the loss never reads has no adjoint to propagate
     reaches = {program.loss_name}
-    for st in reversed(program.statements):
-        if st.name in reaches:
-            reaches |= {_array_name(r) for r in _reads(st.body, arrays)}
+    size = -1
+    while size != len(reaches):
+        size = len(reaches)
+        for st in reversed(program.statements):
+            if st.name in reaches:
+                reaches |= reads[st.name]
     needs &= reaches
     if program.loss_name not in needs:
         raise SpecError("the loss does not depend on any parameter, so there is nothing to differentiate",

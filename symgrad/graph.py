@@ -57,6 +57,21 @@ class Statement:
 
 
 @dataclass
+class Recurrence:
+    """Statements run step by step over a time index: forward for t = 0..T-1, backward for t = T-1..0.
+
+    `members` are the statements inside the step loop, each with its own time index symbol (`time_of`); `hoisted`
+    are hidden statements the graph made inside the region that do not depend on t (computed outside the loop).
+    """
+
+    size: int
+    members: list[str]
+    time_of: dict[str, Symbol]
+    hoisted: list[str]
+    carried: dict[str, object]  # carried statement -> its init (a number or an array name)
+
+
+@dataclass
 class Program:
     spec: Spec
     dims: dict[str, int]
@@ -67,6 +82,7 @@ class Program:
     loss_name: str
     names: NameAllocator = field(default_factory=NameAllocator)
     adjoint: dict[str, str] = field(default_factory=dict)  # array name -> code name of its adjoint (`w_bar`)
+    recurrences: list[Recurrence] = field(default_factory=list)
 
     @property
     def params(self) -> list[Array]:
@@ -148,8 +164,12 @@ class _GraphBuilder:
         self.functions = functions
         self.constants = constants
         stmt_names = [d.lhs.value.split("[")[0].strip() for d in s.forward]
+        self.carried = self.declare_carried()
+        self.regions: list[list[int]] = []  # [first statement index, name of the last carried statement]
         for pos, decl in enumerate(s.forward):
-            self.statement(decl, set(stmt_names[pos + 1:]))
+            self._region_start = len(self.statements)
+            self.statement(decl, set(stmt_names[pos + 1:]) - set(self.carried))
+        self.recurrences = self.finish_recurrences()
         loss_name = self.names.take("L")
         body = self.expression(s.loss.value, s.loss.line, set(), lhs=None, shape=None)
         if body.axes or body.named:
@@ -170,7 +190,18 @@ class _GraphBuilder:
             reads = [self.base_array(r) for r in _read_bases(st.body)]
             st.batched = (has_inputs and st.name == loss_name) or any(a is not None and a.batched for a in reads)
             self.arrays[st.name].batched = st.batched
+        while True:  # a recurrence reads later statements: batchedness settles in a few passes
+            changed = False
+            for st in self.statements:
+                reads = [self.base_array(r) for r in _read_bases(st.body)]
+                b = (has_inputs and st.name == loss_name) or any(a is not None and a.batched for a in reads)
+                if b != st.batched:
+                    st.batched = self.arrays[st.name].batched = b
+                    changed = True
+            if not changed:
+                break
         prog = Program(s, dict(s.dims), self.arrays, constants, self.statements, outputs, loss_name, self.names)
+        prog.recurrences = self.recurrences
         prog.adjoint = {name: self.names.take(f"{name}_bar") for name in self.arrays}
         return prog
 
@@ -179,6 +210,168 @@ class _GraphBuilder:
             if a.base == base:
                 return a
         return None
+
+    # -- recurrences -----------------------------------------------------------------------------------
+    def declare_carried(self) -> dict:
+        """Statements with `init:` carry state over their first index. They are declared before any statement is
+        built, so the statements of one step (earlier in the list) can read them at an earlier step."""
+        out = {}
+        for decl in self.spec.forward:
+            if decl.init is None:
+                continue
+            m = re.match(rf"^({_NAME})\s*\[(.*)\]$", decl.lhs.value.strip())
+            if not m or decl.shape is None:
+                raise self.err("a statement with init: is a recurrence over its first index: write it in index form "
+                               "with a shape, e.g. h[t, j]: {shape: [T, H], expr: ..., init: 0}", decl.line)
+            name = m.group(1)
+            self.declare(name, decl.line)
+            shape = self.shape(decl.shape, name)
+            if len(shape) < 1:
+                raise self.err(f"recurrence {name} needs a time axis", decl.line)
+            init = self.parse_state_init(decl.init, name, shape[1:])
+            arr = Array(name, shape, make_base(name, shape), "stmt", False, decl.line)
+            self.arrays[name] = Array(name, shape, arr.base, "stmt", False, -1)
+            out[name] = (init, decl.line, arr)
+        return out
+
+    def parse_state_init(self, t: Text, name: str, shape: tuple[int, ...]):
+        text = str(t.value).strip()
+        try:
+            node = ast.parse(text, mode="eval").body
+        except SyntaxError:
+            node = None
+        num = _number(node) if node is not None else None
+        if num is not None:
+            return num
+        if isinstance(node, ast.Name) and node.id in self.spec.constants and not shape:
+            return node.id
+        if isinstance(node, ast.Name) and node.id in self.arrays and self.arrays[node.id].kind in ("param", "input"):
+            if self.arrays[node.id].shape != shape:
+                raise self.err(f"init {node.id} of {name} has shape {list(self.arrays[node.id].shape)}, but one "
+                               f"step of {name} has shape {list(shape)}", t.line)
+            return node.id
+        raise self.err(f"init of {name} must be a number or the name of a param or input of shape {list(shape)}",
+                       t.line)
+
+    def _init_read(self, init, rest: tuple) -> sympy.Expr:
+        if isinstance(init, float):
+            return sympy.Float(init) if init != int(init) else sympy.Integer(int(init))
+        if init in self.constants:
+            return self.constants[init][1]
+        base = self.arrays[init].base
+        return base[rest] if rest else base
+
+    def recurrent_reads(self, name: str, syms: tuple, shape: tuple, expr: sympy.Expr, line: int) -> sympy.Expr:
+        """A read of a carried statement before its first step gives its init; a read of one not yet computed
+        (this statement itself, or a later one) must be at an earlier step, and makes a recurrence region."""
+        if not self.carried:
+            return expr
+        defined = {st.name for st in self.statements}
+        subs = {}
+        for r in expr.atoms(Indexed):
+            arr = self.base_array(r.base)
+            if arr is None or arr.name not in self.carried:
+                continue
+            i0 = r.indices[0]
+            pending = arr.name == name or arr.name not in defined
+            if pending:
+                step = self._step_offset(i0)
+                if step is None or step[1] < 1:
+                    raise self.err(f"{name} reads {arr.name}[{', '.join(map(str, r.indices))}] before it is "
+                                   f"computed; a recurrence reads its state at an earlier step, "
+                                   f"{arr.name}[t - 1, ...]", line)
+                if not syms or syms[0] != step[0]:
+                    raise self.err(f"{name} reads {arr.name} at step {step[0]} - {step[1]}, so its first index "
+                                   f"must be the step index {step[0]}", line)
+                self.regions.append([self._region_start, arr.name])
+            bounds = dict(self._scope.bounds)
+            bounds.update({sym: (Integer(0), Integer(n - 1)) for sym, n in zip(syms, shape, strict=True)})
+            lo = interval(i0, bounds)[0]
+            if lo < 0:
+                init = self.carried[arr.name][0]
+                subs[r] = sympy.Piecewise((self._init_read(init, tuple(r.indices[1:])), i0 < 0), (r, True))
+        return expr.xreplace(subs) if subs else expr
+
+    @staticmethod
+    def _step_offset(i0: sympy.Expr):
+        """(t, c) when the index is t - c for an index symbol t and an integer c, else None."""
+        c, rest = sympy.expand(i0).as_coeff_Add()
+        if isinstance(rest, Symbol) and rest.is_integer and c.is_Integer:
+            return rest, int(-c)
+        return None
+
+    def finish_recurrences(self) -> list[Recurrence]:
+        if not self.regions:
+            for name, (_, line, _) in self.carried.items():
+                raise self.err(f"{name} has init: but nothing reads it at an earlier step", line)
+            return []
+        pos = {st.name: n for n, st in enumerate(self.statements)}
+        spans = sorted((start, pos[end]) for start, end in self.regions)
+        merged: list[list[int]] = []
+        for a, b in spans:
+            if merged and a <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], b)
+            else:
+                merged.append([a, b])
+        out = []
+        for a, b in merged:
+            members, hoisted, time_of, pending = [], [], {}, []
+            size = None
+            for st in self.statements[a:b + 1]:
+                if st.hidden:
+                    pending.append(st)
+                    continue
+                if not st.indices:
+                    raise self.err(f"statement {st.name} sits inside a recurrence but does not run over its step "
+                                   f"index; move it before or after the recurrence", st.line)
+                t = st.indices[0]
+                if size is None:
+                    size = st.shape[0]
+                if st.shape[0] != size:
+                    raise self.err(f"statement {st.name} runs over {st.shape[0]} steps inside a recurrence of "
+                                   f"{size}", st.line)
+                for h in pending:
+                    if t in h.indices:
+                        members.append(h.name)
+                        time_of[h.name] = t
+                    else:
+                        hoisted.append(h.name)
+                pending = []
+                members.append(st.name)
+                time_of[st.name] = t
+            carried = {n: self.carried[n][0] for n in members if n in self.carried}
+            rec = Recurrence(size, members, time_of, hoisted, carried)
+            self._check_steps(rec)
+            out.append(rec)
+        unused = set(self.carried) - {n for r in out for n in r.carried}
+        for name in unused:
+            raise self.err(f"{name} has init: but nothing reads it at an earlier step", self.carried[name][1])
+        return out
+
+    def _check_steps(self, rec: Recurrence) -> None:
+        """Inside a step a statement reads the step's earlier statements at t, and any member at an earlier step;
+        never a later step (it is not computed yet)."""
+        order = {n: k for k, n in enumerate(rec.members)}
+        by_base = {self.arrays[n].base: n for n in rec.members}
+        for st in self.statements:
+            if st.name not in order:
+                continue
+            t = rec.time_of[st.name]
+            for r in st.body.atoms(Indexed):
+                target = by_base.get(r.base)
+                if target is None:
+                    continue
+                idx = r.indices[self._time_axis(target, rec)]
+                step = self._step_offset(idx)
+                need = 0 if order[target] < order[st.name] else 1
+                if step is None or step[0] != t or step[1] < need:
+                    raise self.err(f"{st.name} reads {target} at step {idx}; inside a recurrence over {t} a "
+                                   f"statement reads the current step ({t}) of earlier statements and an earlier "
+                                   f"step ({t} - 1) of itself and later ones", st.line)
+
+    def _time_axis(self, name: str, rec: Recurrence) -> int:
+        st = next(x for x in self.statements if x.name == name)
+        return st.indices.index(rec.time_of[name])
 
     def parse_init(self, t: Text, pname: str) -> tuple:
         text = str(t.value).strip()
@@ -255,7 +448,7 @@ class _GraphBuilder:
                         scope.ranges[idx] = shape[pos]
                     scope.index(idx)
             result = Builder(scope).build(tree)
-            check_ranges(result.expr, scope, self.arrays)
+            check_ranges(result.expr, scope, self.arrays, set(getattr(self, "carried", {})))
         except ExprError as exc:
             raise self.err(str(exc), line) from None
         except RecursionError:
@@ -271,7 +464,11 @@ class _GraphBuilder:
         name = m.group(1)
         if name.startswith("_"):
             raise self.err(f"statement name {name!r} must not start with '_'", decl.line)
+        if name in self.carried and self.arrays[name].line == -1:
+            del self.arrays[name]  # the placeholder that let earlier statements of the recurrence read it
         self.declare(name, decl.line)
+        if name in self.carried:
+            self.arrays[name] = self.carried[name][2]
         declared = self.shape(decl.shape, name) if decl.shape is not None else None
         if m.group(2) is None:
             body = self.expression(decl.expr.value, decl.expr.line, later, lhs=None, shape=None, current=name)
@@ -284,7 +481,8 @@ class _GraphBuilder:
                 raise self.err(f"{name} is declared with shape {list(declared)} but its expression has shape "
                                f"{list(shape)}", decl.line)
             indices = tuple(s for s, _ in body.axes)
-            self.add_statement(name, indices, shape, body.expr, decl.line)
+            expr = self.recurrent_reads(name, indices, shape, body.expr, decl.expr.line)
+            self.add_statement(name, indices, shape, expr, decl.line)
             return
         idx_names = [p.strip() for p in m.group(2).split(",")]
         plain = all(re.match(rf"^{_NAME}$", p) for p in idx_names)
@@ -312,7 +510,8 @@ class _GraphBuilder:
                 raise self.err(f"cannot infer the range of index {missing[0]} of {name}: no plain use fixes it; "
                                f"give the statement a shape in long form", decl.line)
             declared = tuple(scope.ranges[p] for p in idx_names)
-        self.add_statement(name, syms, declared, body.expr, decl.line)
+        expr = self.recurrent_reads(name, syms, declared, body.expr, decl.expr.line)
+        self.add_statement(name, syms, declared, expr, decl.line)
 
     def add_statement(self, name: str, indices, shape, body, line: int, hidden: bool = False) -> None:
         if not hidden:
@@ -591,7 +790,7 @@ def interval(e: sympy.Expr, bounds: dict) -> tuple[int, int]:
     return lo, hi
 
 
-def check_ranges(expr: sympy.Expr, scope: Scope, arrays: dict) -> None:
+def check_ranges(expr: sympy.Expr, scope: Scope, arrays: dict, carried: set | None = None) -> None:
     """Every read's affine index must stay inside its array over all index values (an error, not a wrap)."""
     bounds = dict(scope.bounds)
     for name, sym in scope.index_syms.items():
@@ -608,7 +807,7 @@ def check_ranges(expr: sympy.Expr, scope: Scope, arrays: dict) -> None:
                 missing = next(iter(ix.free_symbols), ix)
                 raise ExprError(f"cannot infer the range of index {missing} in {read}: use it plainly in a "
                                 f"subscript or give the statement a shape in long form") from None
-            if lo < 0 or hi > arr.shape[axis] - 1:
+            if (lo < 0 and not (axis == 0 and arr.name in (carried or ()))) or hi > arr.shape[axis] - 1:
                 shown = sympy.sstr(ix.xreplace({s: Symbol(s.name) for s in ix.free_symbols}))
                 raise ExprError(f"index out of range: {shown} in {arr.name}[...] takes values "
                                 f"{lo}..{hi} but axis {axis} of {arr.name} has size {arr.shape[axis]}")

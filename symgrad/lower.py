@@ -18,8 +18,10 @@ from symgrad.derive import Contribution, Derivation, Loop
 from symgrad.graph import Program, Statement
 from symgrad.library import LogSumExp, log_sigmoid, sigmoid
 
-BATCH = Symbol("b", integer=True)
-GSCALE = Symbol("gscale", real=True)
+# Compiler symbols start with "_", which no spec name can (an index named b or B, a constant named gscale)
+BATCH = Symbol("_b", integer=True)
+BATCH_SIZE = Symbol("_B", integer=True)
+GSCALE = Symbol("_gscale", real=True)
 
 
 @dataclass
@@ -65,6 +67,19 @@ class Fill:
 
 
 @dataclass
+class TimeLoop:
+    """A recurrence's step loop around its statements' operations (ascending forward, descending backward).
+    `guards[k]` is a condition for ops[k] (a scatter into step t - 1 runs only for t >= 1), or None."""
+
+    var: Symbol
+    size: int
+    reverse: bool
+    ops: list = field(default_factory=list)
+    guards: list = field(default_factory=list)
+    comment: str = ""
+
+
+@dataclass
 class KernelIR:
     program: Program
     forward_buffers: list[Buffer]
@@ -80,13 +95,47 @@ def lower(d: Derivation) -> KernelIR:
         d.adjoint_bases[name]), prog.arrays[name].shape, prog.arrays[name].batched)
         for name in _adjoint_order(d) if prog.arrays[name].kind == "stmt" and name != prog.loss_name]
     ir = KernelIR(prog, fwd_bufs, adj_bufs)
+    member = {n: rec for rec in prog.recurrences for n in rec.members}
+    hoisted = {n: rec for rec in prog.recurrences for n in rec.hoisted}
+    by_name = {st.name: st for st in prog.statements}
+    loops: dict[int, TimeLoop] = {}
     for st in prog.statements:
-        ir.forward_ops.extend(_lower_statement(st, prog))
+        rec = member.get(st.name)
+        if st.name in hoisted:
+            continue  # emitted before its recurrence's loop (it does not depend on the step)
+        if rec is None:
+            ir.forward_ops.extend(_lower_statement(st, prog))
+            continue
+        if id(rec) not in loops:
+            for name in rec.hoisted:
+                ir.forward_ops.extend(_lower_statement(by_name[name], prog))
+            loops[id(rec)] = TimeLoop(_step_var(rec), rec.size, False, comment=f"recurrence over {rec.members[-1]}")
+            ir.forward_ops.append(loops[id(rec)])
+        for op in _lower_statement(st, prog, gemm=False):
+            _in_step(loops[id(rec)], op, rec.time_of[st.name], ir.forward_ops)
     written: set[str] = set()
     loss_bar = d.adjoint_bases[prog.loss_name]
+    back: dict[int, TimeLoop] = {}
+    deferred: list = []  # contributions of step-independent statements of an open recurrence: after its loop
     for st, contribs in d.steps:
+        rec = member.get(st.name)
+        if rec is None and st.name not in hoisted and deferred:
+            ir.backward_ops.extend(deferred)
+            deferred = []
         for c in contribs:
-            ir.backward_ops.extend(_lower_contribution(c, st, d, written, loss_bar))
+            if st.name in hoisted:
+                deferred.extend(_lower_contribution(c, st, d, written, loss_bar))
+                continue
+            if rec is None:
+                ir.backward_ops.extend(_lower_contribution(c, st, d, written, loss_bar))
+                continue
+            if id(rec) not in back:
+                back[id(rec)] = TimeLoop(_step_var(rec), rec.size, True,
+                                         comment=f"back through the recurrence over {rec.members[-1]}")
+                ir.backward_ops.append(back[id(rec)])
+            for op in _lower_contribution(c, st, d, written, loss_bar, gemm=False):
+                _in_step(back[id(rec)], op, rec.time_of[st.name], ir.backward_ops)
+    ir.backward_ops.extend(deferred)
     # params never reached by any contribution still get a zero gradient
     for p in prog.params:
         if prog.adjoint[p.name] not in written:
@@ -98,16 +147,48 @@ def lower(d: Derivation) -> KernelIR:
     return ir
 
 
+def _step_var(rec) -> Symbol:
+    return Symbol("_" + rec.time_of[rec.members[-1]].name, integer=True)
+
+
+def _in_step(loop: TimeLoop, op, t: Symbol, outside: list) -> None:
+    """Put op inside the step loop: its loop over t goes (t becomes the step variable); a first write becomes a
+    zero fill before the loop plus accumulation, since every step adds its part."""
+    if isinstance(op, Fill):
+        outside.append(op)  # KernelWriter hoists fills to the kernel's top
+        return
+    if not isinstance(op, LoopNest):  # pragma: no cover - Gemm is disabled inside a step
+        raise TypeError(f"unexpected {type(op).__name__} inside a recurrence")
+    ren = {t: loop.var}
+    mode = op.mode
+    if mode == "=" and loop.reverse:
+        name = str(op.target.base if isinstance(op.target, Indexed) else op.target)
+        outside.append(Fill(name))
+        mode = "+="
+    outer = [Loop(lp.var, lp.lo.xreplace(ren), lp.hi.xreplace(ren)) for lp in op.outer if lp.var != t]
+    inner = [Loop(lp.var, lp.lo.xreplace(ren), lp.hi.xreplace(ren)) for lp in op.inner if lp.var != t]
+    if op.reduce != "none" and any(lp.var == t for lp in op.inner) and mode == "=":
+        mode = "+="  # pragma: no cover - forward reductions never run over their own step index
+    target = op.target.xreplace(ren)
+    new = LoopNest(outer, inner, target, op.expr.xreplace(ren), mode, op.reduce,
+                   op.init.xreplace(ren) if isinstance(op.init, sympy.Basic) else op.init, op.comment)
+    conds = []
+    if isinstance(target, Indexed):
+        conds = [ix >= 0 for ix in target.indices if loop.var in ix.free_symbols and ix != loop.var]
+    loop.ops.append(new)
+    loop.guards.append(sympy.And(*conds) if conds else None)
+
+
 def _adjoint_order(d: Derivation) -> list[str]:
     return [st.name for st in d.program.statements if st.name in d.needs_grad]
 
 
-def _lower_statement(st: Statement, prog: Program) -> list:
+def _lower_statement(st: Statement, prog: Program, gemm: bool = True) -> list:
     base = prog.arrays[st.name].base
     target = base[st.indices] if st.indices else base
     outer = [Loop(i, sympy.Integer(0), sympy.Integer(n - 1)) for i, n in zip(st.indices, st.shape, strict=True)]
     if st.batched:
-        outer = [Loop(BATCH, sympy.Integer(0), Symbol("B", integer=True) - 1)] + outer
+        outer = [Loop(BATCH, sympy.Integer(0), BATCH_SIZE - 1)] + outer
     if isinstance(st.body, LogSumExp):
         inner = _limits(st.body.limits)
         return [LoopNest(outer, inner, target, st.body.function, "=", reduce="lse", comment=_comment(st))]
@@ -116,7 +197,7 @@ def _lower_statement(st: Statement, prog: Program) -> list:
         (sums if isinstance(term, sympy.Sum) else e0_terms).append(term)
     e0 = sympy.Add(*e0_terms)
     ops: list = []
-    if len(sums) == 1:
+    if len(sums) == 1 and gemm:
         gemm = _match_gemm(st.name, st.indices, st.batched, sums[0].function, _limits(sums[0].limits), prog,
                            accumulate=False)
         if gemm is not None:
@@ -214,13 +295,14 @@ def _operand(read, prog: Program):
 
 
 # -- backward ------------------------------------------------------------------------------------------------
-def _lower_contribution(c: Contribution, st: Statement, d: Derivation, written: set[str], loss_bar) -> list:
+def _lower_contribution(c: Contribution, st: Statement, d: Derivation, written: set[str], loss_bar,
+                        gemm: bool = True) -> list:
     prog = d.program
     arr = prog.arrays[c.target]
     expr = c.expr.xreplace({loss_bar: GSCALE})
     loops = list(c.loops)
     if st.batched:
-        loops = [Loop(BATCH, sympy.Integer(0), Symbol("B", integer=True) - 1)] + loops
+        loops = [Loop(BATCH, sympy.Integer(0), BATCH_SIZE - 1)] + loops
     t_idx = ((BATCH,) if arr.batched else ()) + tuple(c.index)
     plain = all(isinstance(i, Symbol) for i in t_idx) and len(set(t_idx)) == len(t_idx)
     loop_vars = [lp.var for lp in loops]
@@ -229,7 +311,7 @@ def _lower_contribution(c: Contribution, st: Statement, d: Derivation, written: 
     target_name = d.program.adjoint[c.target]
     first = target_name not in written
     ops: list = []
-    if plain and full:
+    if plain and full and gemm:
         gemm = _match_gemm_adjoint(target_name, t_idx, expr, loops, d)
         if gemm is not None:
             gemm.accumulate = not first

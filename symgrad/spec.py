@@ -51,6 +51,7 @@ class StatementDecl:
     expr: Text
     shape: tuple[Text, ...] | None
     line: int
+    init: Text | None = None  # a recurrence's state before its first step (`h[t - 1]` at t = 0)
 
 
 @dataclass
@@ -342,16 +343,18 @@ def _read(r: _Reader, root: yaml.Node, path: str, sha: str) -> Spec:
             if isinstance(value, yaml.MappingNode):
                 fields = dict((k.value, (k, v)) for k, v in r.mapping(value, f"statement {key.value}"))
                 for k, (knode, _) in fields.items():
-                    if k not in ("shape", "expr"):
-                        raise r.fail(knode, f"unknown key {k!r} in statement {key.value} (expected shape, expr)")
+                    if k not in ("shape", "expr", "init"):
+                        raise r.fail(knode, f"unknown key {k!r} in statement {key.value} (expected shape, expr, init)")
                 if "expr" not in fields:
                     raise r.fail(key, f"statement {key.value} needs an expr")
                 expr = r.string(fields["expr"][1], f"expr of {key.value}", allow_numbers=True)
                 shape = _shape(r, fields["shape"][1], str(key.value)) if "shape" in fields else None
+                init = r.string(fields["init"][1], f"init of {key.value}", allow_numbers=True) \
+                    if "init" in fields else None
             else:
                 expr = r.string(value, f"statement {key.value}", allow_numbers=True)
-                shape = None
-            forward.append(StatementDecl(lhs, expr, shape, lhs.line))
+                shape = init = None
+            forward.append(StatementDecl(lhs, expr, shape, lhs.line, init))
 
     loss = r.string(top["loss"], "loss", allow_numbers=True)
     objective = r.string(top["objective"], "objective").value if "objective" in top else "minimize"

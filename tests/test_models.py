@@ -87,6 +87,14 @@ def test_transformer_digits_accuracy():
     assert res.val_accuracy[-1] >= 0.95
 
 
+@pytest.mark.slow
+def test_rnn_digits_accuracy():
+    """A GRU over the 8 rows, kept as a loop over t forward and backward through time."""
+    _, _, _, res = _fit("rnn_digits", optimizer=Adam(1e-2))
+    report("rnn_digits", f"test accuracy {res.val_accuracy[-1]:.4f}", res)
+    assert res.val_accuracy[-1] >= 0.95
+
+
 def independent_bernoulli_ll(train_x: np.ndarray, test_x: np.ndarray) -> float:
     """Test log-likelihood per image of independent Bernoulli pixels fitted on the training set."""
     p = np.clip(train_x.mean(0), 1e-3, 1 - 1e-3)

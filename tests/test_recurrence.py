@@ -1,0 +1,162 @@
+"""Recurrences (issue 13): `h[t, j]: {shape: [T, H], expr: "... h[t - 1, k] ...", init: h0}` runs as a loop over t
+in the generated kernels, forward and backward through time. Checked against NumPy forwards written here and
+central differences of them; module size does not grow with T."""
+
+from __future__ import annotations
+
+import textwrap
+
+import numpy as np
+import pytest
+
+import symgrad
+from symgrad.codegen import render_module
+from symgrad.errors import SpecError
+from symgrad.graph import build_program
+
+ELMAN = """
+name: elman
+dims: {T: 5, C: 3, H: 4, K: 2}
+inputs: {x: [T, C], y: [K]}
+params:
+  Wx: {shape: [H, C], init: normal(0, 0.5)}
+  Wh: {shape: [H, H], init: normal(0, 0.5)}
+  b: {shape: [H], init: 0.1}
+  h0: {shape: [H], init: normal(0, 0.5)}
+  Wy: {shape: [K, H], init: normal(0, 0.5)}
+forward:
+  - h[t, j]:
+      shape: [T, H]
+      expr: tanh(sum(Wx[j, c] * x[t, c], c) + sum(Wh[j, k] * h[t - 1, k], k) + b[j])
+      init: h0
+  - z[k]: sum(Wy[k, j] * h[T - 1, j], j)
+loss: softmax_cross_entropy(z, y) + 0.1 * sum(h**2)
+"""
+
+GRU = """
+name: gru
+dims: {T: 4, C: 2, H: 3, K: 2}
+inputs: {x: [T, C], y: [K]}
+params:
+  Wz: {shape: [H, C], init: normal(0, 0.7)}
+  Uz: {shape: [H, H], init: normal(0, 0.7)}
+  Wr: {shape: [H, C], init: normal(0, 0.7)}
+  Ur: {shape: [H, H], init: normal(0, 0.7)}
+  Wn: {shape: [H, C], init: normal(0, 0.7)}
+  Un: {shape: [H, H], init: normal(0, 0.7)}
+  Wo: {shape: [K, H], init: normal(0, 0.7)}
+forward:
+  - u[t, j]: {shape: [T, H], expr: "sigmoid(sum(Wz[j, c]*x[t, c], c) + sum(Uz[j, k]*h[t - 1, k], k))"}
+  - r[t, j]: {shape: [T, H], expr: "sigmoid(sum(Wr[j, c]*x[t, c], c) + sum(Ur[j, k]*h[t - 1, k], k))"}
+  - n[t, j]: {shape: [T, H], expr: "tanh(sum(Wn[j, c]*x[t, c], c) + r[t, j]*sum(Un[j, k]*h[t - 1, k], k))"}
+  - h[t, j]: {shape: [T, H], expr: "(1 - u[t, j])*n[t, j] + u[t, j]*h[t - 1, j]", init: 0}
+  - z[k]: sum(Wo[k, j] * h[T - 1, j], j)
+loss: softmax_cross_entropy(z, y)
+"""
+
+
+def _sig(a):
+    return 1 / (1 + np.exp(-a))
+
+
+def _ce(z, y):
+    return np.log(np.exp(z - z.max()).sum()) + z.max() - y @ z
+
+
+def _elman(p, x, y):
+    h, hs = p["h0"], []
+    for t in range(5):
+        h = np.tanh(p["Wx"] @ x[t] + p["Wh"] @ h + p["b"])
+        hs.append(h)
+    return _ce(p["Wy"] @ h, y) + 0.1 * np.sum(np.array(hs) ** 2)
+
+
+def _gru(p, x, y):
+    h = np.zeros(3)
+    for t in range(4):
+        u = _sig(p["Wz"] @ x[t] + p["Uz"] @ h)
+        r = _sig(p["Wr"] @ x[t] + p["Ur"] @ h)
+        n = np.tanh(p["Wn"] @ x[t] + r * (p["Un"] @ h))
+        h = (1 - u) * n + u * h
+    return _ce(p["Wo"] @ h, y)
+
+
+@pytest.mark.parametrize("text, ref", [(ELMAN, _elman), (GRU, _gru)], ids=["elman", "gru"])
+def test_recurrence_matches_numpy_bptt(tmp_path, monkeypatch, text, ref):
+    monkeypatch.setenv("SYMGRAD_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "rec.yaml"
+    path.write_text(text)
+    m = symgrad.load(str(path))
+    rng = np.random.default_rng(0)
+    p = {k: np.asarray(v, float) for k, v in m.init_params(seed=4).items()}
+    (xn, xs, _), (yn, ys, _) = m.INPUTS
+    batch = {xn: 2 * rng.normal(size=(3, *xs)), yn: np.eye(2)[[0, 1, 1]]}
+
+    def mean_ref(q):
+        return np.mean([ref(q, batch["x"][b], batch["y"][b]) for b in range(3)])
+
+    loss, grad = m.loss_and_grad(p, batch)
+    assert loss == pytest.approx(mean_ref(p), rel=1e-10)
+    for k, v in p.items():
+        num = np.zeros_like(v)
+        for idx in np.ndindex(v.shape):
+            hi = {a: w.copy() for a, w in p.items()}
+            lo = {a: w.copy() for a, w in p.items()}
+            hi[k][idx] += 1e-5
+            lo[k][idx] -= 1e-5
+            num[idx] = (mean_ref(hi) - mean_ref(lo)) / 2e-5
+        np.testing.assert_allclose(grad[k], num, rtol=1e-6, atol=1e-9, err_msg=f"d loss / d {k}")
+
+
+def test_module_size_does_not_grow_with_T(tmp_path):
+    sizes = []
+    for T in (5, 50):
+        path = tmp_path / f"elman{T}.yaml"
+        path.write_text(ELMAN.replace("T: 5", f"T: {T}").replace("range(5)", ""))
+        sizes.append(len(render_module(str(path)).splitlines()))
+    assert sizes[0] == sizes[1]
+
+
+def test_step_loops_in_generated_code(tmp_path):
+    path = tmp_path / "elman.yaml"
+    path.write_text(ELMAN)
+    text = render_module(str(path))
+    assert "for t in range(0, 5):" in text and "for t in range(4, -1, -1):" in text
+
+
+BASE = """\
+name: bad
+dims: {T: 3, H: 2}
+inputs: {x: [T, H]}
+params: {W: {shape: [H, H], init: 0.5}}
+forward:
+"""
+
+
+@pytest.mark.parametrize("stmts, msg", [
+    ('  - h[t, j]: {shape: [T, H], expr: "tanh(sum(W[j, k]*h[t, k], k))", init: 0}', "before it is computed"),
+    ('  - h[t, j]: {shape: [T, H], expr: "tanh(sum(W[j, k]*h[t + 1, k], k))", init: 0}', "out of range"),
+    ('  - h[t, j]: {expr: "tanh(sum(W[j, k]*h[t - 1, k], k))", init: 0}', "index form with a shape"),
+    ('  - h[t, j]: {shape: [T, H], expr: "tanh(x[t, j])", init: 0}', "nothing reads it"),
+    ('  - h[t, j]: {shape: [T, H], expr: "tanh(sum(W[j, k]*h[t - 1, k], k))", init: W}', "has shape"),
+    ('  - h[t, j]: {shape: [T, H], expr: "tanh(sum(W[j, k]*h[t - 1, k], k))"}', "refers to itself"),
+    ('  - a[t, j]: {shape: [T, H], expr: "x[t, j] + h[t, j]"}\n'
+     '  - h[t, j]: {shape: [T, H], expr: "tanh(a[t, j] + h[t - 1, j])", init: 0}', "before it is computed"),
+    ('  - a[j, t]: {shape: [H, T], expr: "x[t, j] + h[t - 1, j]"}\n'
+     '  - h[t, j]: {shape: [T, H], expr: "tanh(a[j, t])", init: 0}', "first index must be the step index"),
+])
+def test_bad_recurrences_are_one_line_errors(tmp_path, stmts, msg):
+    path = tmp_path / "bad.yaml"
+    path.write_text(BASE + stmts + "\nloss: sum(W) * sum(h)\n")
+    with pytest.raises(SpecError, match=msg) as exc:
+        build_program(str(path))
+    assert str(exc.value).startswith(str(path) + ":")
+
+
+def test_cuda_refuses_a_recurrence_in_one_line(tmp_path):
+    from symgrad.cuda_codegen import render_cuda_module
+
+    path = tmp_path / "elman.yaml"
+    path.write_text(textwrap.dedent(ELMAN))
+    with pytest.raises(SpecError, match="CPU backend only"):
+        render_cuda_module(str(path))
