@@ -52,7 +52,7 @@ def test_train_prints_epochs_and_saves(setup):
     )
     assert res.exit_code == 0, res.output
     lines = [ln for ln in res.output.splitlines() if ln.startswith("epoch ")]
-    assert len(lines) == 3 and lines[0].startswith("epoch 1/3  loss ") and "val_loss" in lines[0]
+    assert len(lines) == 3 and lines[0].startswith("epoch 1/3  loss ") and "test_loss" in lines[0]
     assert set(np.load(out).files) == {"w", "b"}
     assert plot.stat().st_size > 1000
 
