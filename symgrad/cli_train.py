@@ -196,7 +196,8 @@ def _parse_constants(items: tuple[str, ...], model: ModuleType) -> dict[str, flo
         if not sep:
             raise UsageError(f"--constant {item!r}: write NAME=VALUE, e.g. --constant beta=0.5")
         if name not in known:
-            raise UsageError(f"--constant {name!r} is not a constant of the spec (constants: {', '.join(known) or 'none'})")
+            raise UsageError(f"--constant {name!r} is not a constant of the spec "
+                             f"(constants: {', '.join(known) or 'none'})")
         try:
             out[name] = float(value)
         except ValueError:
@@ -205,8 +206,8 @@ def _parse_constants(items: tuple[str, ...], model: ModuleType) -> dict[str, flo
 
 
 SCHEDULE_HELP = ("lr multiplier: cosine | cosine:FINAL | step_decay:EVERY:GAMMA | inverse_time:DECAY | "
-                 "warmup:STEPS; or a constant's value: NAME=linear_ramp:START:END:STEPS (e.g. beta=linear_ramp:0:1:500). "
-                 "Repeatable.")
+                 "warmup:STEPS; or a constant's value: NAME=linear_ramp:START:END:STEPS "
+                 "(e.g. beta=linear_ramp:0:1:500). Repeatable.")
 
 
 def _parse_schedules(items: tuple[str, ...], model: ModuleType, total_steps: int):

@@ -124,7 +124,10 @@ def _readable(lhs, rhs, loops) -> tuple:
         new = next(c for c in pool if c not in taken)
         taken.add(new)
         ren[s] = Symbol(new, **{k: v for k, v in s.assumptions0.items() if k in ("integer", "real")})
-    fix = (lambda e: sympy.sympify(e).xreplace(ren))
+
+    def fix(e):
+        return sympy.sympify(e).xreplace(ren)
+
     return fix(lhs), fix(rhs), tuple(tuple(fix(x) for x in lp) for lp in loops)
 
 
