@@ -59,7 +59,8 @@ def _symbol_names(prog: Program, d: _Internal) -> dict:
 
 
 def _display_rewrites(expr: sympy.Expr, prog: Program, d: _Internal) -> sympy.Expr:
-    lse = {prog.arrays[st.name].base: st for st in prog.statements if st.hidden and isinstance(st.body, LogSumExp)}
+    lse = {prog.arrays[st.name].base: st for st in prog.statements
+           if st.hidden and isinstance(st.body, LogSumExp) and not st.indices}  # a per-row lse shows as exp(.)
     loss_bar = d.adjoint_bases[prog.loss_name]
     expr = expr.xreplace({loss_bar: sympy.S.One})
 

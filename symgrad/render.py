@@ -119,7 +119,7 @@ def _mathml(latex: str) -> str:
     out = convert(latex, display="block").replace('display="block"', 'display="inline" displaystyle="true"', 1)
     out = _ITALIC_RUN.sub(lambda m: '<mi class="name">' + "".join(re.findall(r">([^<])<", m.group(0))) + "</mi>",
                           out)
-    out = _css_overlines(out)
+    out = _css_overlines(out).replace("<mo><mrow><mo>&#x0002B;</mo></mrow></mo><mo>&#x0003D;</mo>", "<mo>+=</mo>")
     return re.sub(r"<mo>([A-Za-z]{2,})</mo>", r"<mi>\1</mi>", out)
 
 
