@@ -132,17 +132,22 @@ def _css_overlines(mathml: str) -> str:
     while _OVERLINE in mathml:
         end = mathml.index(_OVERLINE)
         depth, k = 0, end
-        while k > 0:  # the <mover> that this accent closes
-            k = max(mathml.rfind("<mover>", 0, k), mathml.rfind("</mover>", 0, k))
-            if mathml.startswith("</mover>", k):
-                depth += 1
-            elif depth == 0:
+        while True:  # the <mover ...> that this accent closes (inner ones, e.g. a hat, may carry attributes)
+            k = max(mathml.rfind("<mover", 0, k), mathml.rfind("</mover>", 0, k))
+            if k < 0 or (not mathml.startswith("</mover>", k) and depth == 0):
                 break
-            else:
-                depth -= 1
-        base = mathml[k + len("<mover>"):end]
-        mathml = mathml[:k] + f'<mrow class="overline">{base}</mrow>' + mathml[end + len(_OVERLINE):]
+            depth += 1 if mathml.startswith("</mover>", k) else -1
+        if k < 0:  # not found (cannot happen for latex2mathml's output): keep the accent, stop
+            return mathml.replace(_OVERLINE, '<mo accent="true" stretchy="true">&#x0203E;</mo></mover>')
+        start = mathml.index(">", k) + 1
+        mathml = mathml[:k] + f'<mrow class="overline">{mathml[start:end]}</mrow>' + mathml[end + len(_OVERLINE):]
     return mathml
+
+
+def _scoped_css() -> str:
+    """CSS for Jupyter: the equation rules only, under `.symgrad-derive` (the notebook keeps its own page style)."""
+    keep = [r for r in CSS.replace("\n", "").split("}") if r.strip() and not r.strip().startswith(("body", "@media"))]
+    return "".join(".symgrad-derive " + r.strip() + "}" for r in keep)
 
 
 def html_body(lines: list[tuple[str, str]], name: str, standalone: bool = True) -> str:
@@ -151,6 +156,8 @@ def html_body(lines: list[tuple[str, str]], name: str, standalone: bool = True) 
     if standalone:
         parts += ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
                   f"<title>symgrad derive: {html.escape(name)}</title>", f"<style>{CSS}</style></head><body>"]
+    else:  # a notebook cell: the same look, scoped to this fragment
+        parts.append(f"<div class='symgrad-derive'><style>{_scoped_css()}</style>")
     parts.append(f"<h1>symgrad derive: {html.escape(name)}</h1>")
     current = None
     for section, text in lines:
@@ -160,13 +167,14 @@ def html_body(lines: list[tuple[str, str]], name: str, standalone: bool = True) 
             parts.append(f"<section class='{section}'><h2>{html.escape(TITLES[section])}</h2>")
             parts.append(f"<p class='note'>{html.escape(NOTES[section])}</p>")
             current = section
-        pieces = "".join(f"<span class='piece'>{_mathml(p)}</span>" for p in split_terms(text))
+        # `{}` before a piece's leading + or - keeps it a binary operator, spaced as in the unbroken line
+        pieces = "".join(f"<span class='piece'>{_mathml('{}' + p if p[:1] in '+-' and n else p)}</span>"
+                         for n, p in enumerate(split_terms(text)))
         parts.append(f"<div class='eq'>{pieces}<details><summary>LaTeX</summary><pre>{html.escape(text)}</pre>"
                      "</details></div>")
     if current is not None:
         parts.append("</section>")
-    if standalone:
-        parts.append("</body></html>")
+    parts.append("</body></html>" if standalone else "</div>")
     return "\n".join(parts) + "\n"
 
 
