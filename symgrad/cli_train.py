@@ -357,6 +357,9 @@ def _run(spec: str, data: str, epochs: int, batch_size: int, optimizer: str, lr:
     sizes.append(f"{_n_samples(test_data)} test")
     ranks = f", {comm.Get_size()} MPI ranks" if comm is not None else ""
     echo(f"{os.path.basename(spec)}: {', '.join(sizes)} samples, {opt}{ranks}")
+    where = getattr(model, "__spec_path__", None)
+    if where:
+        echo(f"generated module: {where}")
     np_dtype = np.float32 if dtype == "float32" else np.float64
     if init is not None:
         params = {k: np.asarray(v, dtype=np_dtype) for k, v in _read_params(init).items()}

@@ -71,12 +71,18 @@ def cli(work, monkeypatch):
     return invoke
 
 
-def test_forward_needs_only_the_inputs_its_outputs_read(work, monkeypatch):
+def test_forward_needs_only_the_inputs_its_outputs_read(work, monkeypatch, caplog):
+    import logging
+
     import symgrad
     from symgrad.errors import DataError
 
-    monkeypatch.setenv("SYMGRAD_CACHE", str(work / "cache"))
-    m = symgrad.load(work / "logreg.yaml")
+    cache = work / "cache_forward"  # its own, so this test sees the build whatever ran before
+    monkeypatch.setenv("SYMGRAD_CACHE", str(cache))
+    with caplog.at_level(logging.INFO, logger="symgrad"):
+        m = symgrad.load(work / "logreg.yaml")
+    assert any("built" in r.getMessage() and str(cache) in r.getMessage() for r in caplog.records)
+    assert m.__spec_path__.startswith(str(cache))
     assert m.STATEMENT_INPUTS["z"] == ("x",)
     p = {"w": np.array([1.0, 2.0, 3.0]), "b": np.array(0.5)}
     x = np.arange(6.0).reshape(2, 3)
@@ -95,6 +101,7 @@ def test_train_saves_by_default_then_predict_and_evaluate(cli, work):
     assert "parameters saved to runs/logreg/params.npz" in r.output and saved.exists()
     assert set(np.load(saved).files) == {"w", "b"}
     assert "240 train, 60 test samples" in r.output
+    assert re.search(r"^generated module: .*cache.*logreg\.py$", r.output, re.M)  # where symgrad.load imported from
     epoch = [ln for ln in r.output.splitlines() if ln.startswith("epoch ")]
     assert epoch[0].startswith("epoch 1/3  loss ") and "test_loss" in epoch[0] and "val_" not in epoch[0]
     assert re.search(r"^test: loss [\d.]+  accuracy 0\.\d+$", r.output, re.M)  # a binary classifier's accuracy
