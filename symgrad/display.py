@@ -107,12 +107,17 @@ class Equation:
         return sympy.Eq(self.lhs, self.rhs, evaluate=False)
 
 
+def _basic(e) -> sympy.Basic:
+    """A loop bound may be a plain int; everything else here is already a SymPy object (never spec text)."""
+    return e if isinstance(e, sympy.Basic) else sympy.Integer(e)
+
+
 def _readable(lhs, rhs, loops) -> tuple:
     """Rename reserved bound indices (`_j`) to free readable letters, consistently over one line."""
     exprs = [lhs, rhs] + [e for lp in loops for e in lp]
-    syms = set().union(*(sympy.sympify(e).free_symbols for e in exprs))
+    syms = set().union(*(_basic(e).free_symbols for e in exprs))
     for e in (lhs, rhs):  # bound variables of Sums are not free
-        for s in sympy.sympify(e).atoms(sympy.Sum):
+        for s in _basic(e).atoms(sympy.Sum):
             syms |= {v for v, *_ in s.limits}
     reserved = sorted((s for s in syms if isinstance(s, sympy.Dummy) or s.name.startswith("_")),
                       key=lambda s: s.name)
@@ -127,7 +132,7 @@ def _readable(lhs, rhs, loops) -> tuple:
         ren[s] = Symbol(new, **{k: v for k, v in s.assumptions0.items() if k in ("integer", "real")})
 
     def fix(e):
-        return sympy.sympify(e).xreplace(ren)
+        return _basic(e).xreplace(ren)
 
     return fix(lhs), fix(rhs), tuple(tuple(fix(x) for x in lp) for lp in loops)
 
