@@ -1,6 +1,6 @@
 """symgrad: symbolic specs -> derived gradients -> generated Numba kernels -> training.
 
-Public API (../shared/API.md): `load`, `train`, `Trainer`, `TrainResult`, `SGD`, `Adam`, and the schedules.
+Public API (docs/api.md): `load`, `derive`, `train`, `Trainer`, `TrainResult`, `SGD`, `Adam`, and the schedules.
 Imports are lazy so that `symgrad derive` does not pay for Numba start-up.
 """
 
