@@ -18,6 +18,7 @@ import handmade_linreg  # noqa: E402
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
     monkeypatch.setattr(cli_train, "_load_model", lambda path: handmade_linreg)
+    monkeypatch.chdir(tmp_path)  # train saves to runs/<name>/params.npz by default: not into the checkout
     spec = tmp_path / "handmade.yaml"
     spec.write_text("name: handmade_linreg\n")
     rng = np.random.default_rng(0)
