@@ -1,17 +1,21 @@
 """symgrad: symbolic specs -> derived gradients -> generated Numba kernels -> training.
 
-Public API (../shared/API.md): `load`, `train`, `Trainer`, `TrainResult`, `SGD`, `Adam`, and the schedules.
+Public API (docs/api.md): `load`, `derive`, `train`, `Trainer`, `TrainResult`, `SGD`, `Adam`, and the schedules.
 Imports are lazy so that `symgrad derive` does not pay for Numba start-up.
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "load": "symgrad.loader",
+    "derive": "symgrad.display",
+    "Derivation": "symgrad.display",
     "build_module_source": "symgrad.loader",
     "train": "symgrad.training",
     "Trainer": "symgrad.training",
@@ -32,5 +36,17 @@ def __getattr__(name: str):
         return module if name == "schedules" else getattr(module, name)
     raise AttributeError(f"module 'symgrad' has no attribute {name!r}")
 
+
+class _Package(types.ModuleType):
+    """`symgrad.derive` is the public function, although the compiler has a submodule of that name: importing the
+    submodule must not replace the function on the package (`from symgrad.derive import ...` still works)."""
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "derive" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = sorted(_LAZY)

@@ -77,7 +77,9 @@ def derive(spec: str, wrt: tuple[str, ...], fmt: str, render: str | None) -> Non
 @click.option("--check", is_flag=True, help="regenerate in memory; exit 1 if a file on disk differs")
 @guarded()
 def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> None:
-    """Generate OUT/<name>.py from each spec (default: specs/*.yaml)."""
+    """Generate OUT/<name>.py from each spec (default: specs/*.yaml); prints `wrote PATH` for each file written
+    and `unchanged PATH` for one already up to date. (`symgrad.load` builds into its own cache instead; see
+    docs/api.md.)"""
     from symgrad.loader import build_module_source
     from symgrad.spec import load_spec
 
@@ -113,6 +115,9 @@ def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> Non
         return
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     for path, text in rendered:
+        if path.is_file() and not path.is_symlink() and path.read_text(encoding="utf-8") == text:
+            click.echo(f"unchanged {path}")
+            continue
         tmp = path.with_suffix(".py.tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
@@ -153,10 +158,12 @@ def check(spec: str, seed: int, rtol: float) -> None:
 
 def _register_train() -> None:
     try:
-        from symgrad.cli_train import train_command
+        from symgrad.cli_train import evaluate_command, predict_command, train_command
     except ImportError:  # pragma: no cover - the runtime is part of the package
         return
     main.add_command(train_command, "train")
+    main.add_command(predict_command, "predict")
+    main.add_command(evaluate_command, "evaluate")
 
 
 _register_train()

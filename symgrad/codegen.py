@@ -490,8 +490,9 @@ def render_module(spec_path: str, display_path: str | None = None) -> str:
     for p in params:
         p["in_forward"] = _uses(fwd_text, p["name"])
         p["in_backward"] = _uses(bwd_text, p["name"])
-    stmts = [{"name": st.name, "shape": st.shape or (1,), "user_shape": tuple(st.shape), "batched": st.batched}
-             for st in prog.statements]
+    deps = statement_inputs(prog)
+    stmts = [{"name": st.name, "shape": st.shape or (1,), "user_shape": tuple(st.shape), "batched": st.batched,
+              "inputs": deps[st.name]} for st in prog.statements]
     adjoints = [{"name": b.name, "shape": b.shape or (1,), "user_shape": tuple(b.shape), "batched": b.batched}
                 for b in ir.adjoint_buffers]
     inputs = [{"name": a.name, "shape": tuple(a.shape), "sample": a.sample} for a in prog.inputs]
@@ -526,6 +527,22 @@ def render_module(spec_path: str, display_path: str | None = None) -> str:
     except jinja2.TemplateError as exc:
         raise CodegenError(f"template error while generating {spec_path}: {exc}") from exc
     return text
+
+
+def statement_inputs(prog) -> dict[str, tuple[str, ...]]:
+    """The inputs each statement reads, directly or through earlier statements: `forward` then asks a batch only for
+    the inputs its outputs depend on (predicting needs no labels)."""
+    from symgrad.derive import _array_name, _reads
+
+    order = [a.name for a in prog.inputs]
+    deps: dict[str, set[str]] = {}
+    for st in prog.statements:
+        got: set[str] = set()
+        for r in _reads(st.body, prog.arrays):
+            name = _array_name(r)
+            got |= {name} if name in order else deps.get(name, set())
+        deps[st.name] = got
+    return {k: tuple(n for n in order if n in v) for k, v in deps.items()}
 
 
 def _docwrap(text: str) -> str:

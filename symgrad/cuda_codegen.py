@@ -307,7 +307,10 @@ def render_cuda_module(spec_path: str, display_path: str | None = None) -> str:
             return "(_B, " + "".join(f"{n}, " for n in shape).rstrip(", ") + ")" if shape else "(_B,)"
         return str(tuple(shape) if shape else (1,))
 
-    stmts = [{"name": st.name, "user_shape": tuple(st.shape), "batched": st.batched,
+    from symgrad.codegen import statement_inputs
+
+    deps = statement_inputs(prog)
+    stmts = [{"name": st.name, "user_shape": tuple(st.shape), "batched": st.batched, "inputs": deps[st.name],
               "dev_shape": dev_shape(tuple(st.shape), st.batched)} for st in prog.statements]
     adjoints = [{"name": b.name, "dev_shape": dev_shape(tuple(b.shape), b.batched)} for b in ir.adjoint_buffers]
     inputs = [{"name": a.name, "shape": tuple(a.shape), "sample": a.sample} for a in prog.inputs]

@@ -77,8 +77,14 @@ def consts_vector(constants_layout, constants: dict | None) -> np.ndarray:
     return np.array([values[n] for n, _ in constants_layout] or [0.0], dtype=np.float64)
 
 
-def batch_arrays(module, batch: dict | None, dtype, rng: np.random.Generator | None = None) -> tuple:
-    """Check a batch against the spec's inputs and return the kernel's positional arrays in theta's dtype."""
+PLACEHOLDER = 0.5  # fills an input no requested output reads (finite, and no common singularity sits at 0.5)
+
+
+def batch_arrays(module, batch: dict | None, dtype, rng: np.random.Generator | None = None,
+                 required: set[str] | None = None) -> tuple:
+    """Check a batch against the spec's inputs and return the kernel's positional arrays in theta's dtype.
+    An input outside `required` (None: all) may be missing; it is filled with a placeholder the results never
+    read, so `forward` needs no labels."""
     if not module.INPUTS:
         if batch:
             raise DataError(f"spec {module.SPEC['name']!r} has no inputs, but a batch was given")
@@ -88,7 +94,7 @@ def batch_arrays(module, batch: dict | None, dtype, rng: np.random.Generator | N
     arrays = []
     for name, shape, sample in module.INPUTS:
         if name not in batch:
-            if sample == "normal":
+            if sample == "normal" or (required is not None and name not in required):
                 continue
             raise DataError(f"batch is missing input {name!r} (expected shape (B, {', '.join(map(str, shape))}))"
                             if shape else f"batch is missing input {name!r} (expected shape (B,))")
@@ -103,9 +109,11 @@ def batch_arrays(module, batch: dict | None, dtype, rng: np.random.Generator | N
         raise DataError(f"inputs disagree on the batch size: {sizes}")
     n = next(iter(sizes.values())) if sizes else 1
     rng = rng or np.random.default_rng(0)
-    for name, shape, _sample in module.INPUTS:
+    for name, shape, sample in module.INPUTS:
         if name in batch:
             arrays.append(np.ascontiguousarray(batch[name], dtype=dtype))
+        elif sample is None:
+            arrays.append(np.full((n, *shape), PLACEHOLDER, dtype=dtype))
         else:
             arrays.append(rng.standard_normal((n, *shape)).astype(dtype))
     return tuple(arrays)
@@ -124,10 +132,18 @@ def _reduce(module, total: float, n: int) -> float:
     return total / n if module.REDUCTION == "mean" else total
 
 
+def output_inputs(module) -> set[str] | None:
+    """The inputs the module's outputs depend on (None for a module built before symgrad recorded it: all)."""
+    deps = getattr(module, "STATEMENT_INPUTS", None)
+    if deps is None:
+        return None
+    return {n for o in module.OUTPUTS for n in deps.get(o, ())}
+
+
 def forward(module, params: dict, batch: dict | None, constants: dict | None) -> dict[str, np.ndarray]:
     dtype = _theta_dtype(module, params)
     theta = module.flatten(params, dtype)
-    arrays = batch_arrays(module, batch, dtype)
+    arrays = batch_arrays(module, batch, dtype, required=output_inputs(module))
     values = module._forward_pass(theta, module.consts_vector(constants), *arrays)
     by_name = dict(zip(module.STATEMENTS, values, strict=True))
     n = _batch_size(module, arrays)

@@ -18,6 +18,7 @@ import handmade_linreg  # noqa: E402
 @pytest.fixture
 def setup(tmp_path, monkeypatch):
     monkeypatch.setattr(cli_train, "_load_model", lambda path: handmade_linreg)
+    monkeypatch.chdir(tmp_path)  # train saves to runs/<name>/params.npz by default: not into the checkout
     spec = tmp_path / "handmade.yaml"
     spec.write_text("name: handmade_linreg\n")
     rng = np.random.default_rng(0)
@@ -52,7 +53,7 @@ def test_train_prints_epochs_and_saves(setup):
     )
     assert res.exit_code == 0, res.output
     lines = [ln for ln in res.output.splitlines() if ln.startswith("epoch ")]
-    assert len(lines) == 3 and lines[0].startswith("epoch 1/3  loss ") and "val_loss" in lines[0]
+    assert len(lines) == 3 and lines[0].startswith("epoch 1/3  loss ") and "test_loss" in lines[0]
     assert set(np.load(out).files) == {"w", "b"}
     assert plot.stat().st_size > 1000
 
