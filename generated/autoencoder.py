@@ -67,6 +67,13 @@ STATEMENT_SHAPES = {
     "xhat": ((64,), True),
     "L": ((), True),
 }
+STATEMENT_INPUTS = {
+    "s_h": ("x", ),
+    "h": ("x", ),
+    "s_xhat": ("x", ),
+    "xhat": ("x", ),
+    "L": ("x", ),
+}
 
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")

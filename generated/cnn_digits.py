@@ -71,6 +71,14 @@ STATEMENT_SHAPES = {
     "lse_z": ((), True),
     "L": ((), True),
 }
+STATEMENT_INPUTS = {
+    "s_conv": ("x", ),
+    "conv": ("x", ),
+    "pool": ("x", ),
+    "z": ("x", ),
+    "lse_z": ("x", ),
+    "L": ("x", "y", ),
+}
 
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")

@@ -60,6 +60,10 @@ STATEMENT_SHAPES = {
     "logit": ((64,), True),
     "L": ((), True),
 }
+STATEMENT_INPUTS = {
+    "logit": ("x", ),
+    "L": ("x", ),
+}
 
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")

@@ -52,6 +52,10 @@ STATEMENT_SHAPES = {
     "yhat": ((), True),
     "L": ((), True),
 }
+STATEMENT_INPUTS = {
+    "yhat": ("x", ),
+    "L": ("x", "y", ),
+}
 
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")

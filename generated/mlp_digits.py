@@ -67,6 +67,13 @@ STATEMENT_SHAPES = {
     "lse_z": ((), True),
     "L": ((), True),
 }
+STATEMENT_INPUTS = {
+    "s_h": ("x", ),
+    "h": ("x", ),
+    "z": ("x", ),
+    "lse_z": ("x", ),
+    "L": ("x", "y", ),
+}
 
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")

@@ -64,6 +64,11 @@ STATEMENT_SHAPES = {
     "logit": ((64,), True),
     "L": ((), True),
 }
+STATEMENT_INPUTS = {
+    "a": ("x", ),
+    "logit": ("x", ),
+    "L": ("x", ),
+}
 
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")

@@ -47,6 +47,9 @@ STATEMENTS = ("L",)
 STATEMENT_SHAPES = {
     "L": ((), False),
 }
+STATEMENT_INPUTS = {
+    "L": (),
+}
 
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")

@@ -96,6 +96,18 @@ STATEMENT_SHAPES = {
     "lse_z": ((), True),
     "L": ((), True),
 }
+STATEMENT_INPUTS = {
+    "s_u": ("x", ),
+    "u": ("x", ),
+    "s_r": ("x", ),
+    "r": ("x", ),
+    "s_n": ("x", ),
+    "n": ("x", ),
+    "h": ("x", ),
+    "z": ("x", ),
+    "lse_z": ("x", ),
+    "L": ("x", "y", ),
+}
 
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")

@@ -126,6 +126,32 @@ STATEMENT_SHAPES = {
     "lse_z": ((), True),
     "L": ((), True),
 }
+STATEMENT_INPUTS = {
+    "E": ("x", ),
+    "Q": ("x", ),
+    "Kt": ("x", ),
+    "V": ("x", ),
+    "S": ("x", ),
+    "lse_S": ("x", ),
+    "s_A": ("x", ),
+    "A": ("x", ),
+    "s_R1": ("x", ),
+    "R1": ("x", ),
+    "s_N1s2": ("x", ),
+    "s_N1s": ("x", ),
+    "N1s": ("x", ),
+    "N1": ("x", ),
+    "s_H": ("x", ),
+    "H": ("x", ),
+    "R2": ("x", ),
+    "s_N2s2": ("x", ),
+    "s_N2s": ("x", ),
+    "N2s": ("x", ),
+    "N2": ("x", ),
+    "z": ("x", ),
+    "lse_z": ("x", ),
+    "L": ("x", "y", ),
+}
 
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")

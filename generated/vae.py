@@ -99,6 +99,17 @@ STATEMENT_SHAPES = {
     "logit": ((64,), True),
     "L": ((), True),
 }
+STATEMENT_INPUTS = {
+    "s_h": ("x", ),
+    "h": ("x", ),
+    "mu": ("x", ),
+    "logvar": ("x", ),
+    "z": ("x", "eps", ),
+    "s_g": ("x", "eps", ),
+    "g": ("x", "eps", ),
+    "logit": ("x", "eps", ),
+    "L": ("x", "eps", ),
+}
 
 
 @njit(cache=True, fastmath={"reassoc"}, error_model="numpy")

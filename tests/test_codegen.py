@@ -48,8 +48,11 @@ def test_deterministic_and_compiles():
 
 def test_generated_modules_are_ruff_clean():
     r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--isolated", "--line-length", "150",
-                        "--select", "E,F,W", "generated"], capture_output=True, text=True)
+                        "--select", "E,F,W", "--extend-ignore", "E501", "generated"], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+    for f in Path("generated").glob("*.py"):  # only the header line (it names the spec's path) may run long
+        long = [n for n, line in enumerate(f.read_text().splitlines(), 1) if len(line) > 150 and n > 1]
+        assert not long, f"{f}: lines {long} are longer than 150 characters"
 
 
 def test_build_check_cli(tmp_path):
