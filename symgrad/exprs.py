@@ -45,7 +45,7 @@ class _Pair(ExprCondPair):
 
     def __new__(cls, expr, cond):
         if isinstance(cond, sympy.Basic) and cond.has(Sum, LogSumExp):
-            return sympy.Tuple.__new__(cls, sympy.sympify(expr), cond)
+            return sympy.Tuple.__new__(cls, expr if isinstance(expr, sympy.Basic) else sympy.Float(expr), cond)
         return ExprCondPair(expr, cond)
 
 

@@ -281,6 +281,8 @@ def _generated_sources():
     for f in sorted((root / "generated").glob("*.py")):
         yield f.name, f.read_text()
     for spec in sorted((root / "specs").glob("*.yaml")):
+        if build_program(str(spec)).recurrences:
+            continue  # CPU only
         yield f"{spec.stem}_cuda", render_cuda_module(str(spec))
 
 
