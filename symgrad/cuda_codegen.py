@@ -36,6 +36,7 @@ from symgrad.derive import Loop, derive
 from symgrad.errors import CodegenError
 from symgrad.graph import build_program
 from symgrad.lower import BATCH, Fill, Gemm, LoopNest, lower, stable_rewrites
+from symgrad.primitives import helper_imports
 
 BACKEND = BACKENDS["cuda"]
 B_SYM = Symbol("B", integer=True)
@@ -322,6 +323,7 @@ def render_cuda_module(spec_path: str, display_path: str | None = None) -> str:
         "statements": stmts,
         "adjoints": adjoints,
         "kernels": fw.kernels + bw.kernels,
+        "cuda_helpers": helper_imports("cuda"),  # the template's import line: every row's CUDA device form
         "forward_lines": forward_lines,
         "backward_lines": backward_lines,
         "loss": prog.loss_name,
