@@ -41,6 +41,7 @@ class Primitive:
     spec: bool = True  # callable from a spec; False: only introduced by derivatives (step, heaviside, digamma)
     test_args: tuple[str, ...] = ("x",)  # argument kinds for the all-primitives test: x, y, pos, lo, hi, cond
     aliases: tuple[str, ...] = ()
+    rewrites: tuple[Callable, ...] = ()  # numeric rewrites whose result is this row (see stable_rewrites)
     doc: str = ""
 
     @property
@@ -97,6 +98,76 @@ def _lr(x):  # LaTeX \left( x \right)
     return rf"\left({x}\right)"
 
 
+# -- numeric rewrites (issue 11): hand-written unstable forms -> the stable primitive ------------------------------
+# Each rule belongs to the row it produces (`Primitive.rewrites`); they are tried in table order, so a specific form
+# (log(1 + exp(a)) -> softplus) wins over a general one (log(1 + a) -> log1p).
+def _one_plus(e) -> sympy.Expr | None:
+    """x when e is 1 + x (two terms), else None."""
+    if isinstance(e, sympy.Add) and len(e.args) == 2 and sympy.S.One in e.args:
+        return e.args[0] if e.args[1] == 1 else e.args[1]
+    return None
+
+
+def _negated(e) -> sympy.Expr | None:
+    """x when e is -x (a product with -1), else None."""
+    if e is not None and isinstance(e, sympy.Mul) and e.args[0] == -1:
+        return sympy.Mul(*e.args[1:])
+    return None
+
+
+def _rw_softplus(e) -> sympy.Expr | None:
+    """log(1 + exp(a)) -> softplus(a)."""
+    other = _one_plus(e.args[0]) if isinstance(e, sympy.log) else None
+    return softplus(other.args[0]) if isinstance(other, sympy.exp) else None
+
+
+def _rw_log_sigmoid(e) -> sympy.Expr | None:
+    """log(sigmoid(a)) -> log_sigmoid(a); log(1 - sigmoid(a)) -> log_sigmoid(-a)."""
+    if not isinstance(e, sympy.log):
+        return None
+    if isinstance(e.args[0], sigmoid):
+        return log_sigmoid(e.args[0].args[0])
+    neg = _negated(_one_plus(e.args[0]))
+    return log_sigmoid(-neg.args[0]) if isinstance(neg, sigmoid) else None
+
+
+def _rw_log1p(e) -> sympy.Expr | None:
+    """log(1 + a) -> log1p(a) (tried after softplus' and log_sigmoid's rules: the table's order)."""
+    other = _one_plus(e.args[0]) if isinstance(e, sympy.log) else None
+    return log1p(other) if other is not None else None
+
+
+def _rw_expm1(e) -> sympy.Expr | None:
+    """exp(a) - 1 -> expm1(a); 1 - exp(a) -> -expm1(a) (two-term sums, as written)."""
+    if not (isinstance(e, sympy.Add) and len(e.args) == 2):
+        return None
+    a, b = e.args
+    if a == -1 and isinstance(b, sympy.exp):
+        return expm1(b.args[0])
+    if a == 1 and isinstance(_negated(b), sympy.exp):
+        return -expm1(_negated(b).args[0])
+    return None
+
+
+def _rw_sigmoid(e) -> sympy.Expr | None:
+    """1/(1 + exp(a)) -> sigmoid(-a) (a hand-written sigmoid: its derivative is inf/inf at a = 800), and
+    exp(a) * sigmoid(-a) -> sigmoid(a) (what e^a / (1 + e^a) becomes after the first rule)."""
+    if isinstance(e, sympy.Pow) and e.exp == -1:
+        other = _one_plus(e.base)
+        if isinstance(other, sympy.exp):
+            return sigmoid(-other.args[0])
+    if isinstance(e, sympy.Mul):
+        exps = [f for f in e.args if isinstance(f, sympy.exp)]
+        for f in exps:
+            s = sigmoid(-f.args[0])
+            if s in e.args:
+                rest = list(e.args)
+                rest.remove(f)
+                rest.remove(s)
+                return sympy.Mul(sigmoid(f.args[0]), *rest)
+    return None
+
+
 # -- SymPy's own functions: their semantics, derivative and LaTeX are SymPy's ------------------------------------
 _row(Primitive("exp", sympy.exp, 1, mpmath.exp, "math.exp", "exp", "math.exp"))
 _row(Primitive("log", sympy.log, 1, mpmath.log, "math.log", "log", "math.log", test_args=("pos",)))
@@ -130,7 +201,7 @@ sigmoid = _define(
     "sigmoid", 1, lambda x: [sigmoid(x) * (1 - sigmoid(x))], lambda x: rf"\sigma{_lr(x)}",
     lambda x: 1 / (1 + mpmath.exp(-x)),
     "Logistic function. Its derivative is written with its own value, so backward reuses the stored forward.",
-    cpu="sigmoid", cpu32="sigmoid_w", cuda="sigmoid")
+    cpu="sigmoid", cpu32="sigmoid_w", cuda="sigmoid", rewrites=(_rw_sigmoid,))
 
 relu = _define(
     "relu", 1, lambda x: [step(x)], lambda x: rf"\operatorname{{relu}}{_lr(x)}", lambda x: max(x, mpmath.mpf(0)),
@@ -139,21 +210,23 @@ relu = _define(
 softplus = _define(
     "softplus", 1, lambda x: [sigmoid(x)], lambda x: rf"\operatorname{{softplus}}{_lr(x)}",
     lambda x: mpmath.log1p(mpmath.exp(x)), "log(1 + e^x), printed in the stable form max(x, 0) + log1p(e^-|x|).",
-    cpu="softplus", cpu32="softplus_w", cuda="softplus")
+    cpu="softplus", cpu32="softplus_w", cuda="softplus", rewrites=(_rw_softplus,))
 
 log_sigmoid = _define(
     "log_sigmoid", 1, lambda x: [sigmoid(-x)], lambda x: rf"\log\sigma{_lr(x)}",
     lambda x: -mpmath.log1p(mpmath.exp(-x)),
     "log σ(x) = -softplus(-x): finite for x = -1e4 where log(sigmoid(x)) is -inf.",
-    cpu="log_sigmoid", cpu32="log_sigmoid_w", cuda="log_sigmoid")
+    cpu="log_sigmoid", cpu32="log_sigmoid_w", cuda="log_sigmoid", rewrites=(_rw_log_sigmoid,))
 
 log1p = _define(
     "log1p", 1, lambda x: [1 / (1 + x)], lambda x: rf"\log\left(1 + {x}\right)", mpmath.log1p,
-    "log(1 + x), exact for tiny x.", cpu="math.log1p", cpu32="log1p", cuda="math.log1p", test_args=("pos",))
+    "log(1 + x), exact for tiny x.", cpu="math.log1p", cpu32="log1p", cuda="math.log1p", test_args=("pos",),
+    rewrites=(_rw_log1p,))
 
 expm1 = _define(
     "expm1", 1, lambda x: [sympy.exp(x)], lambda x: rf"\left(e^{{{x}}} - 1\right)", mpmath.expm1,
-    "e^x - 1, exact for tiny x.", cpu="math.expm1", cpu32="expm1", cuda="math.expm1")
+    "e^x - 1, exact for tiny x.", cpu="math.expm1", cpu32="expm1", cuda="math.expm1",
+    rewrites=(_rw_expm1,))
 
 lgamma = _define(
     "lgamma", 1, lambda x: [digamma(x)], lambda x: rf"\log\Gamma{_lr(x)}",
@@ -211,72 +284,7 @@ def helper_imports(backend: str) -> list[str]:
     return sorted(n for n in names if n and "." not in n)
 
 
-# -- numeric rewrites (issue 11): hand-written unstable forms -> the stable primitive ------------------------------
-def _one_plus(e) -> sympy.Expr | None:
-    """x when e is 1 + x (two terms), else None."""
-    if isinstance(e, sympy.Add) and len(e.args) == 2 and sympy.S.One in e.args:
-        return e.args[0] if e.args[1] == 1 else e.args[1]
-    return None
-
-
-def _negated(e) -> sympy.Expr | None:
-    """x when e is -x (a product with -1), else None."""
-    if isinstance(e, sympy.Mul) and e.args[0] == -1:
-        return sympy.Mul(*e.args[1:])
-    return None
-
-
-def _rw_log(e) -> sympy.Expr | None:
-    """log(1 + exp(a)) -> softplus(a); log(sigmoid(a)) -> log_sigmoid(a); log(1 - sigmoid(a)) -> log_sigmoid(-a);
-    log(1 + a) -> log1p(a)."""
-    if not isinstance(e, sympy.log):
-        return None
-    arg = e.args[0]
-    if isinstance(arg, sigmoid):
-        return log_sigmoid(arg.args[0])
-    other = _one_plus(arg)
-    if other is None:
-        return None
-    if isinstance(other, sympy.exp):
-        return softplus(other.args[0])
-    neg = _negated(other)
-    if isinstance(neg, sigmoid):
-        return log_sigmoid(-neg.args[0])
-    return log1p(other)
-
-
-def _rw_expm1(e) -> sympy.Expr | None:
-    """exp(a) - 1 -> expm1(a); 1 - exp(a) -> -expm1(a) (two-term sums, as written)."""
-    if not (isinstance(e, sympy.Add) and len(e.args) == 2):
-        return None
-    a, b = e.args
-    if a == -1 and isinstance(b, sympy.exp):
-        return expm1(b.args[0])
-    if a == 1 and isinstance(_negated(b), sympy.exp):
-        return -expm1(_negated(b).args[0])
-    return None
-
-
-def _rw_sigmoid(e) -> sympy.Expr | None:
-    """1/(1 + exp(a)) -> sigmoid(-a) (a hand-written sigmoid: its derivative is inf/inf at a = 800), and
-    exp(a) * sigmoid(-a) -> sigmoid(a) (what e^a / (1 + e^a) becomes after the first rule)."""
-    if isinstance(e, sympy.Pow) and e.exp == -1:
-        other = _one_plus(e.base)
-        if isinstance(other, sympy.exp):
-            return sigmoid(-other.args[0])
-    if isinstance(e, sympy.Mul):
-        exps = [f for f in e.args if isinstance(f, sympy.exp)]
-        for f in exps:
-            s = sigmoid(-f.args[0])
-            if s in e.args:
-                rest = list(e.args)
-                rest.remove(f)
-                rest.remove(s)
-                return sympy.Mul(sigmoid(f.args[0]), *rest)
-    return None
-
-
-REWRITES: tuple[Callable, ...] = (_rw_sigmoid, _rw_log, _rw_expm1)
+REWRITES: tuple[Callable, ...] = tuple(rule for r in TABLE for rule in r.rewrites)  # in table order
 
 
 def stable_rewrites(expr):
