@@ -231,7 +231,7 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, eps):
     # d L / d logvar; d L / d mu
     for _b in range(0, _B):
         for l2 in range(0, 8):
-            logvar_bar[_b, l2] = (0.5)*_gscale*beta*(1 - _mf.exp(logvar[_b, l2], _theta))
+            logvar_bar[_b, l2] = -0.5*_gscale*beta*_mf.expm1(logvar[_b, l2], _theta)
             mu_bar[_b, l2] = -_gscale*beta*mu[_b, l2]
     # d logit / d bo
     for _b in range(0, _B):

@@ -19,16 +19,17 @@ import symgrad
 from symgrad.derive import Loop, derive
 from symgrad.errors import CodegenError
 from symgrad.graph import Program, build_program
-from symgrad.library import PRIMITIVES
 from symgrad.lower import BATCH, BATCH_SIZE, GSCALE, Fill, Gemm, KernelIR, LoopNest, TimeLoop, lower, stable_rewrites
 from symgrad.names import RESERVED
+from symgrad.primitives import helper_imports, helper_name, row_of
 
 TEMPLATES = Path(__file__).parent / "templates"
 
 BACKENDS = {
     # helpers: the module that holds the stable primitives; witness: the array whose dtype picks float32 fast paths
-    "cpu": {"math": "math", "decorator": "@njit(cache=True, fastmath=False)", "helpers": "_mf.", "witness": "_theta"},
-    "cuda": {"math": "math", "decorator": "@cuda.jit(device=True)"},
+    "cpu": {"name": "cpu", "math": "math", "decorator": "@njit(cache=True, fastmath=False)", "helpers": "_mf.",
+            "witness": "_theta"},
+    "cuda": {"name": "cuda", "math": "math", "decorator": "@cuda.jit(device=True)"},
 }
 
 
@@ -94,39 +95,27 @@ class KernelPrinter(PythonCodePrinter):
             return f"{b}**{int(exp)}"
         return f"{b}**{self.parenthesize(exp, sympy.printing.precedence.PRECEDENCE['Pow'])}"
 
-    def _helper(self, name: str, args, dtype_aware: bool) -> str:
-        """A call of a symgrad.mathfns helper; dtype-aware ones take the witness array as a last argument."""
-        printed = [self._print(a) for a in args]
+    def _print(self, expr, **kwargs):
+        row = row_of(expr)
+        if row is not None:
+            text = self._print_primitive(row, expr)
+            if text is not None:
+                return text
+        return super()._print(expr, **kwargs)
+
+    def _print_primitive(self, row, expr) -> str | None:
+        """A call of a row of the primitives table with this backend's numeric form; None: SymPy's own printer.
+        On the CPU, a row with a float32 fast path takes the witness array as a last argument."""
         witness = self.backend.get("witness")
-        if dtype_aware and witness:
+        name = helper_name(row, self.backend["name"], dtype_aware=bool(witness))
+        if name is None:
+            return None
+        args = expr.args[:row.arity] if isinstance(row.arity, int) else expr.args  # Heaviside(x, 1/2): x only
+        printed = [self._print(a) for a in args]
+        if witness and name == row.cpu32:
             printed.append(witness)
-            name = name if name in ("exp", "log", "log1p", "tanh") else f"{name}_w"
-        return f"{self.backend.get('helpers', '')}{name}({', '.join(printed)})"
-
-    def _print_Function(self, expr):
-        name = type(expr).__name__
-        if name in PRIMITIVES:
-            return self._helper(PRIMITIVES[name], expr.args, name in ("sigmoid", "softplus", "log_sigmoid"))
-        if name == "Log1p":
-            if self.backend.get("witness"):
-                return self._helper("log1p", expr.args, True)
-            return f"math.log1p({self._print(expr.args[0])})"
-        return super()._print_Function(expr)
-
-    def _print_exp(self, expr):
-        return self._helper("exp", expr.args, True) if self.backend.get("witness") else super()._print_Function(expr)
-
-    def _print_log(self, expr):
-        return self._helper("log", expr.args, True) if self.backend.get("witness") else super()._print_Function(expr)
-
-    def _print_tanh(self, expr):
-        return self._helper("tanh", expr.args, True) if self.backend.get("witness") else super()._print_Function(expr)
-
-    def _print_Heaviside(self, expr):
-        return self._helper("heaviside", expr.args[:1], False)
-
-    def _print_sign(self, expr):
-        return self._helper("sign", expr.args, False)
+        prefix = "" if "." in name else self.backend.get("helpers", "")
+        return f"{prefix}{name}({', '.join(printed)})"
 
     def _print_Piecewise(self, expr):
         parts = []
@@ -198,6 +187,7 @@ class KernelWriter:
         # loop variables must not shadow arrays, constants, helpers or modules the kernel uses
         self.reserved = {a.name for a in prog.arrays.values()} | set(prog.constants) | self.adjoint_names \
             | RESERVED | {"l", "O", "I"}
+        self.reserved |= set(helper_imports("cpu")) | set(helper_imports("cuda"))  # CUDA calls helpers unprefixed
         for a in prog.arrays.values():
             bar = prog.adjoint[a.name]
             self.names[sympy.IndexedBase(bar, real=True)] = bar

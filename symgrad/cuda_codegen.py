@@ -36,6 +36,7 @@ from symgrad.derive import Loop, derive
 from symgrad.errors import CodegenError, SpecError
 from symgrad.graph import build_program
 from symgrad.lower import BATCH, BATCH_SIZE, Fill, Gemm, LoopNest, lower, stable_rewrites
+from symgrad.primitives import helper_imports
 
 BACKEND = BACKENDS["cuda"]
 B_SYM = BATCH_SIZE
@@ -331,6 +332,7 @@ def render_cuda_module(spec_path: str, display_path: str | None = None) -> str:
         "statements": stmts,
         "adjoints": adjoints,
         "kernels": fw.kernels + bw.kernels,
+        "cuda_helpers": helper_imports("cuda"),  # the template's import line: every row's CUDA device form
         "forward_lines": forward_lines,
         "backward_lines": backward_lines,
         "loss": prog.loss_name,

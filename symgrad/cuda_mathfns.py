@@ -1,7 +1,7 @@
 """Scalar primitives as CUDA device functions: the same stable forms as `symgrad.mathfns`, for `@cuda.jit` kernels.
 
-The printer names a primitive once (`library.PRIMITIVES`); a CUDA module imports these instead of the CPU ones, so
-the printed kernel bodies are identical text on both backends.
+The printer names a primitive once (a row of `symgrad.primitives.TABLE`, field `cuda`); a CUDA module imports these
+instead of the CPU ones (its import line is `primitives.helper_imports("cuda")`).
 """
 
 from __future__ import annotations
@@ -56,3 +56,26 @@ def sign(x):
     if x < 0:
         return -1.0
     return 0.0
+
+
+@cuda.jit(device=True, inline=True)
+def clip(x, lo, hi):
+    return min(max(x, lo), hi)
+
+
+@cuda.jit(device=True)
+def digamma(x):
+    """psi(x), lgamma's derivative: reflection below 0, recurrence up to 10, then the asymptotic series (1e-15)."""
+    if x <= 0.0 and x == math.floor(x):
+        return math.nan  # a pole
+    r = 0.0
+    if x < 0.0:
+        r = -math.pi / math.tan(math.pi * x)  # psi(x) = psi(1 - x) - pi cot(pi x)
+        x = 1.0 - x
+    while x < 10.0:
+        r -= 1.0 / x
+        x += 1.0
+    f = 1.0 / (x * x)
+    t = f * (-1.0 / 12 + f * (1.0 / 120 + f * (-1.0 / 252 + f * (1.0 / 240 + f * (-1.0 / 132 + f * (
+        691.0 / 32760 - f / 12.0))))))
+    return r + math.log(x) - 0.5 / x + t

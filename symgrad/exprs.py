@@ -16,7 +16,8 @@ import sympy
 from sympy import Indexed, IndexedBase, Integer, Rational, Sum, Symbol
 from sympy.functions.elementary.piecewise import ExprCondPair
 
-from symgrad.library import ELEMENTWISE, LIBRARY, LogSumExp
+from symgrad.library import LIBRARY, LogSumExp
+from symgrad.primitives import CONSTANTS, ELEMENTWISE, stable_rewrites
 
 _INDEX_NAMES = "ijklmnpqrstuvabcdefgho"
 
@@ -143,7 +144,7 @@ def _is_index_name(name: str, scope: Scope) -> bool:
     return (name != scope.current and name not in scope.arrays and name not in scope.dims
             and name not in scope.constants
             and name not in scope.functions and name not in ELEMENTWISE and name not in LIBRARY
-            and name not in scope.later)
+            and name not in scope.later and name not in CONSTANTS)
 
 
 class Builder:
@@ -158,6 +159,15 @@ class Builder:
 
     # -- entry -----------------------------------------------------------------------------------------
     def build(self, node: ast.AST) -> TExpr:
+        """The whole expression: its numeric rewrites (primitives.stable_rewrites) are applied here, before the
+        graph and the derivation see it, so that derivatives are taken of the stable forms (softplus' is sigmoid,
+        where log(1 + exp(a))'s would be inf/inf at a = 800)."""
+        out = self.value(node)
+        if self.depth == 0:
+            out = TExpr(stable_rewrites(out.expr), out.axes, out.named)
+        return out
+
+    def value(self, node: ast.AST) -> TExpr:
         self.depth += 1
         if self.depth > 200:
             raise ExprError("expression is nested too deeply")
@@ -204,6 +214,8 @@ class Builder:
         if name in s.index_syms or name in s.ranges:
             sym = s.index(name)
             return TExpr(sym, (), frozenset([sym]))
+        if name in CONSTANTS:
+            return TExpr(CONSTANTS[name])
         if name in ELEMENTWISE or name in LIBRARY or name in s.functions:
             raise ExprError(f"function {name!r} must be called, e.g. {name}(x)")
         raise ExprError(f"undeclared name {name!r}")
@@ -255,13 +267,13 @@ class Builder:
 
     # -- operators -------------------------------------------------------------------------------------
     def _UnaryOp(self, node: ast.UnaryOp) -> TExpr:
+        if isinstance(node.op, ast.Not):
+            raise ExprError(_CONDITION_ONLY)
         x = self.build(node.operand)
         if isinstance(node.op, ast.USub):
             return TExpr(-x.expr, x.axes, x.named)
         if isinstance(node.op, ast.UAdd):
             return x
-        if isinstance(node.op, ast.Not):
-            return TExpr(sympy.Not(x.expr), x.axes, x.named)
         raise ExprError(f"operator {type(node.op).__name__} is not allowed")
 
     def _BinOp(self, node: ast.BinOp) -> TExpr:
@@ -275,6 +287,34 @@ class Builder:
         return self.elementwise(op, [self.build(node.left), self.build(node.right)], "an arithmetic operation")
 
     def _Compare(self, node: ast.Compare) -> TExpr:
+        raise ExprError(_CONDITION_ONLY)
+
+    _BoolOp = _Compare
+
+    def _Attribute(self, node: ast.Attribute) -> TExpr:
+        """`x.T`: the transpose of a 2-D whole-array value (its two positional axes swapped). Nothing else."""
+        if node.attr != "T":
+            raise ExprError(f"attribute access .{node.attr} is not allowed (only x.T, the transpose of a 2-D array)")
+        x = self.build(node.value)
+        if len(x.axes) != 2:
+            raise ExprError(f"x.T needs a 2-D array; this value has {len(x.axes)} positional ax"
+                            f"{'i' if len(x.axes) == 1 else 'e'}s")
+        return TExpr(x.expr, x.axes[::-1], x.named)
+
+    def condition(self, node: ast.AST) -> TExpr:
+        """The grammar of a condition (where's first argument, Piecewise's second): comparisons of values,
+        chained (a < b < c) and combined with and/or/not, or True. Comparisons appear nowhere else."""
+        if isinstance(node, ast.Constant) and isinstance(node.value, bool):
+            return TExpr(sympy.true if node.value else sympy.false)
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            c = self.condition(node.operand)
+            return TExpr(sympy.Not(c.expr), c.axes, c.named)
+        if isinstance(node, ast.BoolOp):
+            fn = sympy.And if isinstance(node.op, ast.And) else sympy.Or
+            return self.elementwise(lambda *a: fn(*a), [self.condition(v) for v in node.values], "a condition")
+        if not isinstance(node, ast.Compare):
+            raise ExprError(f"a condition must be a comparison (a < b, a == b, ...), possibly combined with "
+                            f"and/or/not; got {_describe(node)}")
         rel = {ast.Gt: sympy.Gt, ast.Lt: sympy.Lt, ast.GtE: sympy.Ge, ast.LtE: sympy.Le,
                ast.Eq: sympy.Eq, ast.NotEq: sympy.Ne}
         parts = [self.build(node.left)] + [self.build(c) for c in node.comparators]
@@ -285,10 +325,6 @@ class Builder:
             relation = rel[type(op)]
             conds.append(self.elementwise(lambda x, y, r=relation: r(x, y), [a, b], "a comparison"))
         return self.elementwise(lambda *c: sympy.And(*c), conds, "a comparison") if len(conds) > 1 else conds[0]
-
-    def _BoolOp(self, node: ast.BoolOp) -> TExpr:
-        fn = sympy.And if isinstance(node.op, ast.And) else sympy.Or
-        return self.elementwise(lambda *a: fn(*a), [self.build(v) for v in node.values], "a condition")
 
     # -- calls -----------------------------------------------------------------------------------------
     def _Call(self, node: ast.Call) -> TExpr:
@@ -329,13 +365,18 @@ class Builder:
             finally:
                 self.env, self.internal = saved, saved_internal
         if name in ELEMENTWISE:
-            fn = ELEMENTWISE[name]
-            if name in ("Max", "Min"):
-                if len(node.args) < 2:
-                    raise ExprError(f"{name} takes at least two arguments")
-            elif len(node.args) != 1:
-                raise ExprError(f"{name} takes one argument, got {len(node.args)}")
-            return self.elementwise(lambda *a: fn(*a), [self.build(a) for a in node.args], f"{name}(...)")
+            row = ELEMENTWISE[name]
+            n = len(node.args)
+            if isinstance(row.arity, int) and n != row.arity:
+                raise ExprError(f"{name} takes {_count(row.arity)}, got {n}")
+            if not isinstance(row.arity, int) and (n < row.arity[0] or (row.arity[1] is not None and n > row.arity[1])):
+                raise ExprError(f"{name} takes at least {_count(row.arity[0])}, got {n}")
+            fn = row.sympy
+            if name == "where":  # where(cond, a, b): the condition grammar applies to the first argument only
+                args = [self.condition(node.args[0])] + [self.build(a) for a in node.args[1:]]
+            else:
+                args = [self.build(a) for a in node.args]
+            return self.elementwise(lambda *a: fn(*a), args, f"{name}(...)")
         raise ExprError(f"unknown function {name!r}")
 
     def reduction(self, name: str, args: list[ast.AST]) -> TExpr:
@@ -462,11 +503,7 @@ class Builder:
             if not (isinstance(a, ast.Tuple) and len(a.elts) == 2):
                 raise ExprError("Piecewise takes (value, condition) pairs")
             value = self.build(a.elts[0])
-            cond_node = a.elts[1]
-            if isinstance(cond_node, ast.Constant) and cond_node.value is True:
-                cond = TExpr(sympy.true)
-            else:
-                cond = self.build(cond_node)
+            cond = self.condition(a.elts[1])
             pieces.append((value, cond))
         flat = [t for pair in pieces for t in pair]
         return self.elementwise(lambda *xs: Select(*zip(xs[::2], xs[1::2], strict=True)), flat,
@@ -500,6 +537,14 @@ class Builder:
             raise ExprError(f"shape mismatch in @: {[n for _, n in a.axes]} @ {[n for _, n in b.axes]}")
         body = a.expr * b.expr.xreplace({kb: ka})
         return TExpr(Sum(body, (ka, 0, na - 1)), a.axes[:-1] + b.axes[1:], a.named | b.named)
+
+
+_CONDITION_ONLY = ("a comparison or and/or/not is allowed only as a condition: where(cond, a, b) or "
+                   "Piecewise((value, cond), ...)")
+
+
+def _count(n: int) -> str:
+    return {1: "one argument", 2: "two arguments", 3: "three arguments"}.get(n, f"{n} arguments")
 
 
 def _describe(node: ast.AST) -> str:

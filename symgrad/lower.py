@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 import sympy
 from sympy import Indexed, Symbol
 
+from symgrad import primitives
 from symgrad.derive import Contribution, Derivation, Loop
 from symgrad.graph import Program, Statement
-from symgrad.library import LogSumExp, log_sigmoid, sigmoid
+from symgrad.library import LogSumExp
 
 # Compiler symbols start with "_", which no spec name can (an index named b or B, a constant named gscale)
 BATCH = Symbol("_b", integer=True)
@@ -377,27 +378,5 @@ def _match_gemm_adjoint(target: str, t_idx: tuple, expr: sympy.Expr, loops: list
                        operand_lookup=lookup)
 
 
-# -- numeric rewrites applied before printing (STYLE.md 10) ---------------------------------------------------
-def stable_rewrites(expr: sympy.Expr) -> sympy.Expr:
-    """log(1 + x) -> log1p(x); log(sigmoid(x)) -> log_sigmoid(x); log(1 - sigmoid(x)) -> log_sigmoid(-x)."""
-
-    def fix_log(e):
-        arg = e.args[0]
-        if isinstance(arg, sigmoid):
-            return log_sigmoid(arg.args[0])
-        if isinstance(arg, sympy.Add) and len(arg.args) == 2 and sympy.S.One in arg.args:
-            other = arg.args[0] if arg.args[1] == 1 else arg.args[1]
-            if isinstance(other, sympy.Mul) and other.args[0] == -1 and isinstance(other.args[1], sigmoid) \
-                    and len(other.args) == 2:
-                return log_sigmoid(-other.args[1].args[0])
-            return Log1p(other)
-        return e
-
-    return expr.replace(lambda e: isinstance(e, sympy.log), fix_log)
-
-
-class Log1p(sympy.Function):  # noqa: N801
-    """log(1 + x), printed as math.log1p (exact for tiny x)."""
-
-    def fdiff(self, argindex=1):
-        return 1 / (1 + self.args[0])
+# -- numeric rewrites applied before printing (STYLE.md 10): the rules are rows' rewrites in symgrad.primitives ----
+stable_rewrites = primitives.stable_rewrites

@@ -66,6 +66,29 @@ def sign(x):
     return 0.0
 
 
+@njit(cache=True, inline="always")
+def clip(x, lo, hi):
+    return min(max(x, lo), hi)
+
+
+@njit(cache=True)
+def digamma(x):
+    """psi(x), lgamma's derivative: reflection below 0, recurrence up to 10, then the asymptotic series (1e-15)."""
+    if x <= 0.0 and x == math.floor(x):
+        return math.nan  # a pole
+    r = 0.0
+    if x < 0.0:
+        r = -math.pi / math.tan(math.pi * x)  # psi(x) = psi(1 - x) - pi cot(pi x)
+        x = 1.0 - x
+    while x < 10.0:
+        r -= 1.0 / x
+        x += 1.0
+    f = 1.0 / (x * x)
+    t = f * (-1.0 / 12 + f * (1.0 / 120 + f * (-1.0 / 252 + f * (1.0 / 240 + f * (-1.0 / 132 + f * (
+        691.0 / 32760 - f / 12.0))))))
+    return r + math.log(x) - 0.5 / x + t
+
+
 # -- float32 fast paths ---------------------------------------------------------------------------------------
 # libm's scalar exp/tanh/log are not vectorised by LLVM; in float32 kernels they dominate small models (a VAE
 # step spends most of its time in tanh). These are the classic Cephes/Eigen forms (Cody-Waite range reduction
@@ -167,87 +190,70 @@ def log1p32(x):
     return x if d == _F(0.0) else log32(u) * (x / d)
 
 
+@njit(cache=True, inline="always")
+def expm1_32(x):
+    x = _F(x)
+    u = exp32(x)
+    d = u - _F(1.0)
+    # (u - 1) * x / log(u) corrects exp's rounding (Kahan); where u == 1 the answer is x itself, where u - 1
+    # rounds to -1 it is -1
+    if u == _F(1.0):
+        return x
+    return _F(-1.0) if d == _F(-1.0) else d * (x / log32(u))
+
+
+@njit(cache=True, inline="always")
+def sigmoid32(x):
+    e = exp32(-abs(_F(x)))
+    s = _F(1.0) / (_F(1.0) + e)
+    return s if x >= 0 else e * s
+
+
+@njit(cache=True, inline="always")
+def softplus32(x):
+    return (_F(x) if x > 0 else _F(0.0)) + log1p32(exp32(-abs(_F(x))))
+
+
+@njit(cache=True, inline="always")
+def log_sigmoid32(x):
+    return (_F(x) if x < 0 else _F(0.0)) - log1p32(exp32(-abs(_F(x))))
+
+
+# dtype-aware entry (a row's `cpu32` in symgrad.primitives) -> (float64 form, float32 form). Kernels call
+# `_mf.NAME(x, _theta)`; the overload made below picks the form from the witness's dtype at compile time.
+FAST32 = {
+    "exp": (math.exp, exp32),
+    "tanh": (math.tanh, tanh32),
+    "log": (math.log, log32),
+    "log1p": (math.log1p, log1p32),
+    "expm1": (math.expm1, expm1_32),
+    "sigmoid_w": (sigmoid, sigmoid32),
+    "softplus_w": (softplus, softplus32),
+    "log_sigmoid_w": (log_sigmoid, log_sigmoid32),
+}
+
+
 def _is_f32(w) -> bool:
     return isinstance(w, types.Array) and w.dtype == types.float32
 
 
-def exp(x, w):  # noqa: D103  (a stub for Python; kernels call the overload below)
-    return math.exp(x)
+def _dtype_aware(name: str, f64, f32):
+    """A Python stub `name(x, w)` and its Numba overload: f32(x) when the witness w is a float32 array."""
+
+    def stub(x, w):
+        return f64(x)
+
+    stub.__name__ = stub.__qualname__ = name
+    stub.__doc__ = f"{name}(x, w): float64 or float32 form, by the dtype of the witness array w."
+
+    def impl(x, w):
+        if _is_f32(w):
+            return lambda x, w: f32(x)
+        return lambda x, w: f64(x)
+
+    overload(stub, jit_options={"cache": True}, inline="always")(impl)
+    return stub
 
 
-def tanh(x, w):  # noqa: D103
-    return math.tanh(x)
-
-
-def log(x, w):  # noqa: D103
-    return math.log(x)
-
-
-def log1p(x, w):  # noqa: D103
-    return math.log1p(x)
-
-
-def sigmoid_w(x, w):  # noqa: D103
-    return sigmoid(x)
-
-
-def softplus_w(x, w):  # noqa: D103
-    return softplus(x)
-
-
-def log_sigmoid_w(x, w):  # noqa: D103
-    return log_sigmoid(x)
-
-
-@overload(exp, jit_options={"cache": True}, inline="always")
-def _exp_ol(x, w):
-    if _is_f32(w):
-        return lambda x, w: exp32(x)
-    return lambda x, w: math.exp(x)
-
-
-@overload(tanh, jit_options={"cache": True}, inline="always")
-def _tanh_ol(x, w):
-    if _is_f32(w):
-        return lambda x, w: tanh32(x)
-    return lambda x, w: math.tanh(x)
-
-
-@overload(log, jit_options={"cache": True}, inline="always")
-def _log_ol(x, w):
-    if _is_f32(w):
-        return lambda x, w: log32(x)
-    return lambda x, w: math.log(x)
-
-
-@overload(log1p, jit_options={"cache": True}, inline="always")
-def _log1p_ol(x, w):
-    if _is_f32(w):
-        return lambda x, w: log1p32(x)
-    return lambda x, w: math.log1p(x)
-
-
-@overload(sigmoid_w, jit_options={"cache": True}, inline="always")
-def _sigmoid_ol(x, w):
-    if _is_f32(w):
-        def impl(x, w):
-            e = exp32(-abs(_F(x)))
-            s = _F(1.0) / (_F(1.0) + e)
-            return s if x >= 0 else e * s
-
-        return impl
-    return lambda x, w: sigmoid(x)
-
-
-@overload(softplus_w, jit_options={"cache": True}, inline="always")
-def _softplus_ol(x, w):
-    if _is_f32(w):
-        return lambda x, w: (_F(x) if x > 0 else _F(0.0)) + log1p32(exp32(-abs(_F(x))))
-    return lambda x, w: softplus(x)
-
-
-@overload(log_sigmoid_w, jit_options={"cache": True}, inline="always")
-def _log_sigmoid_ol(x, w):
-    if _is_f32(w):
-        return lambda x, w: (_F(x) if x < 0 else _F(0.0)) - log1p32(exp32(-abs(_F(x))))
-    return lambda x, w: log_sigmoid(x)
+for _name, (_f64, _f32) in FAST32.items():
+    globals()[_name] = _dtype_aware(_name, _f64, _f32)
