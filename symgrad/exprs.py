@@ -242,6 +242,16 @@ class Builder:
             named |= {sym for sym in e.free_symbols if sym in self.scope.index_syms.values()}
         return TExpr(ref.base[tuple(idx)], (), frozenset(named))
 
+    def _bound(self, node: ast.AST) -> sympy.Expr:
+        """A Sum bound: an affine index expression, or Max/Min of them (zero padding: (u, Max(0, 1 - i), 2))."""
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+                and node.func.id in ("Max", "Min", "max", "min"):
+            if len(node.args) < 2 or node.keywords:
+                raise ExprError(f"{node.func.id} in a Sum bound takes two or more index expressions")
+            fn = sympy.Max if node.func.id.lower() == "max" else sympy.Min
+            return fn(*[self._bound(a) for a in node.args])
+        return self._affine(node)
+
     def _affine(self, node: ast.AST) -> sympy.Expr:
         """An index expression: integers, dims and index variables combined by +, - and integer *."""
         if isinstance(node, ast.Constant) and isinstance(node.value, int) and not isinstance(node.value, bool):
@@ -392,7 +402,7 @@ class Builder:
                     raise ExprError("each Sum limit must be (index, lo, hi) with inclusive bounds")
                 if not _is_index_name(lim.elts[0].id, s) and lim.elts[0].id not in s.index_syms:
                     raise ExprError(f"{lim.elts[0].id!r} is declared as something else and cannot be a Sum index")
-                limits.append((lim.elts[0].id, self._affine(lim.elts[1]), self._affine(lim.elts[2])))
+                limits.append((lim.elts[0].id, self._bound(lim.elts[1]), self._bound(lim.elts[2])))
             body = self.build(args[0])
             return self._bind(body, limits)
         body = self.build(args[0])

@@ -768,7 +768,13 @@ def _number(node: ast.AST) -> float | None:
 
 
 def interval(e: sympy.Expr, bounds: dict) -> tuple[int, int]:
-    """Smallest and largest value of an affine index expression, given each index's (lo, hi) bounds."""
+    """Smallest and largest value of an affine index expression, given each index's (lo, hi) bounds (which may be
+    Max/Min of affine ones). Each index ranges independently, so this is a safe over-estimate; check_ranges refines
+    it exactly where bounds are correlated (padding)."""
+    if isinstance(e, sympy.Max | sympy.Min):
+        parts = [interval(a, bounds) for a in e.args]
+        pick = max if isinstance(e, sympy.Max) else min
+        return pick(p[0] for p in parts), pick(p[1] for p in parts)
     e = sympy.expand(e)
     if e.is_Integer:
         return int(e), int(e)
@@ -790,6 +796,77 @@ def interval(e: sympy.Expr, bounds: dict) -> tuple[int, int]:
     return lo, hi
 
 
+def _exact_interval(ix: sympy.Expr, bounds: dict, limit: int = 200_000) -> tuple[int, int] | None:
+    """Min and max of an index over the iteration domain itself, enumerating the indices it involves (and those
+    their bounds depend on), so `x[i + u - 1]` with u from Max(0, 1 - i) is seen never to leave x. None when the
+    domain is too large to enumerate (the caller keeps its over-estimate)."""
+    order: list = []
+
+    def visit(v, seen=()):
+        if v in order or v in seen:
+            return
+        if v not in bounds:
+            raise KeyError(v)
+        lo, hi = bounds[v]
+        for dep in sorted(lo.free_symbols | hi.free_symbols, key=str):
+            visit(dep, seen + (v,))
+        order.append(v)
+
+    try:
+        for v in sorted(ix.free_symbols, key=str):
+            visit(v)
+    except KeyError:
+        return None
+    fns = {v: (_int_fn(bounds[v][0]), _int_fn(bounds[v][1])) for v in order}
+    target = _int_fn(ix)
+    best = [None, None]
+    count = [0]
+
+    def walk(k: int, env: dict) -> bool:
+        if k == len(order):
+            val = target(env)
+            best[0] = val if best[0] is None else min(best[0], val)
+            best[1] = val if best[1] is None else max(best[1], val)
+            count[0] += 1
+            return count[0] <= limit
+        v = order[k]
+        lo, hi = fns[v][0](env), fns[v][1](env)
+        for n in range(lo, hi + 1):
+            env[v] = n
+            if not walk(k + 1, env):
+                return False
+        env.pop(v, None)
+        return True
+
+    if not walk(0, {}) or best[0] is None:
+        return None
+    return best[0], best[1]
+
+
+def _int_fn(e: sympy.Expr):
+    """An integer function of index values for an affine/Max/Min expression (a tree walk: nothing is evaluated)."""
+    if e.is_Integer:
+        n = int(e)
+        return lambda env: n
+    if isinstance(e, Symbol):
+        return lambda env: env[e]
+    args = [_int_fn(a) for a in e.args]
+    if isinstance(e, sympy.Add):
+        return lambda env: sum(f(env) for f in args)
+    if isinstance(e, sympy.Mul):
+        def mul(env):
+            out = 1
+            for f in args:
+                out *= f(env)
+            return out
+        return mul
+    if isinstance(e, sympy.Max):
+        return lambda env: max(f(env) for f in args)
+    if isinstance(e, sympy.Min):
+        return lambda env: min(f(env) for f in args)
+    raise ExprError(f"index expression {e} is not affine")
+
+
 def check_ranges(expr: sympy.Expr, scope: Scope, arrays: dict, carried: set | None = None) -> None:
     """Every read's affine index must stay inside its array over all index values (an error, not a wrap)."""
     bounds = dict(scope.bounds)
@@ -807,7 +884,13 @@ def check_ranges(expr: sympy.Expr, scope: Scope, arrays: dict, carried: set | No
                 missing = next(iter(ix.free_symbols), ix)
                 raise ExprError(f"cannot infer the range of index {missing} in {read}: use it plainly in a "
                                 f"subscript or give the statement a shape in long form") from None
-            if (lo < 0 and not (axis == 0 and arr.name in (carried or ()))) or hi > arr.shape[axis] - 1:
+            low_ok = lo >= 0 or (axis == 0 and arr.name in (carried or ()))
+            if not low_ok or hi > arr.shape[axis] - 1:
+                exact = _exact_interval(ix, bounds)
+                if exact is not None:
+                    lo, hi = exact
+                    low_ok = lo >= 0 or (axis == 0 and arr.name in (carried or ()))
+            if not low_ok or hi > arr.shape[axis] - 1:
                 shown = sympy.sstr(ix.xreplace({s: Symbol(s.name) for s in ix.free_symbols}))
                 raise ExprError(f"index out of range: {shown} in {arr.name}[...] takes values "
                                 f"{lo}..{hi} but axis {axis} of {arr.name} has size {arr.shape[axis]}")
