@@ -116,6 +116,16 @@ def test_nade_log_likelihood():
 
 
 @pytest.mark.slow
+def test_pixelcnn_log_likelihood():
+    """Masked convolutions (zero padding through Max/Min Sum bounds) with parameters shared by all 64 conditionals."""
+    m, tr, te, res = _fit("pixelcnn", optimizer=Adam(1e-2))
+    ll = m.loss(res.params, te)
+    indep = independent_bernoulli_ll(tr["x"], te["x"])
+    report("pixelcnn", f"test log-likelihood {ll:.3f} nats/image (independent pixels {indep:.2f})", res)
+    assert ll >= indep + 2.0
+
+
+@pytest.mark.slow
 def test_fvsbn_beats_independent_pixels():
     m, tr, te, res = _fit("fvsbn", optimizer=Adam(5e-3))
     ll = m.loss(res.params, te)
