@@ -23,10 +23,12 @@ def _silent(*_args, **_kwargs) -> None:
     """`click.echo` on ranks other than 0 under `mpiexec`: rank 0 alone prints."""
 
 
-def _print_errors() -> bool:
-    """Under `mpiexec`, errors are raised on every rank together with the same text: rank 0 prints it."""
-    from symgrad.distributed import launched_rank
+def _print_errors(exc: BaseException) -> bool:
+    """Under `mpiexec`, an error every rank raised together is printed by rank 0; one raised on a single rank
+    ends the whole job (`comm.Abort`) after printing it, since the other ranks may wait for this one forever."""
+    from symgrad.distributed import abort_if_alone, launched_rank
 
+    abort_if_alone(exc)
     return launched_rank() == 0
 
 
@@ -203,6 +205,9 @@ def train_command(
             progress,
         )
     except SymgradError as exc:
-        if _print_errors():
+        if _print_errors(exc):
             click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - under mpiexec a rank's unexpected error must not hang the others
+        _print_errors(exc)
+        raise
