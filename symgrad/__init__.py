@@ -23,6 +23,9 @@ _LAZY = {
     "SpecError": "symgrad.errors",
     "DataError": "symgrad.errors",
     "TrainingDiverged": "symgrad.errors",
+    "UsageError": "symgrad.errors",
+    "load_dataset": "symgrad.data",
+    "DataWarning": "symgrad.data",
 }
 
 
@@ -31,6 +34,11 @@ def __getattr__(name: str):
         module = importlib.import_module(_LAZY[name])
         return module if name == "schedules" else getattr(module, name)
     raise AttributeError(f"module 'symgrad' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The public API for `dir(symgrad)` and tab completion: the lazy names are not attributes until first use."""
+    return sorted(set(globals()) | set(_LAZY))
 
 
 __all__ = sorted(_LAZY)
