@@ -255,3 +255,51 @@ def test_fuzzed_data_files_never_raise_a_traceback(tmp_path):
                 counts["refused"] += 1
     assert counts["refused"] > 100
     print(f"\ndata fuzz: {sum(counts.values())} files, {counts}")
+
+
+# ---------------------------------------------------------------------------------------------- through the CLI
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from symgrad import cli_train
+
+    monkeypatch.setattr(cli_train, "_load_model", lambda path: M)
+    spec = tmp_path / "handmade.yaml"
+    spec.write_text("name: handmade_linreg\n")
+
+    def invoke(*args):
+        return CliRunner().invoke(cli_train.train_command, [str(spec), *map(str, args), "--no-progress"])
+
+    return tmp_path, invoke
+
+
+def one_error_line(res, code: int = 2) -> str:
+    assert res.exit_code == code, res.output
+    assert "Traceback" not in res.output
+    lines = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, res.output
+    return lines[0]
+
+
+def test_cli_trains_on_a_csv(cli):
+    tmp, invoke = cli
+    write_csv(tmp / "d.csv", "x.0,x.1,x.2,y", np.column_stack([X, Y]))
+    res = invoke("--data", tmp / "d.csv", "--epochs", "2", "--batch-size", "8")
+    assert res.exit_code == 0, res.output
+    assert "40 training samples, 0 test samples" in res.output
+
+
+def test_cli_bad_seed_bad_file_bad_checkpoint_are_one_line(cli):
+    tmp, invoke = cli
+    np.savez(tmp / "d.npz", x=X, y=Y)
+    assert "seed must be a non-negative integer, got -1" in one_error_line(
+        invoke("--data", tmp / "d.npz", "--seed", "-1"))
+    with open(tmp / "n.npz", "wb") as fh:
+        np.save(fh, X)
+    assert "is a single .npy array" in one_error_line(invoke("--data", tmp / "n.npz"))
+    (tmp / "ck.npz").write_bytes(b"PK\x03\x04 not really")
+    res = invoke("--data", tmp / "d.npz", "--batch-size", "8", "--resume", tmp / "ck.npz")
+    assert "damaged .npz file" in one_error_line(res)
