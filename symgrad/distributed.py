@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from symgrad.errors import SymgradError, TrainingDiverged, UsageError
-from symgrad.optim import clip_, grad_norm_ok, update
+from symgrad.optim import gated_step, grad_norm_ok
 from symgrad.trainer import Trainer, diverged_message
 
 # Set by launchers in every process they start: Hydra (MPICH, Intel MPI), Open MPI, Slurm.
@@ -258,6 +258,7 @@ class DistributedTrainer(Trainer):
         kind, hyper = int(self.optimizer.kind), self.optimizer.hyper
         n, buf = self.model.N_THETA, self.buf
         losses = np.zeros(n_steps)
+        spare_theta, spare_state = np.empty_like(self.theta), np.empty_like(self.opt_state)
         for i in range(n_steps):
             shard = tuple(a[i, lo:hi] for a in inputs)  # contiguous row blocks, no copy
             error: BaseException | None = None
@@ -274,19 +275,22 @@ class DistributedTrainer(Trainer):
             self.allreduce_time += time.perf_counter() - start
             self.allreduce_calls += 1
             total = float(buf[n])
-            norm, finite = grad_norm_ok(self.grad)
-            if buf[n + 1] != 0.0 or not (math.isfinite(total) and finite):
+            if buf[n + 1] != 0.0:  # a rank failed or had a non-finite share: no rank steps
                 self.step_count = t0 + i
                 self._fail(t0 + i + 1, error, local, consts[i], gscale, shard, losses[:i], batch_size)
+            spare_theta[:] = self.theta
+            spare_state[:] = self.opt_state
+            if not gated_step(self.theta, self.grad, self.opt_state, kind, lrs[i], hyper, t0 + i + 1, clip, total):
+                self.step_count = t0 + i  # the reduced loss or gradient is not finite (overflow in the sum)
+                self._fail(t0 + i + 1, error, local, consts[i], gscale, shard, losses[:i], batch_size)
             losses[i] = total
-            if self._good is None:
-                self._good = (self.theta.copy(), self.opt_state.copy(), t0 + i)
-            else:  # the parameters this step used had a finite loss: the ones a divergence keeps
-                self._good[0][:] = self.theta
-                self._good[1][:] = self.opt_state
-                self._good = (self._good[0], self._good[1], t0 + i)
-            clip_(self.grad, clip, norm)
-            update(self.theta, self.grad, self.opt_state, kind, lrs[i], hyper, t0 + i + 1)
+            # the parameters this step used had a finite loss: the ones a divergence at a later step keeps
+            good = self._good
+            self._good = (spare_theta, spare_state, t0 + i)
+            if good is None:
+                spare_theta, spare_state = np.empty_like(self.theta), np.empty_like(self.opt_state)
+            else:
+                spare_theta, spare_state = good[0], good[1]
         self.step_count = t0 + n_steps
         return np.asarray(self.objective(losses, batch_size))
 

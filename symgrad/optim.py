@@ -87,6 +87,23 @@ def update(theta, g, state, kind, lr, hyper, t):  # pragma: no cover - compiled
         raise ValueError("unknown optimizer kind")
 
 
+@njit(cache=True, inline="always")  # inlined into each caller's loop: no call per step
+def gated_step(theta, grad, state, kind, lr, hyper, t, clip_norm, total):  # pragma: no cover - compiled
+    """Everything after the gradient, in one place for every loop (CPU epoch, MPI): finiteness gate, clipping,
+    `update`. Returns False, theta and state untouched, when the loss `total` or the gradient is not finite.
+
+    The sum of squares is BLAS's dot in theta's dtype (vectorised); clipping rescales to `clip_norm` when the
+    gradient is longer (`clip_norm <= 0` disables it).
+    """
+    sq = float(np.dot(grad, grad))
+    if not (math.isfinite(total) and math.isfinite(sq)):
+        return False
+    if clip_norm > 0.0 and math.sqrt(sq) > clip_norm:
+        grad *= clip_norm / math.sqrt(sq)
+    update(theta, grad, state, kind, lr, hyper, t)
+    return True
+
+
 @njit(cache=True)
 def grad_norm_ok(g):  # pragma: no cover - compiled
     """Return (||g||, finite?) so a step loop can stop before touching theta (internals: divergence)."""
