@@ -6,7 +6,9 @@ ranks; both import this module, neither imports the other's caller (no import ci
 Divergence: a compiled call stops at the first step whose loss or gradient is not finite, leaving theta at the
 parameters that produced it. The trainer then rolls back to the *last parameters whose loss was finite* (those of
 the step before) by restoring the snapshot taken at the start of the call and re-running the steps before it on
-the same inputs: deterministic, so bit-identical, and it costs nothing while training goes well.
+the same inputs (deterministic, so bit-identical). The last step of every call runs in a call of its own, after a
+snapshot, so a failure at the first step of the next call goes back to that snapshot without keeping any inputs.
+While training goes well this costs two theta copies and one extra compiled call per chunk of steps.
 """
 
 from __future__ import annotations
@@ -158,7 +160,7 @@ class Trainer:
         self.grad = np.zeros_like(self.theta)
         self.opt_state = np.zeros((2, model.N_THETA), self.dtype)
         self.step_count = 0
-        self._last_call: tuple | None = None  # (snapshot, t0, n, batch_size, inputs) of the last compiled call
+        self._before_last: tuple | None = None  # (theta, opt_state, step) before the last step of the last call
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         try:
@@ -241,45 +243,50 @@ class Trainer:
             *inputs,
         )
 
+    def _call(self, t0: int, n: int, batch_size: int, inputs: tuple) -> tuple[np.ndarray, int]:
+        """Steps t0 .. t0+n-1 in one compiled call on the first n rows of `inputs`; (losses, steps done)."""
+        if n == 0:
+            return np.zeros(0), 0
+        with blas.limit(blas.threads_for(int(self.theta.size), batch_size)):
+            losses, done = self._train_epoch_call(t0, n, batch_size, tuple(a[:n] for a in inputs))
+        return np.asarray(losses[: int(done)], np.float64), int(done)
+
     def _run(self, batches: dict[str, np.ndarray], n_steps: int, batch_size: int) -> np.ndarray:
+        """Run n_steps; the last one in a call of its own, so the parameters before it are kept for a rollback."""
         t0 = self.step_count
         inputs = self._inputs(batches, n_steps, batch_size)
         start = (self.theta.copy(), self.opt_state.copy())
-        with blas.limit(blas.threads_for(int(self.theta.size), batch_size)):
-            losses, n_done = self._train_epoch_call(t0, n_steps, batch_size, inputs)
-        n_done = int(n_done)
-        self.step_count = t0 + n_done
-        objectives = np.asarray(self.objective(np.asarray(losses[:n_done], np.float64), batch_size))
-        if n_done < n_steps:
-            step = t0 + n_done + 1
-            self._roll_back(start, t0, n_done, batch_size, inputs)
+        losses, done = self._call(t0, n_steps - 1, batch_size, inputs)
+        before_last = None
+        if done == n_steps - 1:
+            before_last = (self.theta.copy(), self.opt_state.copy(), t0 + done)
+            last, n_last = self._call(t0 + done, 1, batch_size, tuple(a[done:] for a in inputs))
+            losses, done = np.concatenate([losses, last]), done + n_last
+        self.step_count = t0 + done
+        objectives = np.asarray(self.objective(losses, batch_size))
+        if done < n_steps:
+            step = t0 + done + 1
+            self._roll_back(start, t0, done, batch_size, inputs)
             exc = TrainingDiverged(diverged_message(step, self.step_count), step=step, params=self.params_copy())
             exc.objectives = objectives  # steps that completed before the failure
             raise exc
-        self._last_call = (start, t0, n_steps, batch_size, inputs)
+        self._before_last = before_last
         return objectives
 
-    def _replay(self, start: tuple[np.ndarray, np.ndarray], t0: int, n: int, batch_size: int, inputs: tuple) -> None:
-        """Restore the snapshot taken at step t0 and re-run its first n steps: the same state, bit for bit."""
-        self.theta[:] = start[0]
-        self.opt_state[:] = start[1]
-        self.step_count = t0
-        if n > 0:
-            with blas.limit(blas.threads_for(int(self.theta.size), batch_size)):
-                _, done = self._train_epoch_call(t0, n, batch_size, tuple(a[:n] for a in inputs))
-            if int(done) != n:  # pragma: no cover - the same steps succeeded a moment ago
+    def _roll_back(self, start, t0: int, done: int, batch_size: int, inputs: tuple) -> None:
+        """After step t0 + done + 1 failed (theta untouched by it): back to the parameters of the step before."""
+        if done >= 1:  # restore the snapshot of this call's start and replay: deterministic, bit for bit
+            self.theta[:] = start[0]
+            self.opt_state[:] = start[1]
+            self.step_count = t0
+            _, redone = self._call(t0, done - 1, batch_size, inputs)
+            if redone != done - 1:  # pragma: no cover - the same steps succeeded a moment ago
                 raise RuntimeError("replaying finished steps did not reproduce them")
-        self.step_count = t0 + n
-
-    def _roll_back(self, start, t0: int, n_done: int, batch_size: int, inputs: tuple) -> None:
-        """After step t0 + n_done + 1 failed: go back to the parameters of the step before (finite loss)."""
-        if n_done >= 1:
-            self._replay(start, t0, n_done - 1, batch_size, inputs)
-            return
-        last = getattr(self, "_last_call", None)
-        if last is not None and last[1] + last[2] == t0:  # the failing step is the first of this call
-            prev_start, prev_t0, prev_n, prev_bs, prev_inputs = last
-            self._replay(prev_start, prev_t0, prev_n - 1, prev_bs, prev_inputs)
+            self.step_count = t0 + redone
+        elif self._before_last is not None and self._before_last[2] + 1 == t0:  # the first step of this call
+            self.theta[:] = self._before_last[0]
+            self.opt_state[:] = self._before_last[1]
+            self.step_count = self._before_last[2]
         # else: the very first step (or the first after a restore) failed; theta is the starting point
 
     def run_epoch(
@@ -331,7 +338,7 @@ class Trainer:
         self.theta[:] = theta
         self.opt_state[:] = opt_state
         self.step_count = int(d["step"])
-        self._last_call = None
+        self._before_last = None
         rng_state = d["rng"]
         if isinstance(rng_state, (str, np.ndarray)):
             rng_state = json.loads(str(rng_state))
