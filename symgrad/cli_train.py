@@ -99,7 +99,8 @@ def _run(
     if resume is not None and not os.path.exists(resume):
         raise UsageError(f"--resume: no such checkpoint {resume!r}")
     model = collective(comm, lambda: _load_model(spec), "loading the spec")
-    train_data, test_data = collective(comm, lambda: load_dataset(data, model), "reading the data")
+    warn = lambda msg: echo(f"warning: {msg}", err=True)  # noqa: E731
+    train_data, test_data = collective(comm, lambda: load_dataset(data, model, on_warning=warn), "reading the data")
     ranks = f", {comm.Get_size()} MPI ranks" if comm is not None else ""
     echo(f"{os.path.basename(spec)}: {describe(train_data, test_data)}, {opt}{ranks}")
     name = str(getattr(model, "SPEC", {}).get("name", os.path.basename(spec)))

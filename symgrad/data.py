@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import os
 import warnings
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
@@ -103,7 +104,8 @@ def _keys(keys) -> str:
 
 
 def _warn(message: str) -> None:
-    warnings.warn(message, DataWarning, stacklevel=3)
+    # stacklevel: _warn <- _warn_unused <- _npz/_csv <- _load <- load_dataset <- the caller
+    warnings.warn(message, DataWarning, stacklevel=6)
 
 
 class DataWarning(UserWarning):
@@ -233,10 +235,31 @@ def _csv(path: str, model: ModuleType) -> tuple[dict[str, np.ndarray], None]:
 
 
 def load_dataset(
-    source: str | os.PathLike, model: ModuleType, *, binarize: bool | None = None
+    source: str | os.PathLike,
+    model: ModuleType,
+    *,
+    binarize: bool | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None]:
     """`("digits" | "file.npz" | "file.csv", generated module) -> (train, test)`, dicts of arrays named like the
-    inputs. Every problem with the file is one `DataError` naming it, the array and the expected shape."""
+    inputs. Every problem with the file is one `DataError` naming it, the array and the expected shape.
+
+    Doubtful data (arrays nothing uses, a misnamed test array) is a `DataWarning`, or, with `on_warning`, a call
+    `on_warning(message)` instead (the CLI prints `warning: ...` lines that way)."""
+    if on_warning is None:
+        return _load(source, model, binarize)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DataWarning)
+        out = _load(source, model, binarize)
+    for w in caught:
+        if issubclass(w.category, DataWarning):
+            on_warning(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return out
+
+
+def _load(source: str | os.PathLike, model: ModuleType, binarize: bool | None):
     source = os.fspath(source)
     if source == "digits":
         return _digits(model, binarize)

@@ -303,3 +303,12 @@ def test_cli_bad_seed_bad_file_bad_checkpoint_are_one_line(cli):
     (tmp / "ck.npz").write_bytes(b"PK\x03\x04 not really")
     res = invoke("--data", tmp / "d.npz", "--batch-size", "8", "--resume", tmp / "ck.npz")
     assert "damaged .npz file" in one_error_line(res)
+
+
+def test_cli_prints_data_warnings_as_one_line_each(cli):
+    tmp, invoke = cli
+    np.savez(tmp / "d.npz", x=X, y=Y, X_test=X[:4], extra=Y)
+    res = invoke("--data", tmp / "d.npz", "--epochs", "1", "--batch-size", "8")
+    assert res.exit_code == 0, res.output
+    warned = [line for line in res.output.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 2 and "did you mean 'x_test'?" in warned[0] and "'extra'" in warned[1], res.output
