@@ -92,13 +92,13 @@ def _run(
         from symgrad.cuda_runtime import require_cuda
 
         require_cuda()  # one clear line naming what is missing, before any data is read
-    try:
-        opt = make_optimizer(optimizer, lr)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if resume is not None and not os.path.exists(resume):
-        raise UsageError(f"--resume: no such checkpoint {resume!r}")
-    model = collective(comm, lambda: _load_model(spec), "loading the spec")
+
+    def prepare():  # in one collective: under mpiexec every rank learns of any rank's error, printed once
+        if resume is not None and not os.path.exists(resume):
+            raise UsageError(f"--resume: no such checkpoint {resume!r}")
+        return make_optimizer(optimizer, lr), _load_model(spec)
+
+    opt, model = collective(comm, prepare, "loading the spec")
     warn = lambda msg: echo(f"warning: {msg}", err=True)  # noqa: E731
     train_data, test_data = collective(comm, lambda: load_dataset(data, model, on_warning=warn), "reading the data")
     ranks = f", {comm.Get_size()} MPI ranks" if comm is not None else ""
@@ -139,7 +139,27 @@ def _run(
         click.echo(f"loss plot saved to {plot}")
 
 
-@click.command("train")
+class _MpiSafeCommand(click.Command):
+    """Under `mpiexec`, a command line click refuses on one rank (`--epochs 0`) would leave the other ranks waiting
+    for it forever: print click's message, then end the whole job."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException as exc:
+            from symgrad.distributed import abort, launched_size, world_comm
+
+            comm = world_comm() if launched_size() > 1 else None
+            if comm is None:
+                raise
+            exc.show()
+            abort(comm, f"rank {comm.Get_rank()}: bad command line")
+            raise  # pragma: no cover - abort ended the process
+
+
+@click.command("train", cls=_MpiSafeCommand)
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data", required=True, help="'digits' or a FILE.npz with arrays named like the inputs.")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)

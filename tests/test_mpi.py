@@ -440,6 +440,15 @@ def test_cli_ranks_given_different_options_refuse_in_one_line(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "rank 1 has epochs=2, rank 0 has epochs=1" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+    # a command line click refuses on one rank only: that rank ends the job instead of leaving rank 0 waiting
+    proc, took = mpirun(["-n", "1", *cmd, "--epochs", "1", ":", "-n", "1", *cmd, "--epochs", "0"], FAIL_TIMEOUT,
+                        mpmd=True)
+    assert proc.returncode != 0
+    assert "Invalid value for '--epochs'" in proc.stderr and "rank 1: bad command line; aborting" in proc.stderr
+    # the same error on every rank before any training: printed once, exit 2
+    proc, took = mpirun([*cmd, "--resume", str(tmp_path / "missing.npz")], FAIL_TIMEOUT)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("error: --resume: no such checkpoint") == 1, proc.stderr
 
 
 def test_cli_under_mpiexec_prints_and_writes_on_rank_0_only(tmp_path):
