@@ -22,7 +22,7 @@ import numpy as np
 
 from symgrad import blas
 from symgrad.errors import DataError, TrainingDiverged, UsageError
-from symgrad.optim import Optimizer
+from symgrad.optim import Optimizer, as_optimizer
 
 
 def _shape_str(shape: tuple, lead: tuple[str, ...] = ("N",)) -> str:
@@ -145,7 +145,7 @@ class Trainer:
     ):
         """`n_samples` (an extension) is the training-set size N for `reduction: sum`'s N/B gradient scale."""
         self.model = model
-        self.optimizer = optimizer
+        self.optimizer = as_optimizer(optimizer)
         if params is None:
             params = model.init_params(seed)
         self.dtype = _params_dtype(params)
@@ -168,6 +168,10 @@ class Trainer:
         except (KeyError, ValueError) as exc:
             raise UsageError(f"constants: {exc}") from None
         self.const_names = [name for name, _ in model.CONSTANTS]
+        if clip_norm is not None and (
+            isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float, np.integer, np.floating))
+        ):
+            raise UsageError(f"clip_norm must be a positive number, got {type(clip_norm).__name__} {clip_norm!r}")
         if clip_norm is not None and not clip_norm > 0:
             raise UsageError(f"clip_norm must be positive, got {clip_norm}")
         self.clip_norm = clip_norm

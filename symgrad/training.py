@@ -243,6 +243,8 @@ def train(
             callback=callback,
             device=device,
         )
+        if callback is not None and not callable(callback):
+            raise UsageError(f"callback must be callable (it gets an EpochInfo), got {type(callback).__name__}")
         if cfg.epochs is None and cfg.steps is None:
             raise UsageError("train: give epochs= or steps=")
         if cfg.resume and cfg.checkpoint is None:

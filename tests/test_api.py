@@ -75,3 +75,28 @@ def test_the_documented_parameters_only_call_on_a_real_spec():
     model = symgrad.load(str(Path(__file__).parent.parent / "specs" / "quadratic.yaml"))
     res = symgrad.train(model, optimizer=symgrad.SGD(0.01), steps=10, progress=False)
     assert res.steps == 10 and np.all(np.isfinite(res.history))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"clip_norm": "1"}, "clip_norm must be a positive number, got str '1'"),
+        ({"clip_norm": -1.0}, "clip_norm must be positive"),
+        ({"callback": 3}, "callback must be callable"),
+        ({"epochs": 1.5}, "epochs must be a positive integer"),
+        ({"batch_size": 0}, "batch_size must be a positive integer"),
+        ({"schedule": 3}, "schedule must be a callable"),
+        ({"constants": {"nope": 1.0}}, "unknown constant 'nope'"),
+        ({"device": "tpu"}, "device must be 'cpu' or 'cuda'"),
+    ],
+)
+def test_train_arguments_are_one_clear_line(kwargs, needle):
+    args = {"optimizer": "sgd", "batch_size": 16, "epochs": 1, "progress": False, **kwargs}
+    with pytest.raises(UsageError) as info:
+        symgrad.train(handmade_linreg, DATA, **args)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_trainer_takes_an_optimizer_by_name():
+    tr = symgrad.Trainer(handmade_linreg, "adam")
+    assert isinstance(tr.optimizer, symgrad.Adam)
