@@ -8,14 +8,14 @@ Public interface (shared/API.md): SPEC, init_params, forward, loss, loss_and_gra
 Private kernels (docs/internals.md): _forward_pass, _loss, _loss_grad, _train_epoch over the flat vector theta.
 """
 
-import math
+import math  # noqa: F401  (printed bodies may use it)
 
 import numpy as np
 from numba import njit
 
 from symgrad import mathfns as _mf  # noqa: F401  (stable primitives; unused by some specs)
 from symgrad import runtime as _rt
-from symgrad.optim import update as _update
+from symgrad.optim import gated_step as _step
 
 SPEC = {
     'name': 'transformer_digits',
@@ -723,12 +723,8 @@ def _train_epoch(_theta, _grad, _state, _kind, _hyper, _t0, _lrs, _consts_steps,
     for _i in range(_n):
         _total = _loss_grad(_theta, _grad, _consts_steps[_i], _gscale, x[_i], y[_i])
         _losses[_i] = _total
-        _sq = float(np.dot(_grad, _grad))  # BLAS: a vectorised sum of squares
-        if not (math.isfinite(_total) and math.isfinite(_sq)):
+        if not _step(_theta, _grad, _state, _kind, _lrs[_i], _hyper, _t0 + _i + 1, _clip_norm, _total):
             return _losses, _i
-        if _clip_norm > 0.0 and math.sqrt(_sq) > _clip_norm:
-            _grad *= _clip_norm / math.sqrt(_sq)
-        _update(_theta, _grad, _state, _kind, _lrs[_i], _hyper, _t0 + _i + 1)
     return _losses, _n
 
 

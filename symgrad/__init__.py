@@ -27,6 +27,9 @@ _LAZY = {
     "SpecError": "symgrad.errors",
     "DataError": "symgrad.errors",
     "TrainingDiverged": "symgrad.errors",
+    "UsageError": "symgrad.errors",
+    "load_dataset": "symgrad.data",
+    "DataWarning": "symgrad.data",
 }
 
 
@@ -48,5 +51,10 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
+
+def __dir__() -> list[str]:
+    """The public API for `dir(symgrad)` and tab completion: the lazy names are not attributes until first use."""
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = sorted(_LAZY)

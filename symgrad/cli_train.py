@@ -40,10 +40,12 @@ def _silent(*_args, **_kwargs) -> None:
     """`click.echo` on ranks other than 0 under `mpiexec`: rank 0 alone prints."""
 
 
-def _print_errors() -> bool:
-    """Under `mpiexec`, errors are raised on every rank together with the same text: rank 0 prints it."""
-    from symgrad.distributed import launched_rank
+def _print_errors(exc: BaseException) -> bool:
+    """Under `mpiexec`, an error every rank raised together is printed by rank 0; one raised on a single rank
+    ends the whole job (`comm.Abort`) after printing it, since the other ranks may wait for this one forever."""
+    from symgrad.distributed import abort_if_alone, launched_rank
 
+    abort_if_alone(exc)
     return launched_rank() == 0
 
 
@@ -333,19 +335,23 @@ def _run(spec: str, data: str, epochs: int, batch_size: int, optimizer: str, lr:
         from symgrad.cuda_runtime import require_cuda
 
         require_cuda()  # one clear line naming what is missing, before any data is read
-    try:
-        opt = make_optimizer(optimizer, lr)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    if resume is not None and not os.path.exists(resume):
-        raise UsageError(f"--resume: no such checkpoint {resume!r}")
-    if val_split is not None and not 0.0 < val_split < 1.0:
-        raise UsageError(f"--val-split must be a fraction between 0 and 1, got {val_split:g}")
-    model = collective(comm, lambda: _load_model(spec), "loading the spec")
+    def prepare():  # in one collective: under mpiexec every rank learns of any rank's error, printed once
+        try:
+            opt = make_optimizer(optimizer, lr)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if resume is not None and not os.path.exists(resume):
+            raise UsageError(f"--resume: no such checkpoint {resume!r}")
+        if val_split is not None and not 0.0 < val_split < 1.0:
+            raise UsageError(f"--val-split must be a fraction between 0 and 1, got {val_split:g}")
+        return opt, _load_model(spec)
+
+    opt, model = collective(comm, prepare, "loading the spec")
     name = _spec_name(model, spec)
     out = out or default_out(name)
     constants = _parse_constants(constant, model)
-    train_data, test_data = collective(comm, lambda: load_dataset(data, model), "reading the data")
+    warn = lambda msg: echo(f"warning: {msg}", err=True)  # noqa: E731
+    train_data, test_data = collective(comm, lambda: load_dataset(data, model, on_warning=warn), "reading the data")
     val_data = None
     if val_split is not None:
         train_data, val_data = _split(train_data, val_split, seed)
@@ -426,12 +432,35 @@ def _guard(fn, *args, **kwargs) -> None:
     try:
         fn(*args, **kwargs)
     except SymgradError as exc:
-        if _print_errors():
+        if _print_errors(exc):
             click.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - under mpiexec a rank's unexpected error must not hang the others
+        _print_errors(exc)
+        raise
 
 
-@click.command("train", epilog=DATA_HELP)
+class _MpiSafeCommand(click.Command):
+    """Under `mpiexec`, a command line click refuses on one rank (`--epochs 0`) would leave the other ranks waiting
+    for it forever: print click's message, then end the whole job."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.Exit:
+            raise
+        except click.ClickException as exc:
+            from symgrad.distributed import abort, launched_size, world_comm
+
+            comm = world_comm() if launched_size() > 1 else None
+            if comm is None:
+                raise
+            exc.show()
+            abort(comm, f"rank {comm.Get_rank()}: bad command line")
+            raise  # pragma: no cover - abort ended the process
+
+
+@click.command("train", cls=_MpiSafeCommand, epilog=DATA_HELP)
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False))
 @click.option("--data", required=True, help="'digits' or FILE.npz with arrays named like the inputs (see below).")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)

@@ -1,14 +1,14 @@
-"""CUDA runtime glue: find a GPU (or say clearly why not), build/import `<name>_cuda.py`, run epochs on the device.
+"""CUDA runtime glue: find a GPU (or say clearly why not) and keep training state resident on it.
 
-The generated CUDA module keeps the CPU module's private contract (docs/internals.md: `_train_epoch`, `_loss_grad`,
-...), so the trainer can step with it unchanged; `CudaSession` goes further and keeps theta, the optimizer state and
-the data resident on the GPU between epochs.
+Loading `<name>_cuda.py` is the loader's job (`symgrad.load(spec, "cuda")`, `symgrad.loader.as_cuda`), from its
+backend table; this module never imports the loader. The generated CUDA module keeps the CPU module's private
+contract (docs/internals.md: `_train_epoch`, `_loss_grad`, ...), so the trainer can step with it unchanged;
+`CudaSession` goes further and keeps theta, the optimizer state and the data resident on the GPU between epochs.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -55,55 +55,6 @@ def require_cuda() -> None:
     if reason is not None:
         raise CudaUnavailable(f"CUDA requested but no GPU/driver found: {reason}")
     _CHECKED.append(True)
-
-
-def build_cuda_source(spec_path: str | Path, display_path: str | None = None) -> str:
-    from symgrad.cuda_codegen import render_cuda_module
-
-    return render_cuda_module(str(spec_path), display_path)
-
-
-def load_cuda(spec_path: str | Path, check_device: bool = True) -> ModuleType:
-    """Build (if needed) and import `<name>_cuda.py`, as `symgrad.load` does for the CPU module.
-
-    Order: `generated/<name>_cuda.py` beside the spec's folder when its header matches this spec and version, else
-    the per-user cache (atomic write). `check_device=False` loads without a GPU (the kernels compile on first use).
-    """
-    from symgrad import loader
-
-    if check_device:
-        require_cuda()
-    return loader.load_generated(spec_path, "_cuda", build_cuda_source)
-
-
-def as_cuda(model: ModuleType) -> ModuleType:
-    """The CUDA twin of a loaded CPU module (same spec), for `train(..., device="cuda")`."""
-    if getattr(model, "TARGET", "cpu") == "cuda":
-        return model
-    spec = getattr(model, "__symgrad_spec__", None) or _spec_from_header(model)
-    return load_cuda(spec)
-
-
-def _spec_from_header(model: ModuleType) -> str:
-    path = Path(getattr(model, "__spec_path__", None) or model.__file__)
-    first = path.read_text(encoding="utf-8").splitlines()[0]
-    spec = first.split(" from ", 1)[1].rsplit(" (sha256", 1)[0]
-    cand = Path(spec)
-    if not cand.is_absolute() and not cand.exists():
-        cand = path.resolve().parent.parent / spec
-    if not cand.exists():
-        raise CudaUnavailable(f"cannot find the spec {spec!r} of module {model.__name__} to build its CUDA twin")
-    return str(cand)
-
-
-def run_epoch_cuda(module_cuda: ModuleType, theta: np.ndarray, state: np.ndarray, kind: int, hyper: np.ndarray,
-                   t0: int, lrs: np.ndarray, consts_steps: np.ndarray, clip_norm: float, gscale: float,
-                   inputs: tuple) -> tuple[np.ndarray, int]:
-    """`_train_epoch` of docs/internals.md on the GPU: theta and state are updated in place (copied back once)."""
-    require_cuda()
-    grad = np.zeros_like(theta)
-    return module_cuda._train_epoch(theta, grad, state, kind, hyper, t0, lrs, consts_steps, clip_norm, gscale,
-                                    *inputs)
 
 
 class CudaSession:

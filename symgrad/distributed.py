@@ -17,11 +17,14 @@ Design (docs/distributed.md has the cost model):
   travels in the step's own reduction, all ranks see it at the same step and raise together (a
   `DistributedError` naming the rank, the step and the message, or `TrainingDiverged` naming the ranks whose
   shard was not finite). Set-up errors (bad data, unreadable checkpoint, a spec that does not build) are
-  exchanged with one `allgather` before the first step, together with a fingerprint of the data and the
-  starting state so that ranks holding different data refuse to start. Checkpoint writing and the per-epoch
-  callback run on rank 0 only, and their outcome is broadcast. Anything else that escapes on one rank during
-  training cannot be agreed on (the others may be blocked in a reduction), so it ends the job with
-  `comm.Abort(1)` after printing the rank, step and error.
+  exchanged with one `allgather` before the first step, together with the run's configuration (spec digest,
+  data shapes, epochs, batch size, optimizer, lr, schedule, dtype, ...) and a fingerprint of the data and the
+  starting state: ranks that differ refuse to start, in one line naming the first difference. Checkpoint writing
+  and the per-epoch callback run on rank 0 only, and their outcome is broadcast. Anything else that escapes on
+  one rank cannot be agreed on (the others may be blocked in a reduction), so it ends the job with
+  `comm.Abort(1)` after printing the rank, step and error -- inside `train`, and, once `train(comm=...)` has
+  been called, for any exception the program does not catch (a `sys.excepthook`, as `python -m mpi4py` does).
+  Errors raised on every rank together carry `all_ranks = True` and end the program normally.
 """
 
 from __future__ import annotations
@@ -37,8 +40,8 @@ from typing import Any
 import numpy as np
 
 from symgrad.errors import SymgradError, TrainingDiverged, UsageError
-from symgrad.optim import clip_, grad_norm_ok, update
-from symgrad.training import Trainer
+from symgrad.optim import gated_step, grad_norm_ok
+from symgrad.trainer import Trainer, diverged_message
 
 # Set by launchers in every process they start: Hydra (MPICH, Intel MPI), Open MPI, Slurm.
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS")
@@ -47,6 +50,8 @@ _RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID")
 
 class DistributedError(SymgradError):
     """Raised on every rank, at the same point, when one or more ranks failed. `ranks`, `step` say where."""
+
+    all_ranks = True  # raised on every rank together: nothing to abort
 
     def __init__(self, message: str, *, ranks: list[int], step: int | None = None, exit_code: int = 1):
         super().__init__(message)
@@ -117,6 +122,7 @@ def agree(comm: Any, exc: BaseException | None, what: str, extra: Any = None) ->
     gathered = comm.allgather(mine)
     failed = [(rank, msg, code) for rank, (msg, code, _) in enumerate(gathered) if msg is not None]
     if exc is not None and len(failed) == len(gathered) and len({msg for _, msg, _ in failed}) == 1:
+        _mark_all_ranks(exc)
         raise exc  # the same error on every rank (a usage error, say): report it as one process would
     if failed:
         lines = "; ".join(f"rank {rank}: {msg}" for rank, msg, _ in failed)
@@ -140,6 +146,55 @@ def collective(comm: Any, fn: Callable[[], Any], what: str) -> Any:
         raise  # pragma: no cover - agree raised
     agree(comm, None, what)
     return value
+
+
+def _mark_all_ranks(exc: BaseException) -> None:
+    try:
+        exc.all_ranks = True  # type: ignore[attr-defined]
+    except AttributeError:  # pragma: no cover - an exception type with __slots__
+        pass
+
+
+def raised_on_all_ranks(exc: BaseException) -> bool:
+    """True for an error every rank raised at the same point (so no rank is left waiting)."""
+    return bool(getattr(exc, "all_ranks", False))
+
+
+def abort(comm: Any, message: str) -> None:
+    """Print one line and end every rank of the job: the only way out when the others may be blocked."""
+    sys.stderr.write(f"symgrad: {message}; aborting all {comm.Get_size()} ranks\n")
+    sys.stderr.flush()
+    comm.Abort(1)
+
+
+def abort_if_alone(exc: BaseException) -> None:
+    """Under `mpiexec -n N` (N > 1): end the job when `exc` was raised on this rank alone (the CLI's last resort)."""
+    if launched_size() <= 1 or raised_on_all_ranks(exc):
+        return
+    comm = world_comm()
+    if comm is not None:
+        abort(comm, f"rank {comm.Get_rank()} failed: {_describe(exc)}")
+
+
+_HOOKED: list[Any] = []
+
+
+def install_abort_hook(comm: Any) -> None:
+    """An exception no one catches on one rank ends the whole job (as `python -m mpi4py` does), not a hang.
+
+    Installed by `train(comm=...)`; errors raised on every rank together (`all_ranks`) exit normally.
+    """
+    if _HOOKED or comm.Get_size() <= 1:
+        return
+    previous = sys.excepthook
+
+    def hook(tp, value, tb):
+        previous(tp, value, tb)
+        if not raised_on_all_ranks(value) and not issubclass(tp, KeyboardInterrupt):
+            abort(comm, f"uncaught exception on rank {comm.Get_rank()}: {_describe(value)}")
+
+    sys.excepthook = hook
+    _HOOKED.append(hook)
 
 
 def _ranks_str(ranks: list[int]) -> str:
@@ -175,6 +230,7 @@ class DistributedTrainer(Trainer):
         self.allreduce_time = 0.0
         self.allreduce_calls = 0
         self.failed_ranks: list[int] = []
+        self._good: tuple[np.ndarray, np.ndarray, int] | None = None  # params, state, step of the last finite loss
 
     def shard(self, batch_size: int) -> tuple[int, int]:
         """This rank's rows [lo, hi) of a global batch: contiguous blocks, sizes differing by at most one."""
@@ -202,6 +258,7 @@ class DistributedTrainer(Trainer):
         kind, hyper = int(self.optimizer.kind), self.optimizer.hyper
         n, buf = self.model.N_THETA, self.buf
         losses = np.zeros(n_steps)
+        spare_theta, spare_state = np.empty_like(self.theta), np.empty_like(self.opt_state)
         for i in range(n_steps):
             shard = tuple(a[i, lo:hi] for a in inputs)  # contiguous row blocks, no copy
             error: BaseException | None = None
@@ -218,15 +275,35 @@ class DistributedTrainer(Trainer):
             self.allreduce_time += time.perf_counter() - start
             self.allreduce_calls += 1
             total = float(buf[n])
-            norm, finite = grad_norm_ok(self.grad)
-            if buf[n + 1] != 0.0 or not (math.isfinite(total) and finite):
+            if buf[n + 1] != 0.0:  # a rank failed or had a non-finite share: no rank steps
                 self.step_count = t0 + i
                 self._fail(t0 + i + 1, error, local, consts[i], gscale, shard, losses[:i], batch_size)
+            spare_theta[:] = self.theta
+            spare_state[:] = self.opt_state
+            if not gated_step(self.theta, self.grad, self.opt_state, kind, lrs[i], hyper, t0 + i + 1, clip, total):
+                self.step_count = t0 + i  # the reduced loss or gradient is not finite (overflow in the sum)
+                self._fail(t0 + i + 1, error, local, consts[i], gscale, shard, losses[:i], batch_size)
             losses[i] = total
-            clip_(self.grad, clip, norm)
-            update(self.theta, self.grad, self.opt_state, kind, lrs[i], hyper, t0 + i + 1)
+            # the parameters this step used had a finite loss: the ones a divergence at a later step keeps
+            good = self._good
+            self._good = (spare_theta, spare_state, t0 + i)
+            if good is None:
+                spare_theta, spare_state = np.empty_like(self.theta), np.empty_like(self.opt_state)
+            else:
+                spare_theta, spare_state = good[0], good[1]
         self.step_count = t0 + n_steps
         return np.asarray(self.objective(losses, batch_size))
+
+    def load_state_dict(self, d) -> None:
+        super().load_state_dict(d)
+        self._good = None
+
+    def _restore_good(self) -> None:
+        """Back to the parameters of the last step whose loss was finite (the starting ones if none was)."""
+        if self._good is not None and self._good[2] + 1 == self.step_count:
+            self.theta[:] = self._good[0]
+            self.opt_state[:] = self._good[1]
+            self.step_count = self._good[2]
 
     def _fail(self, step, error, local, consts, gscale, shard, done, batch_size) -> None:
         """Every rank arrives here at the same step: find which ranks failed and raise the same error."""
@@ -243,6 +320,7 @@ class DistributedTrainer(Trainer):
                 self.grad = scratch
             status = None if ok else ("nonfinite", "gradient")
         statuses = self.comm.allgather(status)
+        self._restore_good()
         errors = [(r, s[1]) for r, s in enumerate(statuses) if s is not None and s[0] == "error"]
         bad = [r for r, s in enumerate(statuses) if s is not None]
         self.failed_ranks = bad
@@ -250,7 +328,7 @@ class DistributedTrainer(Trainer):
             lines = "; ".join(f"rank {r}: {msg}" for r, msg in errors)
             raise DistributedError(
                 f"step {step} failed on {_ranks_str([r for r, _ in errors])} ({lines}); "
-                f"every rank stopped at step {step}, last good parameters kept",
+                f"every rank stopped at step {step}, the last parameters with a finite loss kept",
                 ranks=[r for r, _ in errors],
                 step=step,
             ) from error
@@ -259,22 +337,37 @@ class DistributedTrainer(Trainer):
             if bad
             else "in the reduced gradient (every rank's share was finite: overflow in the sum)"
         )
-        exc = TrainingDiverged(
-            f"training diverged at step {step}: non-finite loss or gradient {where} "
-            "(last good parameters kept)",
-            step=step,
-            params=self.params_copy(),
-        )
+        exc = TrainingDiverged(diverged_message(step, self.step_count, f" {where}"), step=step,
+                               params=self.params_copy())
         exc.objectives = np.asarray(self.objective(np.asarray(done, np.float64), batch_size))
         exc.ranks = bad
+        exc.where = f" {where}"
         raise exc
 
 
 # ---------------------------------------------------------------------------------------------- train
 
 
+def _first_difference(configs: list[dict[str, Any]]) -> tuple[str, int, Any, Any] | None:
+    """(key, rank, rank's value, rank 0's value) of the first setting where a rank differs from rank 0."""
+    for key in configs[0]:
+        for rank, cfg in enumerate(configs[1:], start=1):
+            if cfg.get(key) != configs[0][key]:
+                return key, rank, cfg.get(key), configs[0][key]
+    for rank, cfg in enumerate(configs[1:], start=1):
+        extra = sorted(set(cfg) - set(configs[0]))
+        if extra:
+            return extra[0], rank, cfg[extra[0]], None
+    return None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 class Dist:
-    """What `symgrad.train` asks of the distributed layer (passed to it as `_dist`)."""
+    """The training loop's hooks for one rank of `comm` (`symgrad.training._Local` is the one-process twin)."""
 
     def __init__(self, comm: Any):
         self.comm = comm
@@ -288,13 +381,22 @@ class Dist:
         self.trainer = DistributedTrainer(model, optimizer, comm=self.comm, **kwargs)
         return self.trainer
 
-    def setup_done(self, trainer: Trainer, arrays: Mapping[str, np.ndarray]) -> None:
-        """The one set-up collective: every rank's error (or none) and a fingerprint of data and state."""
+    def setup_done(self, trainer: Trainer, arrays: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> None:
+        """The one set-up collective: every rank's error (or none), its configuration, fingerprints of data/state."""
         state = {"theta": trainer.theta, "opt_state": trainer.opt_state}
-        mine = (_fingerprint(arrays), _fingerprint(state), trainer.step_count)
+        mine = (dict(config), _fingerprint(arrays), _fingerprint(state), trainer.step_count)
         prints = agree(self.comm, None, "set-up", mine)
         self.phase = "run"
-        for what, idx in (("training data", 0), ("starting state (parameters / checkpoint)", 1)):
+        diff = _first_difference([p[0] for p in prints])
+        if diff is not None:
+            key, rank, theirs, root = diff
+            raise DistributedError(
+                f"ranks disagree on the configuration: rank {rank} has {key}={_short(theirs)}, rank 0 has "
+                f"{key}={_short(root)}; every rank must run the same command",
+                ranks=[rank],
+                exit_code=2,
+            )
+        for what, idx in (("training data", 1), ("starting state (parameters / checkpoint)", 2)):
             differ = [r for r, p in enumerate(prints) if p[idx] != prints[0][idx]]
             if differ:
                 raise DistributedError(
@@ -303,7 +405,7 @@ class Dist:
                     ranks=differ,
                     exit_code=2,
                 )
-        differ = [r for r, p in enumerate(prints) if p[2] != prints[0][2]]
+        differ = [r for r, p in enumerate(prints) if p[3] != prints[0][3]]
         if differ:
             raise DistributedError(
                 f"{_ranks_str(differ)} resume at another step than rank 0", ranks=differ, exit_code=2
@@ -324,48 +426,35 @@ class Dist:
                 f"{what} failed on rank 0 after step {step}: {msg[0]}", ranks=[0], step=step, exit_code=msg[1]
             ) from error
 
-
-def train_distributed(model, data=None, *, comm, **kwargs):
-    """`symgrad.train(..., comm=comm)`: the same run split across the ranks of `comm` (see the module doc)."""
-    from symgrad import training as train_mod
-
-    dist = Dist(comm)
-    try:
-        return train_mod.train(model, data, _dist=dist, **kwargs)
-    except DistributedError:
-        raise  # raised on every rank together
-    except TrainingDiverged as exc:  # raised on every rank together, from the step's reduction
-        ranks = getattr(dist.trainer, "failed_ranks", [])
-        where = f" on {_ranks_str(ranks)}" if ranks else ""
-        raise TrainingDiverged(
-            f"training diverged at step {exc.step} (epoch {exc.epoch}): non-finite loss or gradient{where}; "
-            "last good parameters kept",
-            step=exc.step,
-            epoch=exc.epoch,
-            params=exc.params,
-            result=exc.result,
-        ) from None
-    except BaseException as exc:
-        if dist.phase == "setup":  # the others wait in setup_done's allgather: answer it with the error
-            agree(comm, exc, "set-up")
-        step = dist.trainer.step_count if dist.trainer is not None else 0
-        sys.stderr.write(
-            f"symgrad: rank {dist.rank} failed after step {step}: {_describe(exc)}; "
-            f"aborting all {dist.size} ranks\n"
-        )
-        sys.stderr.flush()
-        comm.Abort(1)
-        raise  # pragma: no cover
+    def run(self, fn: Callable[[], Any]) -> Any:
+        """Run the loop `fn()` on this rank: errors every rank raised together propagate, any other ends the job."""
+        install_abort_hook(self.comm)
+        try:
+            return fn()
+        except DistributedError:
+            raise  # raised on every rank together
+        except TrainingDiverged as exc:  # raised on every rank together, from the step's reduction
+            _mark_all_ranks(exc)
+            raise
+        except BaseException as exc:
+            if self.phase == "setup":  # the others wait in setup_done's allgather: answer it with the error
+                agree(self.comm, exc, "set-up")
+            step = self.trainer.step_count if self.trainer is not None else 0
+            abort(self.comm, f"rank {self.rank} failed after step {step}: {_describe(exc)}")
+            raise  # pragma: no cover
 
 
 __all__ = [
     "DistributedError",
     "DistributedTrainer",
+    "abort",
+    "abort_if_alone",
     "agree",
     "collective",
+    "install_abort_hook",
     "is_root",
     "launched_rank",
     "launched_size",
-    "train_distributed",
+    "raised_on_all_ranks",
     "world_comm",
 ]

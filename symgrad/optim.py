@@ -13,6 +13,8 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from symgrad.errors import UsageError
+
 TINY = 1e-30  # optimizer state below this is flushed to 0 (see _adam_ol)
 
 SGD_KIND = 0
@@ -85,6 +87,23 @@ def update(theta, g, state, kind, lr, hyper, t):  # pragma: no cover - compiled
         raise ValueError("unknown optimizer kind")
 
 
+@njit(cache=True, inline="always")  # inlined into each caller's loop: no call per step
+def gated_step(theta, grad, state, kind, lr, hyper, t, clip_norm, total):  # pragma: no cover - compiled
+    """Everything after the gradient, in one place for every loop (CPU epoch, MPI): finiteness gate, clipping,
+    `update`. Returns False, theta and state untouched, when the loss `total` or the gradient is not finite.
+
+    The sum of squares is BLAS's dot in theta's dtype (vectorised); clipping rescales to `clip_norm` when the
+    gradient is longer (`clip_norm <= 0` disables it).
+    """
+    sq = float(np.dot(grad, grad))
+    if not (math.isfinite(total) and math.isfinite(sq)):
+        return False
+    if clip_norm > 0.0 and math.sqrt(sq) > clip_norm:
+        grad *= clip_norm / math.sqrt(sq)
+    update(theta, grad, state, kind, lr, hyper, t)
+    return True
+
+
 @njit(cache=True)
 def grad_norm_ok(g):  # pragma: no cover - compiled
     """Return (||g||, finite?) so a step loop can stop before touching theta (internals: divergence)."""
@@ -103,6 +122,19 @@ def clip_(g, clip_norm, norm):  # pragma: no cover - compiled
             g[i] = g[i] * f
 
 
+class OptimizerError(UsageError, ValueError):
+    """A bad optimizer argument: one line, exit 2 in the CLI; still a ValueError for callers that catch that."""
+
+
+def _number(owner: str, name: str, value: object) -> float:
+    """A real number (not a string, not a bool): `SGD("1e-3")` says so instead of failing inside a comparison."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise OptimizerError(f"{owner}: {name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(float(value)):
+        raise OptimizerError(f"{owner}: {name} must be finite, got {value!r}")
+    return float(value)
+
+
 def _hyper(momentum: float = 0.0, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> np.ndarray:
     return np.array([momentum, beta1, beta2, eps], dtype=np.float64)
 
@@ -116,12 +148,15 @@ class SGD:
     nesterov: bool = False
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"SGD: lr must be positive, got {self.lr}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"SGD: momentum must be in [0, 1), got {self.momentum}")
-        if self.nesterov and self.momentum == 0.0:
-            raise ValueError("SGD: nesterov=True needs momentum > 0")
+        lr, momentum = _number("SGD", "lr", self.lr), _number("SGD", "momentum", self.momentum)
+        if not isinstance(self.nesterov, (bool, np.bool_)):
+            raise OptimizerError(f"SGD: nesterov must be True or False, got {self.nesterov!r}")
+        if not lr > 0:
+            raise OptimizerError(f"SGD: lr must be positive, got {self.lr}")
+        if not 0.0 <= momentum < 1.0:
+            raise OptimizerError(f"SGD: momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and momentum == 0.0:
+            raise OptimizerError("SGD: nesterov=True needs momentum > 0")
 
     @property
     def kind(self) -> int:
@@ -144,10 +179,15 @@ class Adam:
     eps: float = 1e-8
 
     def __post_init__(self) -> None:
-        if not self.lr > 0:
-            raise ValueError(f"Adam: lr must be positive, got {self.lr}")
-        if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
-            raise ValueError("Adam: beta1 and beta2 must be in [0, 1)")
+        lr = _number("Adam", "lr", self.lr)
+        b1, b2 = _number("Adam", "beta1", self.beta1), _number("Adam", "beta2", self.beta2)
+        eps = _number("Adam", "eps", self.eps)
+        if not lr > 0:
+            raise OptimizerError(f"Adam: lr must be positive, got {self.lr}")
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise OptimizerError(f"Adam: beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if not eps > 0:
+            raise OptimizerError(f"Adam: eps must be positive, got {self.eps}")
 
     @property
     def kind(self) -> int:
@@ -163,7 +203,9 @@ Optimizer = SGD | Adam
 
 def make_optimizer(name: str, lr: float | None = None) -> Optimizer:
     """Build an optimizer from a CLI name (`sgd`, `momentum`, `nesterov`, `adam`) with sensible defaults."""
-    name = name.lower()
+    if not isinstance(name, str):
+        raise OptimizerError(f"optimizer must be SGD(...), Adam(...) or a name, got {type(name).__name__}")
+    name = name.strip().lower()
     if name == "sgd":
         return SGD(lr if lr is not None else 0.1)
     if name == "momentum":
@@ -172,4 +214,16 @@ def make_optimizer(name: str, lr: float | None = None) -> Optimizer:
         return SGD(lr if lr is not None else 0.05, momentum=0.9, nesterov=True)
     if name == "adam":
         return Adam(lr if lr is not None else 1e-3)
-    raise ValueError(f"unknown optimizer {name!r}: choose sgd, momentum, nesterov or adam")
+    raise OptimizerError(f"unknown optimizer {name!r}: choose sgd, momentum, nesterov or adam")
+
+
+def as_optimizer(value: object) -> Optimizer:
+    """`train(optimizer=...)`: an `SGD`/`Adam` as is, or a name as the CLI takes it (default learning rate)."""
+    if isinstance(value, (SGD, Adam)):
+        return value
+    if isinstance(value, str):
+        return make_optimizer(value)
+    raise OptimizerError(
+        f"optimizer must be symgrad.SGD(...), symgrad.Adam(...) or one of 'sgd', 'momentum', 'nesterov', 'adam'; "
+        f"got {type(value).__name__}"
+    )

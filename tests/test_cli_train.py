@@ -95,7 +95,7 @@ def test_data_error_exits_2(setup):
     np.savez(tmp / "bad.npz", x=np.zeros((10, 2)), y=np.zeros(10))
     res = invoke(spec, "--data", tmp / "bad.npz", "--no-progress")
     assert res.exit_code == 2
-    assert "data['x'] has shape (10, 2), expected (N, 3)" in res.output
+    assert "bad.npz: array 'x' has shape (10, 2), expected (N, 3)" in res.output
     assert "Traceback" not in res.output
     assert invoke(spec, "--data", "imagenet", "--no-progress").exit_code == 2
 

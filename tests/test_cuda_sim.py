@@ -227,7 +227,7 @@ def test_float32_kernels_run_and_agree(tmp_path_factory):
 def test_train_with_the_cuda_twin_matches_cpu():
     """`symgrad.train` steps unchanged with the CUDA module (same private contract): same parameters as the CPU."""
     import symgrad
-    from symgrad.cuda_runtime import as_cuda
+    from symgrad.loader import as_cuda
     from symgrad.optim import Adam
     from symgrad.training import train
 

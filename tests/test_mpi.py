@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 NP = 2
 TIMEOUT = 420  # seconds for one mpiexec run: ~5-15 s warm, longer when both ranks compile on a loaded machine
+FAIL_TIMEOUT = 60  # the failure workers: each failure is seen within seconds, so a hang fails fast
 
 
 def _skip_reason() -> str | None:
@@ -55,12 +56,16 @@ def _load(name: str, folder: Path | None = None):
     return load(str((folder or SPECS) / f"{name}.yaml"))
 
 
-def _linsum(folder: Path):
-    """linreg with `reduction: sum` (gradient scale N/B), written into the run's folder."""
+def write_linsum(folder: Path) -> Path:
+    """linreg with `reduction: sum` (gradient scale N/B), written into the run's folder once, *before* mpiexec
+    starts the ranks (two ranks writing it themselves raced: one read it half-written, "spec is empty")."""
     spec = folder / "linsum.yaml"
-    if not spec.exists():
-        text = (SPECS / "linreg.yaml").read_text().replace("name: linreg", "name: linsum") + "reduction: sum\n"
-        spec.write_text(text)
+    text = (SPECS / "linreg.yaml").read_text().replace("name: linreg", "name: linsum") + "reduction: sum\n"
+    spec.write_text(text)
+    return spec
+
+
+def _linsum(folder: Path):
     return _load("linsum", folder)
 
 
@@ -240,6 +245,64 @@ def worker_abort(folder: Path) -> None:
     print("not reached", flush=True)
 
 
+def worker_disagree(folder: Path) -> None:
+    """Rank 1 differs from rank 0 in one setting at a time: every attempt is refused before the first step."""
+    from mpi4py import MPI
+
+    from symgrad.distributed import DistributedError
+    from symgrad.optim import SGD, Adam
+    from symgrad.schedules import cosine
+    from symgrad.training import train
+
+    comm = MPI.COMM_WORLD
+    one = comm.Get_rank() == 1
+    m = _load("linreg")
+    x = np.linspace(-1.0, 1.0, 64)
+    data = {"x": x, "y": 2.0 * x}
+    base = {"optimizer": SGD(0.01), "batch_size": 8, "epochs": 2, "progress": False, "comm": comm}
+    cases = {
+        "epochs": {"epochs": 3 if one else 2},
+        "batch_size": {"batch_size": 16 if one else 8},
+        "lr": {"optimizer": SGD(0.02 if one else 0.01)},
+        "optimizer": {"optimizer": Adam(0.01) if one else SGD(0.01)},
+        "schedule": {"schedule": cosine(16) if one else None},
+        "dtype": {"params": {k: np.asarray(v, np.float32 if one else np.float64) for k, v in m.init_params().items()}},
+        "spec": {"model": _linsum(folder) if one else m},
+        "data": {"data": {"x": x[:56], "y": 2.0 * x[:56]} if one else data},
+        "seed": {"seed": 1 if one else 0},
+    }
+    log = open(folder / f"disagree-rank{comm.Get_rank()}.txt", "w")  # noqa: SIM115
+    for label, change in cases.items():
+        opts = {**base, "data": data, "model": m, **change}
+        model = opts.pop("model")
+        start = time.perf_counter()
+        try:
+            train(model, opts.pop("data"), **opts)
+            print(f"[{label}] no error", file=log, flush=True)
+        except DistributedError as exc:
+            took = time.perf_counter() - start
+            print(f"[{label}] exit={exc.exit_code} in {took:.2f}s: {exc}", file=log, flush=True)
+    print("done", file=log, flush=True)
+    log.close()
+
+
+def worker_outside(folder: Path) -> None:
+    """After a `train(comm=...)`, rank 1 raises outside any symgrad call while rank 0 waits in a barrier."""
+    from mpi4py import MPI
+
+    from symgrad.optim import SGD
+    from symgrad.training import train
+
+    comm = MPI.COMM_WORLD
+    m = _load("linreg")
+    x = np.linspace(-1.0, 1.0, 64)
+    train(m, {"x": x, "y": 2 * x}, optimizer=SGD(0.01), batch_size=8, epochs=1, progress=False, comm=comm)
+    if comm.Get_rank() == 1:
+        raise RuntimeError("outside train")
+    comm.Barrier()  # would wait forever without the abort hook
+    print("not reached", flush=True)
+
+
 # ---------------------------------------------------------------------------------------------- helpers
 
 
@@ -250,11 +313,19 @@ def _env() -> dict[str, str]:
     return env
 
 
-def mpirun(args: list[str], timeout: float = TIMEOUT) -> tuple[subprocess.CompletedProcess, float]:
+def mpirun(args: list[str], timeout: float = TIMEOUT, mpmd: bool = False) -> tuple[subprocess.CompletedProcess, float]:
+    """`mpiexec -n NP ARGS` (or `mpiexec ARGS` for an MPMD line `-n 1 A : -n 1 B`); a hang is killed with its ranks."""
     start = time.perf_counter()
-    proc = subprocess.run(["mpiexec", "-n", str(NP), *args], cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=timeout)
-    return proc, time.perf_counter() - start
+    cmd = ["mpiexec", *args] if mpmd else ["mpiexec", "-n", str(NP), *args]
+    with subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          start_new_session=True) as child:
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, 9)  # mpiexec and every rank it started
+            out, err = child.communicate()
+            pytest.fail(f"mpiexec hung: killed after {timeout:.0f} s\n{out}{err}")
+    return subprocess.CompletedProcess(cmd, child.returncode, out, err), time.perf_counter() - start
 
 
 def run_worker(name: str, folder: Path, timeout: float = TIMEOUT):
@@ -273,6 +344,7 @@ def assert_close(a: np.ndarray, b: np.ndarray, what: str, rtol: float = 1e-10) -
 
 
 def test_two_ranks_match_one_process(tmp_path):
+    write_linsum(tmp_path)
     proc, took = run_worker("equal", tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for name, fn in CASES.items():
@@ -293,7 +365,7 @@ def test_two_ranks_match_one_process(tmp_path):
 
 
 def test_failures_stop_every_rank_with_rank_and_step(tmp_path):
-    proc, took = run_worker("fail", tmp_path)
+    proc, took = run_worker("fail", tmp_path, FAIL_TIMEOUT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert took < 60, f"took {took:.1f} s"
     lines = {}
@@ -316,12 +388,67 @@ def test_failures_stop_every_rank_with_rank_and_step(tmp_path):
 
 
 def test_an_error_outside_the_reduction_aborts_the_job(tmp_path):
-    proc, took = run_worker("abort", tmp_path)
+    proc, took = run_worker("abort", tmp_path, FAIL_TIMEOUT)
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "not reached" not in text
     assert "rank 1 failed after step 8" in text and "MemoryError: validation buffer" in text, text
     assert took < 60
+
+
+def test_ranks_that_disagree_on_the_configuration_refuse_to_start(tmp_path):
+    write_linsum(tmp_path)
+    proc, took = run_worker("disagree", tmp_path, FAIL_TIMEOUT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    expect = {
+        "epochs": "rank 1 has epochs=3, rank 0 has epochs=2",
+        "batch_size": "rank 1 has batch_size=16, rank 0 has batch_size=8",
+        "lr": "rank 1 has lr=0.02, rank 0 has lr=0.01",
+        "optimizer": "rank 1 has kind=3, rank 0 has kind=0",
+        "schedule": "rank 1 has schedule=",
+        "dtype": "rank 1 has dtype='float32', rank 0 has dtype='float64'",
+        "spec": "rank 1 has model='linsum', rank 0 has model='linreg'",
+        "data": "rank 1 has n_train=56, rank 0 has n_train=64",
+        "seed": "rank 1 has seed=1, rank 0 has seed=0",
+    }
+    for rank in range(NP):
+        text = (tmp_path / f"disagree-rank{rank}.txt").read_text()
+        assert text.endswith("done\n"), text
+        lines = {line[1 : line.index("]")]: line for line in text.splitlines()[:-1]}
+        for label, needle in expect.items():
+            line = lines[label]
+            assert "exit=2" in line and "ranks disagree on the configuration" in line and needle in line, line
+            assert float(line.split(" in ")[1].split("s:")[0]) < 5.0
+    assert took < FAIL_TIMEOUT
+
+
+def test_an_uncaught_exception_outside_train_ends_the_job(tmp_path):
+    proc, took = run_worker("outside", tmp_path, FAIL_TIMEOUT)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "not reached" not in text
+    assert "uncaught exception on rank 1: RuntimeError: outside train; aborting all 2 ranks" in text, text
+
+
+def test_cli_ranks_given_different_options_refuse_in_one_line(tmp_path):
+    cmd = ["symgrad", "train", "specs/linreg.yaml", "--data", str(tmp_path / "lin.npz"), "--no-progress"]
+    x = np.linspace(-1.0, 1.0, 64)
+    np.savez(tmp_path / "lin.npz", x=x, y=2 * x)
+    proc, took = mpirun(["-n", "1", *cmd, "--epochs", "1", ":", "-n", "1", *cmd, "--epochs", "2"], FAIL_TIMEOUT,
+                        mpmd=True)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "rank 1 has epochs=2, rank 0 has epochs=1" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    # a command line click refuses on one rank only: that rank ends the job instead of leaving rank 0 waiting
+    proc, took = mpirun(["-n", "1", *cmd, "--epochs", "1", ":", "-n", "1", *cmd, "--epochs", "0"], FAIL_TIMEOUT,
+                        mpmd=True)
+    assert proc.returncode != 0
+    assert "Invalid value for '--epochs'" in proc.stderr and "rank 1: bad command line; aborting" in proc.stderr
+    # the same error on every rank before any training: printed once, exit 2
+    proc, took = mpirun([*cmd, "--resume", str(tmp_path / "missing.npz")], FAIL_TIMEOUT)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("error: --resume: no such checkpoint") == 1, proc.stderr
 
 
 def test_cli_under_mpiexec_prints_and_writes_on_rank_0_only(tmp_path):
@@ -350,11 +477,14 @@ def test_cli_bad_data_exits_2_once(tmp_path):
     x = np.zeros((32, 64))
     x[3, 5] = np.inf
     np.savez(bad, x=x, y=np.eye(10)[np.arange(32) % 10])
-    proc, took = mpirun(["symgrad", "train", "specs/mlp_digits.yaml", "--data", str(bad), "--epochs", "1"])
+    proc, took = mpirun(["symgrad", "train", "specs/mlp_digits.yaml", "--data", str(bad), "--epochs", "1"],
+                        FAIL_TIMEOUT)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.count("error:") == 1 and "NaN or infinite" in proc.stderr, proc.stderr
     assert took < 60
 
 
 if __name__ == "__main__":  # the worker side: mpiexec -n 2 python tests/test_mpi.py WORKER FOLDER
-    {"equal": worker_equal, "fail": worker_fail, "abort": worker_abort}[sys.argv[1]](Path(sys.argv[2]))
+    workers = {"equal": worker_equal, "fail": worker_fail, "abort": worker_abort, "disagree": worker_disagree,
+               "outside": worker_outside}
+    workers[sys.argv[1]](Path(sys.argv[2]))

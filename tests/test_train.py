@@ -133,18 +133,44 @@ def test_step_returns_objective_before_update_and_matches_run_epoch():
     assert np.array_equal(a.theta, b.theta)
 
 
-def test_divergence_names_step_and_keeps_last_good_params():
-    bad = {"lr": schedules.constant(), "scale": lambda t: np.inf if t == 5 else 1.0}
-    good = fit(optimizer=SGD(0.01), steps=5, epochs=None)
+@pytest.mark.parametrize("bad_t", [0, 1, 2, 3, 5])
+def test_divergence_names_step_and_keeps_the_last_params_with_a_finite_loss(bad_t):
+    """Step bad_t + 1 (1-based) has an infinite loss: the parameters kept are those of the step before it.
+
+    3 steps per epoch, so bad_t = 3 is the first step of a compiled call (the previous call is replayed) and
+    bad_t = 0 the very first step (the starting parameters are all there is)."""
+    bad = {"lr": schedules.constant(), "scale": lambda t: np.inf if t == bad_t else 1.0}
+    if bad_t >= 2:
+        good = fit(optimizer=SGD(0.01), steps=bad_t - 1, epochs=None).params
+    else:
+        good = handmade_linreg.init_params(0)
     with pytest.raises(TrainingDiverged) as info:
         fit(optimizer=SGD(0.01), schedule=bad, epochs=3, history_per_step=True)
     exc = info.value
-    assert exc.step == 6 and exc.epoch == 2
-    assert "step 6" in str(exc) and "epoch 2" in str(exc)
-    for k in good.params:
-        assert np.array_equal(exc.params[k], good.params[k])
-    assert exc.result.history.shape == (1,) and exc.result.step_history.shape == (5,)
+    step = bad_t + 1
+    assert exc.step == step and exc.epoch == bad_t // 3 + 1
+    assert f"step {step} (epoch {exc.epoch})" in str(exc)
+    if bad_t >= 1:
+        assert f"kept the parameters of step {bad_t}, the last whose loss was finite" in str(exc)
+    else:
+        assert "kept the starting parameters" in str(exc)
+    for k in good:
+        assert np.array_equal(exc.params[k], good[k])
+    assert exc.result.history.shape == (bad_t // 3,) and exc.result.step_history.shape == (bad_t,)
     assert exc.exit_code == 1
+
+
+def test_trainer_step_divergence_rolls_back_one_step():
+    """`Trainer.step` calls: a failing step restores the parameters (and optimizer state) of the step before."""
+    tr = Trainer(handmade_linreg, Adam(0.1))
+    batch = {"x": X[:16], "y": Y[:16]}
+    tr.step(batch)
+    before = tr.state_dict()
+    tr.step(batch)
+    with pytest.raises(TrainingDiverged) as info:
+        tr.step({"x": X[:16], "y": np.full(16, 1e300)})
+    assert info.value.step == 3 and tr.step_count == 1
+    assert np.array_equal(tr.theta, before["theta"]) and np.array_equal(tr.opt_state, before["opt_state"])
 
 
 def test_exploding_learning_rate_diverges_with_finite_params():
