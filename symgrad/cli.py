@@ -64,9 +64,10 @@ def derive(spec: str, wrt: tuple[str, ...], fmt: str, render: str | None) -> Non
     text = render_text(d, fmt, list(wrt) or None)
     click.echo(text, nl=False)
     if render:
+        from symgrad.display import derivation_lines
         from symgrad.render import render_file
 
-        render_file(d, list(wrt) or None, render)
+        render_file(derivation_lines(d, "latex", list(wrt) or None), d.program.spec.name, render)
         click.echo(f"wrote {render}", err=True)
 
 

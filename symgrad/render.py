@@ -14,8 +14,6 @@ import re
 import tempfile
 from pathlib import Path
 
-from symgrad.derive import Derivation
-
 TITLES = {"forward": "Forward (one sample)", "backward": "Backward: adjoints (v̄ = ∂ℓ/∂v)",
           "gradient": "Gradients of the objective"}
 NOTES = {
@@ -39,12 +37,8 @@ mi.name{font-style:italic} .overline{border-top:.07em solid currentColor;padding
 """
 
 
-def render_file(d: Derivation, wrt: list[str] | None, out: str) -> None:
-    """Write `out` (.html or .png) atomically."""
-    from symgrad.display import derivation_lines
-
-    lines = derivation_lines(d, "latex", wrt)
-    name = d.program.spec.name
+def render_file(lines: list[tuple[str, str]], name: str, out: str) -> None:
+    """Write `out` (.html or .png) atomically from the display's (section, LaTeX) lines."""
     if out.endswith(".png"):
         _png(lines, out, name)
     else:
