@@ -92,8 +92,9 @@ def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> Non
         name = load_spec(path).name
         text = build_module_source(path, display_path=_display(path))
         files = [(Path(out_dir) / f"{name}.py", text)]
-        if target == "all" and _has_recurrence(path):
-            click.echo(f"note: {path} has a recurrence, which runs on the CPU backend only: no CUDA module", err=True)
+        if target == "all" and cpu_only(path):
+            click.echo(f"note: {path} runs on the CPU backend only (recurrence or batch statistics): no CUDA module",
+                       err=True)
         elif target in ("cuda", "all"):
             from symgrad.cuda_codegen import render_cuda_module
 
@@ -125,10 +126,13 @@ def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> Non
         click.echo(f"wrote {path}")
 
 
-def _has_recurrence(path: Path) -> bool:
+def cpu_only(path: Path) -> bool:
+    """A recurrence or a batch statistic: CPU only for now."""
     from symgrad.graph import build_program
+    from symgrad.library import BatchSum
 
-    return bool(build_program(str(path)).recurrences)
+    prog = build_program(str(path))
+    return bool(prog.recurrences) or any(isinstance(st.body, BatchSum) for st in prog.statements)
 
 
 def _display(path: Path) -> str:

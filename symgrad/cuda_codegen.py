@@ -35,6 +35,7 @@ from symgrad.codegen import (
 from symgrad.derive import Loop, derive
 from symgrad.errors import CodegenError, SpecError
 from symgrad.graph import build_program
+from symgrad.library import BatchSum
 from symgrad.lower import BATCH, BATCH_SIZE, Fill, Gemm, LoopNest, lower, stable_rewrites
 from symgrad.primitives import helper_imports
 
@@ -282,6 +283,10 @@ def render_cuda_module(spec_path: str, display_path: str | None = None) -> str:
         line = prog.arrays[rec.members[-1]].line
         raise SpecError(f"recurrence {rec.members[-1]} runs on the CPU backend only (the CUDA writer has no step "
                         f"loop yet); build it with --target cpu", prog.spec.path, line)
+    batch_stat = next((st for st in prog.statements if isinstance(st.body, BatchSum)), None)
+    if batch_stat is not None:
+        raise SpecError("batch statistics (batch_mean, batch_sum) run on the CPU backend only; build it with "
+                        "--target cpu", prog.spec.path, batch_stat.line)
     d = derive(prog)
     ir = lower(d)
     fw = CudaKernelWriter(ir, "fwd")

@@ -20,7 +20,7 @@ from sympy import Indexed, IndexedBase, Symbol
 
 from symgrad.errors import SpecError
 from symgrad.graph import Program, Statement
-from symgrad.library import LogSumExp, relu, step
+from symgrad.library import BatchSum, LogSumExp, relu, step
 
 
 @dataclass
@@ -115,6 +115,8 @@ def _statement_adjoints(st: Statement, d: Derivation) -> list[Contribution]:
         weight = sympy.exp(g - out_val)
         contributions += _pieces(g, out_bar * weight, loops, st, d, reuse=None)
         return contributions
+    if isinstance(st.body, BatchSum):  # every sample's summand gets out_bar (lower loops over the batch)
+        return _pieces(st.body.args[0], out_bar, outer, st, d, reuse=None)
     e0_terms, sums = [], []
     for term in sympy.Add.make_args(st.body):
         (sums if isinstance(term, sympy.Sum) else e0_terms).append(term)
@@ -217,6 +219,9 @@ def combined_equations(d: Derivation) -> list[AdjointEquation]:
             if rest:
                 limits = [(ren[lp.var], lp.lo.xreplace(ren), lp.hi.xreplace(ren)) for lp in reversed(rest)]
                 expr = sympy.Sum(expr, *limits)
+            src = next(st for st in prog.statements if st.name == c.source)
+            if arr.kind == "stmt" and not arr.batched and (src.batched or isinstance(src.body, BatchSum)):
+                expr = BatchSum(expr)  # a per-batch value's adjoint gathers every sample's part
             rhs_terms.append(expr)
         rhs = sympy.Add(*rhs_terms) if rhs_terms else None
         equations.append(AdjointEquation(name, tuple(canon), rhs, scatter, arr.kind == "param"))

@@ -22,7 +22,7 @@ from sympy import Indexed, Symbol
 from symgrad.derive import Derivation as _Internal
 from symgrad.derive import combined_equations
 from symgrad.graph import Program
-from symgrad.library import LogSumExp
+from symgrad.library import BATCH_SIZE, LogSumExp
 
 TITLES = {"forward": "Forward (one sample)", "backward": "Backward: adjoints, v_bar = d loss / d v",
           "gradient": "Gradients of the objective"}
@@ -47,7 +47,7 @@ def _latex_name(name: str) -> str:
 
 
 def _symbol_names(prog: Program, d: _Internal) -> dict:
-    names = {}
+    names = {BATCH_SIZE: r"|\mathcal{B}|"}
     for a in prog.arrays.values():
         label = _latex_name(a.name)
         names[Symbol(a.name, real=True)] = label
@@ -119,7 +119,7 @@ def _readable(lhs, rhs, loops) -> tuple:
     for e in (lhs, rhs):  # bound variables of Sums are not free
         for s in _basic(e).atoms(sympy.Sum):
             syms |= {v for v, *_ in s.limits}
-    reserved = sorted((s for s in syms if isinstance(s, sympy.Dummy) or s.name.startswith("_")),
+    reserved = sorted((s for s in syms if (isinstance(s, sympy.Dummy) or s.name.startswith("_")) and s != BATCH_SIZE),
                       key=lambda s: s.name)
     if not reserved:
         return lhs, rhs, loops

@@ -16,7 +16,7 @@ import sympy
 from sympy import Indexed, IndexedBase, Integer, Rational, Sum, Symbol
 from sympy.functions.elementary.piecewise import ExprCondPair
 
-from symgrad.library import LIBRARY, LogSumExp
+from symgrad.library import BATCH_SIZE, LIBRARY, BatchSum, LogSumExp
 from symgrad.primitives import CONSTANTS, ELEMENTWISE, stable_rewrites
 
 _INDEX_NAMES = "ijklmnpqrstuvabcdefgho"
@@ -348,6 +348,12 @@ class Builder:
             return self.along_axis(name, node, axis)
         if name in ("sum", "Sum", "mean"):
             return self.reduction(name, node.args)
+        if name in ("batch_sum", "batch_mean"):
+            if len(node.args) != 1:
+                raise ExprError(f"{name} takes one per-sample expression")
+            x = self.build(node.args[0])
+            expr = BatchSum(x.expr) if name == "batch_sum" else BatchSum(x.expr) / BATCH_SIZE
+            return TExpr(expr, x.axes, x.named)
         if name == "Piecewise":
             return self.piecewise(node.args)
         if name == "_logsumexp" and self.internal:

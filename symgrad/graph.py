@@ -18,7 +18,7 @@ from sympy import Indexed, Integer, Sum, Symbol
 
 from symgrad.errors import SpecError
 from symgrad.exprs import ArrayRef, Builder, ExprError, Scope, TExpr, collect_plain_uses, make_base, parse_source
-from symgrad.library import ELEMENTWISE, INITS, LIBRARY, LogSumExp
+from symgrad.library import ELEMENTWISE, INITS, LIBRARY, BatchSum, LogSumExp
 from symgrad.names import KERNEL_GLOBALS, NameAllocator, identifiers
 from symgrad.spec import Spec, Text, load_spec
 
@@ -189,12 +189,14 @@ class _GraphBuilder:
         for st in self.statements:
             reads = [self.base_array(r) for r in _read_bases(st.body)]
             st.batched = (has_inputs and st.name == loss_name) or any(a is not None and a.batched for a in reads)
+            st.batched = st.batched and not isinstance(st.body, BatchSum)
             self.arrays[st.name].batched = st.batched
         while True:  # a recurrence reads later statements: batchedness settles in a few passes
             changed = False
             for st in self.statements:
                 reads = [self.base_array(r) for r in _read_bases(st.body)]
                 b = (has_inputs and st.name == loss_name) or any(a is not None and a.batched for a in reads)
+                b = b and not isinstance(st.body, BatchSum)
                 if b != st.batched:
                     st.batched = self.arrays[st.name].batched = b
                     changed = True
@@ -528,6 +530,8 @@ class _GraphBuilder:
     def normalize(self, body: sympy.Expr, bounds: dict, line: int) -> sympy.Expr:
         if isinstance(body, LogSumExp):
             return LogSumExp(self.hoist_all(body.function, bounds, line), *body.limits)
+        if isinstance(body, BatchSum):  # a statement of its own, like LogSumExp: its summand is per sample
+            return BatchSum(self.hoist_all(body.args[0], bounds, line))
         terms = sympy.Add.make_args(sympy.Add(*[self.linear(t, bounds, line) for t in sympy.Add.make_args(body)]))
         return _merge_like_sums([self.hoist_invariant(t, bounds, line) if isinstance(t, Sum) else t for t in terms])
 
@@ -610,7 +614,7 @@ class _GraphBuilder:
         A function's whole argument is stored when it holds a reduction, so relu(W @ x + b) stores the textbook
         pre-activation s = W x + b rather than only the product.
         """
-        if isinstance(e, Sum | LogSumExp):
+        if isinstance(e, Sum | LogSumExp | BatchSum):
             return self.hoist(e, bounds, line)
         if not _has_reduction(e):
             return e
@@ -749,7 +753,7 @@ def _merge_like_sums(terms) -> sympy.Expr:
 
 
 def _has_reduction(e: sympy.Expr) -> bool:
-    return e.has(Sum) or e.has(LogSumExp)
+    return e.has(Sum) or e.has(LogSumExp) or e.has(BatchSum)
 
 
 def _read_bases(e: sympy.Expr) -> set:

@@ -11,6 +11,7 @@ so their gradients are derived like any user's expression and no derivative is w
 
 from __future__ import annotations
 
+import sympy
 from sympy.concrete.expr_with_limits import ExprWithLimits
 
 from symgrad.primitives import (  # noqa: F401  (re-exported: derive, lower and graph import them from here)
@@ -34,6 +35,30 @@ class LogSumExp(ExprWithLimits):
     def _sympystr(self, printer):
         limits = ", ".join(printer._print(lim[0]) for lim in self.limits)
         return f"logsumexp({printer._print(self.function)}, {limits})"
+
+
+# The mini-batch's size (a run-time value: `_B` in generated kernels, |B| on the page). It starts with "_", which
+# no spec name can.
+BATCH_SIZE = sympy.Symbol("_B", integer=True, positive=True)
+
+
+class BatchSum(sympy.Function):
+    """Σ over the samples of the mini-batch of a per-sample expression: batch statistics (BatchNorm's mean and
+    variance). Its value is one per mini-batch (not batched); its adjoint reaches every sample, which is the
+    coupling between samples that a batch statistic brings into the gradient. Under MPI each rank's statistics are
+    its own mini-batch's (PyTorch DDP without SyncBatchNorm)."""
+
+    nargs = 1
+
+    def _latex(self, printer, exp=None):
+        body = rf"\sum_{{\mathsf{{b}} \in \mathcal{{B}}}} {printer.parenthesize(self.args[0], 1000)}"
+        return rf"\left({body}\right)^{{{exp}}}" if exp else body
+
+    def _sympystr(self, printer):
+        return f"batch_sum({printer._print(self.args[0])})"
+
+    def fdiff(self, argindex=1):  # pragma: no cover - derive differentiates the summand, never this node
+        raise TypeError("BatchSum is differentiated through its statement, not by sympy.diff")
 
 
 # Library layers and losses: (parameters, body in the spec language). Reductions inside (sum, logsumexp) run over

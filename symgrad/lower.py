@@ -17,11 +17,10 @@ from sympy import Indexed, Symbol
 from symgrad import primitives
 from symgrad.derive import Contribution, Derivation, Loop
 from symgrad.graph import Program, Statement
-from symgrad.library import LogSumExp
+from symgrad.library import BATCH_SIZE, BatchSum, LogSumExp
 
 # Compiler symbols start with "_", which no spec name can (an index named b or B, a constant named gscale)
 BATCH = Symbol("_b", integer=True)
-BATCH_SIZE = Symbol("_B", integer=True)
 GSCALE = Symbol("_gscale", real=True)
 
 
@@ -190,6 +189,9 @@ def _lower_statement(st: Statement, prog: Program, gemm: bool = True) -> list:
     outer = [Loop(i, sympy.Integer(0), sympy.Integer(n - 1)) for i, n in zip(st.indices, st.shape, strict=True)]
     if st.batched:
         outer = [Loop(BATCH, sympy.Integer(0), BATCH_SIZE - 1)] + outer
+    if isinstance(st.body, BatchSum):  # one value per mini-batch: the batch is the reduction's loop
+        inner = [Loop(BATCH, sympy.Integer(0), BATCH_SIZE - 1)]
+        return [LoopNest(outer, inner, target, st.body.args[0], "=", reduce="sum", comment=_comment(st))]
     if isinstance(st.body, LogSumExp):
         inner = _limits(st.body.limits)
         return [LoopNest(outer, inner, target, st.body.function, "=", reduce="lse", comment=_comment(st))]
@@ -302,7 +304,7 @@ def _lower_contribution(c: Contribution, st: Statement, d: Derivation, written: 
     arr = prog.arrays[c.target]
     expr = c.expr.xreplace({loss_bar: GSCALE})
     loops = list(c.loops)
-    if st.batched:
+    if st.batched or isinstance(st.body, BatchSum):
         loops = [Loop(BATCH, sympy.Integer(0), BATCH_SIZE - 1)] + loops
     t_idx = ((BATCH,) if arr.batched else ()) + tuple(c.index)
     plain = all(isinstance(i, Symbol) for i in t_idx) and len(set(t_idx)) == len(t_idx)

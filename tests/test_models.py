@@ -95,6 +95,14 @@ def test_rnn_digits_accuracy():
     assert res.val_accuracy[-1] >= 0.95
 
 
+@pytest.mark.slow
+def test_mlp_bn_digits_accuracy():
+    """BatchNorm's training-mode statistics through batch_mean: the gradient couples the samples of a batch."""
+    _, _, _, res = _fit("mlp_bn_digits", optimizer=Adam(1e-2))
+    report("mlp_bn_digits", f"test accuracy {res.val_accuracy[-1]:.4f}", res)
+    assert res.val_accuracy[-1] >= 0.95
+
+
 def independent_bernoulli_ll(train_x: np.ndarray, test_x: np.ndarray) -> float:
     """Test log-likelihood per image of independent Bernoulli pixels fitted on the training set."""
     p = np.clip(train_x.mean(0), 1e-3, 1 - 1e-3)
