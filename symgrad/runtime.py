@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from symgrad import sampling
 from symgrad.errors import DataError
 
 
@@ -94,7 +95,7 @@ def batch_arrays(module, batch: dict | None, dtype, rng: np.random.Generator | N
     arrays = []
     for name, shape, sample in module.INPUTS:
         if name not in batch:
-            if sample == "normal" or (required is not None and name not in required):
+            if sample is not None or (required is not None and name not in required):
                 continue
             raise DataError(f"batch is missing input {name!r} (expected shape (B, {', '.join(map(str, shape))}))"
                             if shape else f"batch is missing input {name!r} (expected shape (B,))")
@@ -115,7 +116,7 @@ def batch_arrays(module, batch: dict | None, dtype, rng: np.random.Generator | N
         elif sample is None:
             arrays.append(np.full((n, *shape), PLACEHOLDER, dtype=dtype))
         else:
-            arrays.append(rng.standard_normal((n, *shape)).astype(dtype))
+            arrays.append(sampling.draw(rng, sample, (n, *shape), dtype))
     return tuple(arrays)
 
 

@@ -42,7 +42,7 @@ class ArrayDecl:
     shape: tuple[Text, ...]  # dim names or integer literals, resolved later
     line: int
     init: Text | None = None  # params only
-    sample: str | None = None  # inputs only: None or "normal"
+    sample: str | None = None  # inputs only: None or a kind of symgrad.sampling ("normal", "bernoulli(0.8)", ...)
 
 
 @dataclass
@@ -294,9 +294,13 @@ def _read(r: _Reader, root: yaml.Node, path: str, sha: str) -> Spec:
             raise r.fail(key, f"input {iname} needs a shape")
         sample = None
         if "sample" in fields:
-            sample = r.string(fields["sample"][1], f"sample of {iname}").value
-            if sample != "normal":
-                raise r.fail(fields["sample"][1], f"unknown sample kind {sample!r} for input {iname} (expected normal)")
+            from symgrad import sampling
+
+            text = r.string(fields["sample"][1], f"sample of {iname}").value
+            sample = sampling.parse(text)
+            if sample is None:
+                raise r.fail(fields["sample"][1], f"unknown sample kind {text!r} for input {iname} (expected "
+                                                  f"{', '.join(sampling.KINDS)} with 0 <= p <= 1)")
         inputs[iname] = ArrayDecl(iname, _shape(r, fields["shape"][1], iname), line, sample=sample)
 
     params = {}

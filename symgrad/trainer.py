@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from symgrad import blas
+from symgrad import blas, sampling
 from symgrad.errors import DataError, TrainingDiverged, UsageError
 from symgrad.optim import Optimizer, as_optimizer
 
@@ -223,12 +223,11 @@ class Trainer:
     ) -> tuple[np.ndarray, ...]:
         """Positional kernel inputs in INPUTS order, drawing sampled inputs the batches do not supply."""
         args = []
-        for name, shape, _sample in self.model.INPUTS:
+        for name, shape, sample in self.model.INPUTS:
             if name in batches:
                 args.append(batches[name])
             else:  # only sampled inputs reach here (check_arrays enforces the rest)
-                draw = self.rng.standard_normal((n_steps, batch_size, *shape))
-                args.append(np.ascontiguousarray(draw, dtype=self.dtype))
+                args.append(sampling.draw(self.rng, sample, (n_steps, batch_size, *shape), self.dtype))
         return tuple(args)
 
     def _train_epoch_call(self, t0: int, n_steps: int, batch_size: int, inputs: tuple):

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from symgrad import sampling
 from symgrad.checkpoint import load_checkpoint, save_checkpoint, spec_digest, validate
 from symgrad.errors import TrainingDiverged, UsageError
 from symgrad.optim import Optimizer, as_optimizer
@@ -102,11 +103,11 @@ def evaluate(
     for sl in _chunks(n):
         b = sl.stop - sl.start
         args = []
-        for name, shape, _sample in model.INPUTS:
+        for name, shape, sample in model.INPUTS:
             if name in data:
                 args.append(data[name][sl])
             else:
-                args.append(np.ascontiguousarray(rng.standard_normal((b, *shape)), dtype=trainer.dtype))
+                args.append(sampling.draw(rng, sample, (b, *shape), trainer.dtype))
         total += float(model._loss(trainer.theta, consts, *args))
     objective = total if model.REDUCTION == "sum" else total / n
     acc = None
