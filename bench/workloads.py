@@ -73,6 +73,18 @@ WORKLOADS: dict[str, Workload] = {
         64,
         "float32",
     ),
+    # W4 written the way a user writes it, the decoder in one statement: `logits: Wo @ tanh(Wd @ z + bd) + bo`.
+    # A spec's speed must not depend on how its statements are split (issue 16); peers run the same maths.
+    "W4S": Workload(
+        "W4S",
+        "W4 with the decoder in one statement (logits: Wo @ tanh(Wd @ z + bd) + bo)",
+        "vae",
+        (64, 128, 8),
+        "tanh",
+        "elbo",
+        64,
+        "float32",
+    ),
 }
 
 
