@@ -130,17 +130,34 @@ def _display(path: Path) -> str:
 @click.option("--rtol", default=1e-5, show_default=True)
 @guarded("spec")
 def check(spec: str, seed: int, rtol: float) -> None:
-    """Compare generated gradients with float64 central differences on random inputs."""
-    from symgrad.checking import gradient_check
+    """Compare generated gradients with float64 central differences on random inputs, and the generated loss with
+    the independent reference evaluator (naming the first statement that differs)."""
+    from symgrad.checking import LOSS_RTOL, gradient_check, loss_check
 
-    rows = gradient_check(spec, seed=seed)
+    try:
+        rows = gradient_check(spec, seed=seed)
+        lc = loss_check(spec, seed=seed)
+    except ArithmeticError as exc:  # a kernel must never raise from arithmetic (issue 11)
+        raise CheckFailed(f"the generated module raised {type(exc).__name__}: {exc}") from None
     worst = 0.0
     for name, err in rows:
         status = "ok" if err <= rtol else "MISMATCH"
         click.echo(f"{name:<16} worst relative error {err:.2e}  {status}")
         worst = max(worst, err)
+    status = "ok" if lc.rel_error <= LOSS_RTOL else "MISMATCH"
+    click.echo(f"{'loss':<16} generated {lc.generated:.17g} reference {lc.reference:.17g} "
+               f"relative error {lc.rel_error:.2e}  {status}")
+    if lc.first_bad is not None:
+        name, line, err = lc.first_bad
+        click.echo(f"{'':<16} first statement that differs: {name} ({spec}:{line}), relative error {err:.2e}")
+    for what in lc.nonfinite:
+        click.echo(f"{'':<16} {what} is not finite  MISMATCH")
     if worst > rtol:
         raise CheckFailed(f"gradient check failed: worst relative error {worst:.2e} > rtol {rtol:g}")
+    if not lc.ok():
+        what = ", ".join(lc.nonfinite) + " not finite" if lc.nonfinite else \
+            f"relative error {lc.rel_error:.2e} > {LOSS_RTOL:g}"
+        raise CheckFailed(f"loss check failed against the reference evaluator: {what}")
 
 
 def _register_train() -> None:

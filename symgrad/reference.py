@@ -27,7 +27,7 @@ _SIG = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(\s*([^)]*)\)\s*$")
 _LHS = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)\s*(?:\[(.*)\])?$")
 
 
-class ReferenceError(Exception):
+class EvaluatorError(Exception):
     """The reference cannot evaluate something (a node it does not know): a bug here, not in the spec."""
 
 
@@ -78,7 +78,7 @@ def build_reference(spec: Spec | str | Path) -> RefModel:
     for sig, body in spec.functions:
         m = _SIG.match(sig.value)
         if not m:
-            raise ReferenceError(f"function signature {sig.value!r}")
+            raise EvaluatorError(f"function signature {sig.value!r}")
         fparams = tuple(p.strip() for p in m.group(2).split(",") if p.strip())
         functions[m.group(1)] = (fparams, parse_source(str(body.value)))
 
@@ -98,7 +98,7 @@ def build_reference(spec: Spec | str | Path) -> RefModel:
     for pos, decl in enumerate(spec.forward):
         m = _LHS.match(decl.lhs.value.strip())
         if not m:
-            raise ReferenceError(f"statement {decl.lhs.value!r}")
+            raise EvaluatorError(f"statement {decl.lhs.value!r}")
         name = m.group(1)
         declared = shape_of(decl.shape) if decl.shape is not None else None
         later = set(names[pos + 1:])
@@ -116,7 +116,7 @@ def build_reference(spec: Spec | str | Path) -> RefModel:
     loss_name = "L" if "L" not in refs else "L_"
     value, _ = build(spec.loss.value, set(), None, None, None)
     if value.axes or value.named:
-        raise ReferenceError("the loss is not a scalar per sample")
+        raise EvaluatorError("the loss is not a scalar per sample")
     statements.append(RefStatement(loss_name, (), (), value.expr))
     constants = {n: float(v) for n, (v, _) in spec.constants.items()}
     return RefModel(spec, inputs, params, constants, statements, loss_name)
@@ -135,7 +135,7 @@ def reference_statements(spec, params: dict, batch: dict | None = None,
     n = None
     for name in model.inputs:
         if batch is None or name not in batch:
-            raise ReferenceError(f"the reference needs input {name!r} in the batch (sampled inputs too)")
+            raise EvaluatorError(f"the reference needs input {name!r} in the batch (sampled inputs too)")
         a = np.asarray(batch[name], dtype=np.float64)
         values[name] = a
         n = a.shape[0]
@@ -261,13 +261,13 @@ class _Evaluator:
             return _UNARY[e.func](np.asarray(self.eval(e.args[0], env, ndim), dtype=np.float64))
         if e.func in _PRIMS:
             return _PRIMS[e.func](self.eval(e.args[0], env, ndim))
-        raise ReferenceError(f"the reference evaluator does not know {type(e).__name__}: {e}")
+        raise EvaluatorError(f"the reference evaluator does not know {type(e).__name__}: {e}")
 
     def symbol(self, s: Symbol, env: dict, ndim: int):
         if s in env:
             return env[s]
         if s.is_integer:
-            raise ReferenceError(f"index {s} is not bound here")
+            raise EvaluatorError(f"index {s} is not bound here")
         if s.name in self.constants and s.name not in self.values:
             return self.constants[s.name]
         a = self.values[s.name]  # a 0-d array: shape (B or 1,) after the batch axis
@@ -279,7 +279,7 @@ class _Evaluator:
         for axis, ix in enumerate(e.indices):
             v = np.asarray(self.eval(ix, env, ndim))
             if v.dtype.kind not in "iu":
-                raise ReferenceError(f"index {ix} of {e} is not an integer")
+                raise EvaluatorError(f"index {ix} of {e} is not an integer")
             idx.append(np.clip(v, 0, a.shape[axis + 1] - 1))  # out of range only where a Sum's mask drops it
         lead = np.arange(a.shape[0]).reshape((a.shape[0],) + (1,) * (ndim - 1)) if a.shape[0] > 1 else 0
         return a[(lead, *idx)]
