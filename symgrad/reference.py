@@ -253,6 +253,9 @@ class _Evaluator:
         if isinstance(e, sympy.And | sympy.Or):
             fn = np.logical_and if isinstance(e, sympy.And) else np.logical_or
             return _fold(fn, [self.eval(a, env, ndim) for a in e.args])
+        if isinstance(e, sympy.ITE):  # what SymPy makes of a Piecewise inside a condition
+            c, t, f = (self.eval(a, env, ndim) for a in e.args)
+            return np.where(c, t, f)
         if isinstance(e, sympy.Not):
             return np.logical_not(self.eval(e.args[0], env, ndim))
         if e is sympy.true or e is sympy.false:

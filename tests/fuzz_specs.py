@@ -1,0 +1,549 @@
+"""Random well-formed specs from the grammar (a Hypothesis strategy) and the differential check of one case.
+
+The generator is typed by shape: it builds per-sample scalars, whole-array vectors and index-form statements of
+known sizes, so every spec it writes is valid, and it keeps every `log` and `sqrt` on a positive argument, so the
+maths is finite. What it aims at is what people write every day and what the compiler's hoisting, naming and
+printing must survive: nonlinearities of reductions nested inside one another in one statement, shared parameters,
+affine, strided and triangular index ranges, Piecewise/Max/Min, every primitive and library function, user
+functions, literal float constants, maximize and sum reduction.
+
+`run_case` compares one generated spec's loss with `symgrad.reference` (rel 1e-9) and its gradient with central
+differences of the *reference* loss in float64, and optionally float32 params with the float64 result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import tempfile
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from hypothesis import strategies as st
+
+LOSS_RTOL = 1e-9
+GRAD_RTOL = 1e-5
+FD_EPS = 1e-6
+F32_RTOL = 2e-3
+
+UNARY_ANY = ["tanh", "sigmoid", "sin", "cos", "softplus", "relu", "log_sigmoid", "abs"]
+LITERALS = ["0.5", "2", "3", "0.7978845608028654", "0.044715", "1e-3", "2.5", "0.1", "1.5", "0.25"]
+USER_FUNCTIONS = {
+    "gelu": ("gelu(s)", "0.5*s*(1 + tanh(0.7978845608028654*(s + 0.044715*s**3)))"),
+    "swish": ("swish(s)", "s*sigmoid(s)"),
+    "mish": ("mish(s)", "s*tanh(softplus(s))"),
+    "sq1": ("sq1(s)", "s**2 + 1"),  # positive
+    "gate": ("gate(a, g)", "a*sigmoid(g)"),
+    "scaled": ("scaled(s)", "beta*s - s**2/D"),  # a user function may use constants and dims
+}
+POSITIVE_FUNCTIONS = {"sq1"}
+
+
+class _Gen:
+    """One spec under construction: what is declared so far, what is used, and the statements written."""
+
+    def __init__(self, draw):
+        self.draw = draw
+        self.dims = {"D": draw(st.integers(2, 4)), "H": draw(st.integers(2, 4)), "K": draw(st.integers(2, 4))}
+        D, H, K = self.dims["D"], self.dims["H"], self.dims["K"]
+        self.inputs = {"x": ("D",), "y": (), "t": ("K",), "u": ()}
+        self.params = {"W": ("H", "D"), "V": ("K", "H"), "U": ("D", "H"), "w": ("D",), "c": ("H",),
+                       "d": ("K",), "b": (), "a": ()}
+        self.sizes = {"x": (D,), "y": (), "t": (K,), "u": (), "W": (H, D), "V": (K, H), "U": (D, H), "w": (D,),
+                      "c": (H,), "d": (K,), "b": (), "a": ()}
+        self.used: set[str] = set()
+        self.functions: set[str] = set()
+        self.use_beta = False
+        self.forward: list[tuple[str, str]] = []  # (yaml key, yaml value text)
+        self.count = 0
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def pick(self, options):
+        return self.draw(st.sampled_from(options))
+
+    def flip(self, p_true: float = 0.5) -> bool:
+        return self.draw(st.integers(0, 99)) < int(p_true * 100)
+
+    def names_of(self, shape: tuple[int, ...]) -> list[str]:
+        return [n for n, s in self.sizes.items() if s == shape and not n.startswith("_")]
+
+    def use(self, name: str) -> str:
+        self.used.add(name)
+        return name
+
+    def literal(self) -> str:
+        return self.pick(LITERALS)
+
+    # -- scalars -----------------------------------------------------------------------------------------
+    def scalar(self, depth: int, pos: bool = False) -> str:
+        if pos:
+            return self.positive_scalar(depth)
+        if depth <= 0:
+            return self.scalar_leaf()
+        kind = self.pick(["leaf", "unary", "binary", "binary", "reduce", "reduce", "reduce", "library", "index_sum",
+                          "piecewise", "maxmin", "user", "log", "pow"])
+        return self._scalar(kind, depth)
+
+    def _scalar(self, kind: str, depth: int) -> str:
+        n = self.vec_size()
+        if kind == "leaf":
+            return self.scalar_leaf()
+        if kind == "unary":
+            fn = self.pick(UNARY_ANY + ["exp"])
+            arg = self.scalar(depth - 1)
+            return f"{fn}({arg})" if fn != "exp" else f"exp(tanh({arg}))"
+        if kind == "binary":
+            op = self.pick(["+", "-", "*", "/"])
+            right = self.scalar(depth - 1, pos=op == "/")
+            return f"({self.scalar(depth - 1)} {op} {right})"
+        if kind == "pow":
+            return f"({self.scalar(depth - 1)})**{self.pick(['2', '3'])}"
+        if kind == "log":
+            fn = self.pick(["log", "sqrt"])
+            return f"{fn}({self.positive_scalar(depth - 1)})"
+        if kind == "reduce":
+            form = self.pick(["sum", "dot", "lse", "sum_idx", "mean"])
+            if form == "sum":
+                return f"sum({self.vec(n, depth - 1)})"
+            if form == "mean":
+                return f"mean({self.vec(n, depth - 1)})"
+            if form == "dot":
+                return f"({self.vec(n, depth - 1)}) @ ({self.vec(n, depth - 1)})"
+            if form == "lse":
+                return f"logsumexp({self.vec(n, depth - 1)})"
+            var = self.fresh_var()
+            return f"sum({self.idx(n, var, depth - 1)}, {var})" if self.has_plain(n) else f"sum({self.vec(n, 0)})"
+        if kind == "library":
+            lib = self.pick(["mse", "sce", "kl", "bce", "bcel", "bcel_vec"])
+            if lib == "mse":
+                return f"mse({self.vec(n, depth - 1)}, {self.vec(n, depth - 1)})"
+            if lib == "sce":
+                return f"softmax_cross_entropy({self.vec(n, depth - 1)}, {self.vec(n, 0)})"
+            if lib == "kl":
+                return f"gaussian_kl({self.vec(n, depth - 1)}, tanh({self.vec(n, depth - 1)}))"
+            if lib == "bce":
+                return f"bce(sigmoid({self.scalar(depth - 1)}), {self.scalar_leaf()})"
+            if lib == "bcel":
+                return f"bce_with_logits({self.scalar(depth - 1)}, {self.scalar_leaf()})"
+            return f"sum(bce_with_logits({self.vec(n, depth - 1)}, {self.vec(n, 0)}))"
+        if kind == "index_sum":
+            return self.index_sum(depth)
+        if kind == "piecewise":
+            a, b = self.scalar(depth - 1), self.scalar(depth - 1)
+            cond = self.pick([f"{a} > {self.literal()}", f"{a} < {b}", f"{a} >= 0"])
+            return f"Piecewise(({a}, {cond}), ({b}, True))"
+        if kind == "maxmin":
+            fn = self.pick(["Max", "Min"])
+            return f"{fn}({self.scalar(depth - 1)}, {self.pick([self.literal(), self.scalar(depth - 1)])})"
+        if kind == "user":
+            return self.user_call(lambda: self.scalar(depth - 1))
+        raise AssertionError(kind)
+
+    def scalar_leaf(self) -> str:
+        options = self.names_of(()) + ["lit", "lit", "beta", "D"]
+        name = self.pick(options)
+        if name == "lit":
+            return self.literal()
+        if name == "beta":
+            self.use_beta = True
+            return "beta"
+        if name == "D":
+            return "D"
+        return self.use(name)
+
+    def positive_scalar(self, depth: int) -> str:
+        inner = self.scalar(max(depth - 1, 0))
+        form = self.pick(["exp", "1pexp", "sq", "softplus", "sigmoid", "sq1", "lse_pos"])
+        if form == "exp":
+            return f"exp(tanh({inner}))"
+        if form == "1pexp":
+            return f"(1 + exp({inner}))"
+        if form == "sq":
+            return f"(({inner})**2 + 0.5)"
+        if form == "softplus":
+            return f"(softplus({inner}) + 0.1)"
+        if form == "sigmoid":
+            return f"sigmoid({inner})"
+        if form == "sq1":
+            self.functions.add("sq1")
+            return f"sq1({inner})"
+        return f"sum(exp(tanh({self.vec(self.vec_size(), max(depth - 1, 0))})))"
+
+    def index_sum(self, depth: int) -> str:
+        """Sums in index notation over full, affine, strided and triangular ranges."""
+        D = self.dims["D"]
+        self.use("w")
+        self.use("x")
+        form = self.pick(["full", "affine", "strided", "triangular", "lower", "double"])
+        i, j, h = self.fresh_var(), self.fresh_var(), self.fresh_var()
+        body = self.pick(["w[{i}]*x[{i}]", "tanh(w[{i}])*x[{i}]", "w[{i}]**2"]).format(i=i)
+        if form == "full":
+            return f"Sum({body}, ({i}, 0, D - 1))"
+        if form == "affine":
+            return f"Sum(w[{i}]*x[{i} + 1] - w[{i} + 1]*x[{i}], ({i}, 0, D - 2))"
+        if form == "strided":
+            return f"Sum(w[2*{i}]*x[2*{i}], ({i}, 0, {(D - 1) // 2}))"
+        if form == "triangular":
+            return f"Sum(Sum(w[{i}]*x[{j}], ({j}, 0, {i})), ({i}, 0, D - 1))"
+        if form == "lower":
+            return f"Sum(Sum(w[{j}]*x[{i}], ({j}, {i} + 1, D - 1)), ({i}, 0, D - 2))"
+        self.use("W")
+        inner = self.scalar(depth - 1)
+        return f"Sum(Sum(W[{h}, {j}]*x[{j}], ({j}, 0, D - 1))**2 * ({inner}), ({h}, 0, H - 1))"
+
+    # -- vectors (whole-array notation) ------------------------------------------------------------------
+    def vec_size(self) -> int:
+        return self.pick(sorted({self.dims["D"], self.dims["H"], self.dims["K"]}))
+
+    def has_plain(self, n: int) -> bool:
+        return bool(self.names_of((n,)))
+
+    def vec(self, n: int, depth: int, pos: bool = False) -> str:
+        if pos:
+            inner = self.vec(n, max(depth - 1, 0))
+            form = self.pick(["exp", "1pexp", "sq", "softplus", "softmax", "sigmoid"])
+            return {"exp": f"exp(tanh({inner}))", "1pexp": f"(1 + exp({inner}))", "sq": f"(({inner})**2 + 0.5)",
+                    "softplus": f"(softplus({inner}) + 0.1)", "softmax": f"softmax({inner})",
+                    "sigmoid": f"sigmoid({inner})"}[form]
+        if depth <= 0:
+            return self.vec_leaf(n, 0)
+        kind = self.pick(["leaf", "matvec", "matvec", "unary", "unary", "binary", "binary", "scale", "div", "pow",
+                          "log", "maxmin", "piecewise", "softmax", "user"])
+        if kind == "leaf":
+            return self.vec_leaf(n, depth)
+        if kind == "matvec":
+            mats = [(m, s) for m, s in self.sizes.items() if len(s) == 2 and s[0] == n]
+            if mats:
+                m, s = mats[self.draw(st.integers(0, len(mats) - 1))]
+                return f"{self.use(m)} @ ({self.vec(s[1], depth - 1)})"
+            return self.vec_leaf(n, depth)
+        if kind == "unary":
+            fn = self.pick(UNARY_ANY + ["exp"])
+            arg = self.vec(n, depth - 1)
+            return f"{fn}({arg})" if fn != "exp" else f"exp(tanh({arg}))"
+        if kind == "binary":
+            op = self.pick(["+", "-", "*"])
+            return f"({self.vec(n, depth - 1)} {op} {self.vec(n, depth - 1)})"
+        if kind == "scale":
+            return f"({self.scalar(depth - 1)}) * ({self.vec(n, depth - 1)})"
+        if kind == "div":
+            return f"({self.vec(n, depth - 1)}) / {self.vec(n, depth - 1, pos=True)}"
+        if kind == "pow":
+            return f"({self.vec(n, depth - 1)})**{self.pick(['2', '3'])}"
+        if kind == "log":
+            fn = self.pick(["log", "sqrt"])
+            return f"{fn}({self.vec(n, depth - 1, pos=True)})"
+        if kind == "maxmin":
+            fn = self.pick(["Max", "Min"])
+            other = self.pick([self.literal(), self.scalar(0), self.vec(n, depth - 1)])
+            return f"{fn}({self.vec(n, depth - 1)}, {other})"
+        if kind == "piecewise":
+            a = self.vec(n, depth - 1)
+            return f"Piecewise(({a}, {a} > {self.pick(['0', self.literal()])}), ({self.vec(n, depth - 1)}, True))"
+        if kind == "softmax":
+            return f"{self.pick(['softmax', 'log_softmax'])}({self.vec(n, depth - 1)})"
+        return self.user_call(lambda: self.vec(n, depth - 1))
+
+    def vec_leaf(self, n: int, depth: int) -> str:
+        names = self.names_of((n,))
+        if not names or (depth > 0 and self.flip(0.2)):
+            mats = [(m, s) for m, s in self.sizes.items() if len(s) == 2 and s[0] == n and self.names_of((s[1],))]
+            if mats:
+                m, s = mats[0] if len(mats) == 1 else mats[self.draw(st.integers(0, len(mats) - 1))]
+                return f"{self.use(m)} @ {self.use(self.pick(self.names_of((s[1],))))}"
+            if not names:
+                # no vector of this size: a softmax of a library-free constant vector is not writable, use a matvec
+                raise _NoVector(n)
+        return self.use(self.pick(names))
+
+    def user_call(self, arg) -> str:
+        fn = self.pick(sorted(USER_FUNCTIONS))
+        self.functions.add(fn)
+        if fn == "scaled":
+            self.use_beta = True
+        if fn == "gate":
+            return f"gate({arg()}, {arg()})"
+        return f"{fn}({arg()})"
+
+    # -- index notation ----------------------------------------------------------------------------------
+    def idx(self, n: int, var: str, depth: int) -> str:
+        """An expression in index notation with free index `var` ranging over n."""
+        plain = self.names_of((n,))
+        leaf = f"{self.use(self.pick(plain))}[{var}]" if plain else "1"
+        if depth <= 0:
+            return leaf
+        kind = self.pick(["leaf", "contract", "contract_t", "unary", "binary", "scalar", "tri"])
+        other = self.fresh_var()
+        if kind == "contract":
+            mats = [(m, s) for m, s in self.sizes.items() if len(s) == 2 and s[0] == n and self.names_of((s[1],))]
+            if mats:
+                m, s = mats[self.draw(st.integers(0, len(mats) - 1))]
+                return f"sum({self.use(m)}[{var}, {other}] * {self.idx(s[1], other, depth - 1)}, {other})"
+            return leaf
+        if kind == "contract_t":  # the transpose, which whole-array notation cannot write
+            mats = [(m, s) for m, s in self.sizes.items() if len(s) == 2 and s[1] == n and self.names_of((s[0],))]
+            if mats:
+                m, s = mats[self.draw(st.integers(0, len(mats) - 1))]
+                return f"sum({self.use(m)}[{other}, {var}] * {self.idx(s[0], other, depth - 1)}, {other})"
+            return leaf
+        if kind == "unary":
+            fn = self.pick(UNARY_ANY)
+            return f"{fn}({self.idx(n, var, depth - 1)})"
+        if kind == "binary":
+            op = self.pick(["+", "-", "*"])
+            return f"({self.idx(n, var, depth - 1)} {op} {self.idx(n, var, depth - 1)})"
+        if kind == "scalar":
+            return f"({self.scalar(depth - 1)}) * {self.idx(n, var, depth - 1)}"
+        if plain:  # triangular: a prefix sum over the same range
+            name = self.use(self.pick(plain))
+            return f"Sum({name}[{other}] * {self.idx(n, var, 0)}, ({other}, 0, {var}))"
+        return leaf
+
+    # -- statements --------------------------------------------------------------------------------------
+    def fresh_var(self) -> str:
+        """A bound index name used nowhere else in the spec, so nested sums never capture each other's index."""
+        self.count += 1
+        return f"m{self.count}"
+
+    def new_name(self, stem: str) -> str:
+        self.count += 1
+        return f"{stem}{self.count}"
+
+    def statement(self, depth: int) -> None:
+        kind = self.pick(["vec", "vec", "scalar", "index", "index_long", "affine", "strided", "matrix"])
+        D = self.dims["D"]
+        if kind == "vec":
+            n = self.vec_size()
+            name = self.new_name("h")
+            self.forward.append((name, self.vec(n, depth)))
+            self.sizes[name] = (n,)
+        elif kind == "scalar":
+            name = self.new_name("s")
+            self.forward.append((name, self.scalar(depth)))
+            self.sizes[name] = ()
+        elif kind == "index":
+            n = self.vec_size()
+            name = self.new_name("g")
+            body = self.idx(n, "i", depth)
+            if re.search(r"\[i[],]", body):  # a plain use fixes the range of i
+                self.forward.append((f"{name}[i]", body))
+            else:
+                self.forward.append((f"{name}[i]", {"shape": [n], "expr": body}))
+            self.sizes[name] = (n,)
+        elif kind == "index_long":
+            n = self.vec_size()
+            name = self.new_name("q")
+            self.forward.append((f"{name}[i]", {"shape": [n], "expr": self.idx(n, "i", depth)}))
+            self.sizes[name] = (n,)
+        elif kind == "affine":
+            name = self.new_name("e")
+            self.use("x")
+            self.use("w")
+            # no plain x[i]: that would fix i's range to D (a plain use wins over the declared shape)
+            body = self.pick(["x[i + 1] - w[1 + i]", "w[i + 1]*x[i + 1]", "tanh(w[i + 1] - x[i + 1])*w[D - 1 - i]"])
+            self.forward.append((f"{name}[i]", {"shape": [D - 1], "expr": body}))
+            self.sizes[name] = (D - 1,)
+        elif kind == "strided":
+            name = self.new_name("r")
+            self.use("x")
+            self.use("w")
+            m = (D + 1) // 2
+            self.forward.append((f"{name}[i]", {"shape": [m], "expr": "w[2*i]*x[2*i] + sigmoid(w[2*i])"}))
+            self.sizes[name] = (m,)
+        else:
+            name = self.new_name("A")
+            self.use("W")
+            self.use("x")
+            body = self.pick(["W[h, j]*x[j]", "tanh(W[h, j]) + x[j]", "W[h, j]*c[h]"])
+            if "c[h]" in body:
+                self.use("c")
+            self.forward.append((f"{name}[h, j]", body))
+            self.sizes[name] = (self.dims["H"], D)
+
+    # -- the whole spec ----------------------------------------------------------------------------------
+    def spec(self) -> str:
+        for _ in range(self.draw(st.integers(0, 3))):
+            self.statement(self.draw(st.integers(1, 3)))
+        loss = self.scalar(self.draw(st.integers(1, 4)))
+        used_stmt = [n.split("[")[0] for n, _ in self.forward]
+        if self.forward and self.flip(0.7):  # make the last statements matter
+            last = used_stmt[-1]
+            shp = self.sizes[last]
+            term = last if not shp else (f"sum({last})" if len(shp) == 1 else f"sum({last}[h, j], h, j)")
+            loss = f"{loss} + {self.pick(['', 'tanh', 'sin'])}({term})"
+        tokens = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", loss))
+        if not tokens & set(self.params):  # a loss that reaches the params only through statements may not
+            loss = f"{loss} + (b - 0.5)**2"
+            self.used.add("b")
+        lines = [f"name: fz{hashlib.sha256(loss.encode()).hexdigest()[:10]}"]
+        lines.append("dims: {" + ", ".join(f"{k}: {v}" for k, v in self.dims.items()) + "}")
+        inputs = [n for n in self.inputs if n in self.used]
+        if inputs:
+            lines.append("inputs: {" + ", ".join(f"{n}: [{', '.join(self.inputs[n])}]" for n in inputs) + "}")
+        params = [n for n in self.params if n in self.used]
+        lines.append("params:")
+        for n in params:
+            lines.append(f"  {n}: {{shape: [{', '.join(self.params[n])}], init: \"normal(0, 0.5)\"}}")
+        if self.use_beta:
+            lines.append("constants: {beta: 0.75}")
+        if self.functions:
+            lines.append("functions:")
+            for fn in sorted(self.functions):
+                sig, body = USER_FUNCTIONS[fn]
+                lines.append(f"  \"{sig}\": \"{body}\"")
+        if self.forward:
+            lines.append("forward:")
+            for key, value in self.forward:
+                if isinstance(value, dict):
+                    lines.append(f"  {key}:")
+                    lines.append(f"    shape: [{', '.join(map(str, value['shape']))}]")
+                    lines.append(f"    expr: \"{value['expr']}\"")
+                else:
+                    lines.append(f"  {key}: \"{value}\"")
+        lines.append(f"loss: \"{loss}\"")
+        if self.flip(0.2):
+            lines.append("objective: maximize")
+        if self.flip(0.3):
+            lines.append("reduction: sum")
+        return "\n".join(lines) + "\n"
+
+
+class _NoVector(Exception):
+    pass
+
+
+@st.composite
+def specs(draw) -> str:
+    """A random well-formed spec as YAML text."""
+    for _ in range(20):
+        try:
+            return _Gen(draw).spec()
+        except _NoVector:
+            continue
+    return "name: fzfallback\ninputs: {x: []}\nparams: {b: []}\nloss: \"(b*x - 1)**2\"\n"
+
+
+# ------------------------------------------------------------------------------------------------- one case
+
+
+@dataclass
+class CaseResult:
+    outcome: str  # ok | refused | skipped | fail
+    kind: str = ""  # failure class: build-crash:<Exc>, run-crash:<Exc>, loss, grad, nonfinite, f32, reference-crash
+    detail: str = ""
+    spec: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def random_point(ref_model, seed: int, n: int = 3) -> tuple[dict, dict | None]:
+    rng = np.random.default_rng(seed)
+    params = {k: rng.normal(0.0, 0.5, size=s) for k, s in ref_model.params.items()}
+    batch = {k: rng.uniform(-1.0, 1.0, size=(n, *s)) for k, s in ref_model.inputs.items()} or None
+    return params, batch
+
+
+def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = None) -> CaseResult:
+    """Build one spec and compare it with the reference; never raises (a crash is a result)."""
+    from symgrad.checking import rel_error
+    from symgrad.errors import SpecError
+    from symgrad.loader import load
+    from symgrad.reference import build_reference, reference_loss, reference_statements
+
+    workdir = workdir or tempfile.mkdtemp(prefix="symgrad-fuzz-")
+    path = Path(workdir) / f"case{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    path.write_text(text, encoding="utf-8")
+    res = CaseResult("ok", spec=text)
+    try:
+        module = load(str(path))
+    except SpecError as exc:
+        return CaseResult("refused", "refused", str(exc).replace(str(path), "SPEC"), text)
+    except Exception as exc:  # noqa: BLE001 - a crash of the compiler is the finding
+        return CaseResult("fail", f"build-crash:{type(exc).__name__}", _short(exc), text)
+    try:
+        model = build_reference(str(path))
+        params, batch = random_point(model, seed)
+        ref = reference_loss(model, params, batch)
+    except Exception as exc:  # noqa: BLE001
+        return CaseResult("fail", f"reference-crash:{type(exc).__name__}", _short(exc), text)
+    if not math.isfinite(ref) or abs(ref) > 1e8:
+        return CaseResult("skipped", "ill-posed", f"reference loss {ref}", text)
+    try:
+        with np.errstate(all="ignore"):
+            gen, grads = module.loss_and_grad(params, batch)
+            gen_only = module.loss(params, batch)
+    except Exception as exc:  # noqa: BLE001
+        return CaseResult("fail", f"run-crash:{type(exc).__name__}", _short(exc), text)
+    if not (math.isfinite(gen) and all(np.all(np.isfinite(g)) for g in grads.values())):
+        return CaseResult("fail", "nonfinite", f"loss {gen}, reference {ref}", text)
+    err = max(rel_error(gen, ref), rel_error(gen_only, ref))
+    if err > LOSS_RTOL:
+        from symgrad.checking import generated_statements
+
+        bad = ""
+        try:
+            gv = generated_statements(module, params, batch)
+            rv = reference_statements(model, params, batch)
+            for name in model.user_statements:
+                if name not in gv or rel_error(gv[name], rv[name]) > LOSS_RTOL:
+                    bad = name
+                    break
+        except Exception as exc:  # noqa: BLE001
+            bad = f"? ({type(exc).__name__})"
+        return CaseResult("fail", "loss", f"generated {gen!r} reference {ref!r} rel {err:.2e}; first statement {bad}",
+                          text, {"statement": bad})
+    # gradient: central differences of the reference loss, two step sizes (a kink between them: skip)
+    rng = np.random.default_rng(seed + 1)
+    worst = (0.0, "")
+    for name, value in params.items():
+        for _ in range(2):
+            d = rng.standard_normal(value.shape)
+            fds = []
+            for eps in (FD_EPS, 4 * FD_EPS):
+                plus = reference_loss(model, dict(params, **{name: value + eps * d}), batch)
+                minus = reference_loss(model, dict(params, **{name: value - eps * d}), batch)
+                fds.append((plus - minus) / (2 * eps))
+            an = float(np.sum(grads[name] * d))
+            floor = 1e-7 * (1.0 + abs(ref))
+            if abs(fds[0] - fds[1]) > 1e-4 * max(abs(fds[0]), floor):
+                continue  # not smooth here (relu, abs, Max, Piecewise near a kink)
+            e = abs(fds[0] - an) / max(abs(fds[0]), abs(an), floor)
+            if e > worst[0]:
+                worst = (e, name)
+    if worst[0] > GRAD_RTOL:
+        return CaseResult("fail", "grad", f"gradient of {worst[1]} rel error {worst[0]:.2e}", text,
+                          {"param": worst[1]})
+    if f32:
+        try:
+            p32 = {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}
+            b32 = {k: np.asarray(v, dtype=np.float32) for k, v in batch.items()} if batch else None
+            with np.errstate(all="ignore"):
+                l32, g32 = module.loss_and_grad(p32, b32)
+        except Exception as exc:  # noqa: BLE001
+            return CaseResult("fail", f"f32-crash:{type(exc).__name__}", _short(exc), text)
+        ref32 = reference_loss(model, {k: v.astype(np.float64) for k, v in p32.items()},
+                               {k: v.astype(np.float64) for k, v in b32.items()} if b32 else None)
+        bad = abs(l32 - ref32) > F32_RTOL * (1 + abs(ref32)) or any(
+            g32[k].dtype != np.float32 for k in g32)
+        if not bad:
+            for k, g in grads.items():
+                scale = float(np.max(np.abs(g))) + 1.0
+                if not np.all(np.abs(g32[k].astype(np.float64) - g) <= 5e-2 * scale):
+                    bad = True
+        if bad:
+            return CaseResult("skipped" if not math.isfinite(l32) else "fail", "f32",
+                              f"float32 loss {l32} vs float64 {ref32}", text)
+    return res
+
+
+def _short(exc: BaseException) -> str:
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = next((f"{Path(f.filename).name}:{f.lineno}" for f in reversed(tb) if "symgrad" in f.filename), "?")
+    return f"{type(exc).__name__} at {where}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
+def numba_disabled() -> bool:
+    return os.environ.get("NUMBA_DISABLE_JIT") == "1"
