@@ -140,7 +140,8 @@ def check(spec: str, seed: int, rtol: float) -> None:
     except SymgradError:
         raise
     except Exception as exc:  # a kernel must never raise (ZeroDivisionError, a name it never bound): a failed check
-        raise CheckFailed(f"the generated module raised {type(exc).__name__}: {exc}") from None
+        raise CheckFailed(f"check failed: {type(exc).__name__} while building or running the generated module: "
+                          f"{exc}") from None
     worst = 0.0
     for name, err in rows:
         status = "ok" if err <= rtol else "MISMATCH"

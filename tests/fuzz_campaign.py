@@ -54,6 +54,8 @@ def campaign(n: int, seed: int, f32: bool = True, progress: bool = True) -> dict
         "cases": len(results), "seconds": round(time.time() - start, 1), "outcomes": dict(outcomes),
         "failure_kinds": dict(kinds),
         "refusals": Counter(r.detail.split(": ", 1)[-1][:80] for r in results if r.outcome == "refused"),
+        "refused_examples": {r.detail.split(": ", 1)[-1][:80]: r.spec for r in sorted(
+            (r for r in results if r.outcome == "refused"), key=lambda r: -len(r.spec))},
         "shortest": {k: {"spec": r.spec, "detail": r.detail, "seed": r.extra.get("seed")}
                      for k, r in shortest.items()},
         "failures": [{"kind": r.kind, "detail": r.detail, "spec": r.spec, "seed": r.extra.get("seed")}

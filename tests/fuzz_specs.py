@@ -468,7 +468,12 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
         params, batch = random_point(model, seed)
         ref = reference_loss(model, params, batch)
     except Exception as exc:  # noqa: BLE001
+        if "is not bound here" in str(exc):  # the parsed SymPy expression itself lets a summation index escape
+            return CaseResult("fail", "parse:bound-index-escapes", _short(exc), text)
         return CaseResult("fail", f"reference-crash:{type(exc).__name__}", _short(exc), text)
+    names = list(getattr(module, "STATEMENTS", ()))
+    clash = sorted({n for n in names if names.count(n) > 1})
+    suffix = f":name-clash({','.join(sorted({c.split('_')[0] for c in clash}))})" if clash else ""
     if not math.isfinite(ref) or abs(ref) > 1e8:
         return CaseResult("skipped", "ill-posed", f"reference loss {ref}", text)
     try:
@@ -476,9 +481,19 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
             gen, grads = module.loss_and_grad(params, batch)
             gen_only = module.loss(params, batch)
     except Exception as exc:  # noqa: BLE001
-        return CaseResult("fail", f"run-crash:{type(exc).__name__}", _short(exc), text)
+        return CaseResult("fail", f"run-crash:{type(exc).__name__}" + suffix, _short(exc), text)
     if not (math.isfinite(gen) and all(np.all(np.isfinite(g)) for g in grads.values())):
-        return CaseResult("fail", "nonfinite", f"loss {gen}, reference {ref}", text)
+        return CaseResult("fail", "nonfinite" + suffix, f"loss {gen}, reference {ref}", text)
+    try:  # a kernel that reads a buffer it never wrote: fill freed memory with NaN and run again
+        _poison_allocator()
+        with np.errstate(all="ignore"):
+            gen2, grads2 = module.loss_and_grad(params, batch)
+    except Exception as exc:  # noqa: BLE001
+        return CaseResult("fail", f"run-crash:{type(exc).__name__}" + suffix, _short(exc), text)
+    changed = [k for k in grads if not np.array_equal(grads[k], grads2[k])]
+    if changed or gen2 != gen:
+        return CaseResult("fail", "uninitialised" + suffix, f"a second identical call changes the gradient of "
+                          f"{changed} (a buffer read before it is written)", text)
     err = max(rel_error(gen, ref), rel_error(gen_only, ref))
     if err > LOSS_RTOL:
         from symgrad.checking import generated_statements
@@ -493,8 +508,9 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
                     break
         except Exception as exc:  # noqa: BLE001
             bad = f"? ({type(exc).__name__})"
-        return CaseResult("fail", "loss", f"generated {gen!r} reference {ref!r} rel {err:.2e}; first statement {bad}",
-                          text, {"statement": bad})
+        return CaseResult("fail", "loss" + suffix,
+                          f"generated {gen!r} reference {ref!r} rel {err:.2e}; first statement {bad}", text,
+                          {"statement": bad})
     # gradient: central differences of the reference loss, two step sizes (a kink between them: skip)
     rng = np.random.default_rng(seed + 1)
     worst = (0.0, "")
@@ -514,7 +530,7 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
             if e > worst[0]:
                 worst = (e, name)
     if worst[0] > GRAD_RTOL:
-        return CaseResult("fail", "grad", f"gradient of {worst[1]} rel error {worst[0]:.2e}", text,
+        return CaseResult("fail", "grad" + suffix, f"gradient of {worst[1]} rel error {worst[0]:.2e}", text,
                           {"param": worst[1]})
     if f32:
         try:
@@ -537,6 +553,12 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
             return CaseResult("skipped" if not math.isfinite(l32) else "fail", "f32",
                               f"float32 loss {l32} vs float64 {ref32}", text)
     return res
+
+
+def _poison_allocator() -> None:
+    """Allocate and free NaN-filled blocks of every small size, so an uninitialised `np.empty` likely holds NaN."""
+    blocks = [np.full(n, np.nan) for n in range(1, 257) for _ in range(2)]
+    del blocks
 
 
 def _short(exc: BaseException) -> str:

@@ -1,0 +1,25 @@
+"""The one list of known failures (xfail, strict=False) found by the differential fuzzer and kept as regressions.
+
+Each key is a spec in tests/regressions/ (file stem). When a compiler fix lands, delete its line here: the
+regression then has to pass. `FUZZ` is the xfail reason of the random differential test while any class is open.
+"""
+
+from __future__ import annotations
+
+_CLASH = "hidden statements share a name (graph.py temp_name); the lead's name allocator fixes it"
+KNOWN_FAILING: dict[str, str] = {
+    "hidden_name_clash_logistic": _CLASH,
+    "hidden_name_clash_lse": _CLASH + " (two logsumexps both lse_c)",
+    "gelu_of_reduction_wrong_loss": _CLASH + " (wrong loss too)",
+    "tanh_cubic_of_reduction": _CLASH,
+    "scalar_array_hidden_clash": _CLASH + " (scalar and array: TypeError in derive.py)",
+    "piecewise_condition_adjoint_uninitialised": "adjoint of a value read only in a Piecewise condition is never "
+                                                 "written (np.empty) but read: derive/lower",
+    "piecewise_fold_bound_index_escapes": "SymPy's Piecewise folds an inner Piecewise out of its Sum: the summation "
+                                          "index escapes (exprs.py builds Piecewise with evaluation)",
+    "dot_into_scalar_without_inputs": "np.dot(w, c, out) into a 0-d slot (codegen BLAS path, no inputs)",
+    "maxmin_of_constant_primitive": "Max/Min of a constant primitive: SymPy cannot compare softplus(3) (exprs.py)",
+    "min_of_constant_library_loss": "Min of a constant library expression: CodegenError 'not comparable'",
+}
+
+FUZZ = "random specs still hit the known failure classes in KNOWN_FAILING (see tests/regressions/)"
