@@ -184,6 +184,8 @@ _UNARY = {
     sympy.cos: np.cos,
     sympy.Abs: np.abs,
     sympy.sign: np.sign,
+    sympy.re: lambda x: x,  # SymPy wraps what it cannot prove real (Abs of a logsumexp): every value here is real
+    sympy.im: np.zeros_like,
 }
 
 
