@@ -150,9 +150,12 @@ def check(spec: str, seed: int, rtol: float) -> None:
     status = "ok" if lc.rel_error <= LOSS_RTOL else "MISMATCH"
     click.echo(f"{'loss':<16} generated {lc.generated:.17g} reference {lc.reference:.17g} "
                f"relative error {lc.rel_error:.2e}  {status}")
-    if lc.first_bad is not None:
+    if lc.first_bad is not None and lc.first_bad[0]:
         name, line, err = lc.first_bad
         click.echo(f"{'':<16} first statement that differs: {name} ({spec}:{line}), relative error {err:.2e}")
+    elif lc.first_bad is not None:
+        click.echo(f"{'':<16} every statement agrees with the reference on its own; the loss differs (a statement "
+                   "read before it is fully written, or the reduction over the batch)")
     for what in lc.nonfinite:
         click.echo(f"{'':<16} {what} is not finite  MISMATCH")
     if worst > rtol:

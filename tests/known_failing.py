@@ -20,6 +20,7 @@ KNOWN_FAILING: dict[str, str] = {
     "dot_into_scalar_without_inputs": "np.dot(w, c, out) into a 0-d slot (codegen BLAS path, no inputs)",
     "maxmin_of_constant_primitive": "Max/Min of a constant primitive: SymPy cannot compare softplus(3) (exprs.py)",
     "reciprocal_square_unparenthesised": "codegen _print_Pow prints b**-2 as /b*b (no parentheses around b*b)",
+    "index_named_b_is_the_batch_index": "a spec index named b equals lower.py's BATCH symbol (loop names clash)",
     "min_of_constant_library_loss": "Min of a constant library expression: CodegenError 'not comparable'",
 }
 
