@@ -126,24 +126,42 @@ def _model(spec) -> RefModel:
     return spec if isinstance(spec, RefModel) else build_reference(spec)
 
 
-def reference_statements(spec, params: dict, batch: dict | None = None,
-                         constants: dict | None = None) -> dict[str, np.ndarray]:
+def reference_statements(spec, params: dict, batch: dict | None = None, constants: dict | None = None,
+                         digits: int | None = None) -> dict[str, np.ndarray]:
     """Every statement's value in float64, batched: shape (B, *shape) (B = 1 for a spec with no inputs); the loss
-    statement (`L`) holds the per-sample objective, shape (B,)."""
-    model = _model(spec)
+    statement (`L`) holds the per-sample objective, shape (B,).
+
+    `digits`: evaluate in mpmath with that many significant digits instead of float64 (then rounded to float64),
+    so a form written naively, such as log(1 + exp(800)), still has its exact value to compare a stable kernel with.
+    """
+    if digits is not None:
+        import mpmath
+
+        with mpmath.workdps(digits):
+            return _statements(_model(spec), params, batch, constants, True)
+    return _statements(_model(spec), params, batch, constants, False)
+
+
+def _statements(model: RefModel, params: dict, batch: dict | None, constants: dict | None,
+                mp: bool) -> dict[str, np.ndarray]:
     values: dict[str, np.ndarray] = {}
     n = None
     for name in model.inputs:
         if batch is None or name not in batch:
             raise EvaluatorError(f"the reference needs input {name!r} in the batch (sampled inputs too)")
         a = np.asarray(batch[name], dtype=np.float64)
-        values[name] = a
+        values[name] = _mp_array(a) if mp else a
         n = a.shape[0]
     for name, shp in model.params.items():
-        values[name] = np.asarray(params[name], dtype=np.float64).reshape((1, *shp))
+        a = np.asarray(params[name], dtype=np.float64).reshape((1, *shp))
+        values[name] = _mp_array(a) if mp else a
     consts = dict(model.constants)
     consts.update({k: float(v) for k, v in (constants or {}).items()})
-    ev = _Evaluator(values, consts)
+    if mp:
+        import mpmath
+
+        consts = {k: mpmath.mpf(v) for k, v in consts.items()}
+    ev = _Evaluator(values, consts, mp)
     out = {}
     with np.errstate(all="ignore"):
         for st in model.statements:
@@ -151,20 +169,37 @@ def reference_statements(spec, params: dict, batch: dict | None = None,
             env = {}
             for axis, (sym, size) in enumerate(zip(st.indices, st.shape, strict=True)):
                 env[sym] = _axis_range(0, size, axis + 1, ndim)
-            res = np.asarray(ev.eval(st.body, env, ndim), dtype=np.float64)
+            res = np.asarray(ev.eval(st.body, env, ndim), dtype=object if mp else np.float64)
             lead = res.shape[0] if res.ndim == ndim else 1
             val = np.broadcast_to(res, (lead, *st.shape)).copy()
             if n is not None and lead == 1 and st.name == model.loss_name:
                 val = np.broadcast_to(val, (n,)).copy()
             values[st.name] = val
-            out[st.name] = val
+            out[st.name] = val.astype(np.float64) if mp else val
     return out
 
 
-def reference_loss(spec, params: dict, batch: dict | None = None, constants: dict | None = None) -> float:
-    """The objective as written (never negated for maximize), reduced over the batch by the spec's reduction."""
+def mpmath_nan():
+    import mpmath
+
+    return mpmath.mpf("nan")
+
+
+def _mp_array(a: np.ndarray) -> np.ndarray:
+    import mpmath
+
+    out = np.empty(a.shape, dtype=object)
+    for idx, v in np.ndenumerate(a):
+        out[idx] = mpmath.mpf(float(v))
+    return out
+
+
+def reference_loss(spec, params: dict, batch: dict | None = None, constants: dict | None = None,
+                   digits: int | None = None) -> float:
+    """The objective as written (never negated for maximize), reduced over the batch by the spec's reduction
+    (in mpmath with `digits` significant digits when given)."""
     model = _model(spec)
-    per_sample = reference_statements(model, params, batch, constants)[model.loss_name]
+    per_sample = reference_statements(model, params, batch, constants, digits)[model.loss_name]
     if not model.inputs:
         return float(per_sample.reshape(-1)[0])
     return float(per_sample.mean() if model.spec.reduction == "mean" else per_sample.sum())
@@ -219,14 +254,20 @@ class _Evaluator:
     """Recursive walk: SymPy node -> NumPy value. Values are scalars or arrays of exactly `ndim` axes: axis 0 is
     the batch (size B, or 1 for what does not depend on a sample), one more axis per open index."""
 
-    def __init__(self, values: dict[str, np.ndarray], constants: dict[str, float]):
+    def __init__(self, values: dict[str, np.ndarray], constants: dict, mp: bool = False):
         self.values = values
         self.constants = constants
+        self.mp = mp
+        self.unary, self.prims = (_mp_tables() if mp else (_UNARY, _PRIMS))
 
     def eval(self, e, env: dict, ndim: int):
         if e.is_Integer:
             return int(e)
         if e.is_Number or e.is_NumberSymbol:
+            if self.mp:
+                import mpmath
+
+                return mpmath.mpf(e.p) / e.q if e.is_Rational else mpmath.mpf(str(e.evalf(mpmath.mp.dps)))
             return float(e)
         if isinstance(e, Symbol):
             return self.symbol(e, env, ndim)
@@ -262,10 +303,11 @@ class _Evaluator:
             return np.logical_not(self.eval(e.args[0], env, ndim))
         if e is sympy.true or e is sympy.false:
             return bool(e)
-        if e.func in _UNARY:
-            return _UNARY[e.func](np.asarray(self.eval(e.args[0], env, ndim), dtype=np.float64))
-        if e.func in _PRIMS:
-            return _PRIMS[e.func](self.eval(e.args[0], env, ndim))
+        if e.func in self.unary:
+            arg = self.eval(e.args[0], env, ndim)
+            return self.unary[e.func](arg if self.mp else np.asarray(arg, dtype=np.float64))
+        if e.func in self.prims:
+            return self.prims[e.func](self.eval(e.args[0], env, ndim))
         raise EvaluatorError(f"the reference evaluator does not know {type(e).__name__}: {e}")
 
     def symbol(self, s: Symbol, env: dict, ndim: int):
@@ -290,6 +332,14 @@ class _Evaluator:
         return a[(lead, *idx)]
 
     def power(self, e: sympy.Pow, env: dict, ndim: int):
+        if self.mp:
+            base = np.asarray(self.eval(e.base, env, ndim), dtype=object)
+            ex = e.exp
+            if ex == sympy.Rational(1, 2):
+                return self.unary["sqrt"](base)
+            if ex.is_Integer:
+                return base ** int(ex)
+            return np.frompyfunc(lambda b, x: b ** x if b >= 0 else mpmath_nan(), 2, 1)(base, self.eval(ex, env, ndim))
         base = np.asarray(self.eval(e.base, env, ndim), dtype=np.float64)
         ex = e.exp
         if ex == sympy.Rational(1, 2):
@@ -318,10 +368,41 @@ class _Evaluator:
         mask = np.broadcast_to(mask, shape)
         if kind == "sum":
             return np.where(mask, val, 0.0).sum(axis=-1)
+        if self.mp:  # no overflow to guard against: mpmath's exponent range is unbounded
+            return self.unary[sympy.log](np.where(mask, self.unary[sympy.exp](val), 0).sum(axis=-1))
         val = np.where(mask, val, -np.inf)
         m = val.max(axis=-1, keepdims=True) if shape[-1] else np.full(shape[:-1] + (1,), -np.inf)
         m_safe = np.where(np.isfinite(m), m, 0.0)
         return (m_safe + np.log(np.exp(val - m_safe).sum(axis=-1, keepdims=True)))[..., 0]
+
+
+def _mp_tables() -> tuple[dict, dict]:
+    """The same functions over object arrays of mpmath numbers (exact forms: nothing overflows there)."""
+    import mpmath
+
+    def f(fn):
+        return np.frompyfunc(fn, 1, 1)
+
+    nan = mpmath.mpf("nan")
+
+    def log(x):  # real semantics, as float64 has them: no complex results
+        return mpmath.log(x) if x > 0 else (mpmath.mpf("-inf") if x == 0 else nan)
+
+    def sqrt(x):
+        return mpmath.sqrt(x) if x >= 0 else nan
+
+    unary = {sympy.exp: f(mpmath.exp), sympy.log: f(log), sympy.tanh: f(mpmath.tanh), sympy.sin: f(mpmath.sin),
+             sympy.cos: f(mpmath.cos), sympy.Abs: f(abs), sympy.sign: f(mpmath.sign), sympy.re: f(lambda x: x),
+             sympy.im: f(lambda x: 0), "sqrt": f(sqrt)}
+    prims = {
+        sigmoid: f(lambda x: 1 / (1 + mpmath.exp(-x))),
+        relu: f(lambda x: x if x > 0 else 0 * x),
+        step: f(lambda x: mpmath.mpf(1) if x > 0 else mpmath.mpf(0)),
+        softplus: f(lambda x: mpmath.log1p(mpmath.exp(x))),
+        log_sigmoid: f(lambda x: -mpmath.log1p(mpmath.exp(-x))),
+        sympy.Heaviside: f(lambda x: mpmath.mpf(1) if x > 0 else (mpmath.mpf(0) if x < 0 else mpmath.mpf(0.5))),
+    }
+    return unary, prims
 
 
 def _fold(fn, xs: list):
