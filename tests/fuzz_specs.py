@@ -41,6 +41,11 @@ USER_FUNCTIONS = {
     "scaled": ("scaled(s)", "beta*s - s**2/D"),  # a user function may use constants and dims
 }
 POSITIVE_FUNCTIONS = {"sq1"}
+# Names the compiler generates (adjoints, hidden statements, temporaries) or the generated module relies on.
+HOSTILE_NAMES = ["w_bar", "W_bar", "b_bar", "x_bar", "L", "L_bar", "s_L", "s_L2", "lse_c", "lse_w", "lse_t", "s_h1",
+                 "theta", "grad", "consts", "gscale", "acc", "t0", "t1", "B", "np", "math", "numba", "njit", "mf",
+                 "rt", "update", "SPEC", "PARAMS", "INPUTS", "range", "float", "len", "min", "max", "int", "print",
+                 "loss", "forward", "init_params", "cuda", "out", "value", "m", "n", "s", "q", "r"]
 
 
 class _Gen:
@@ -422,7 +427,28 @@ class _Gen:
             lines.append("objective: maximize")
         if self.flip(0.3):
             lines.append("reduction: sum")
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        return self.hostile_names(text) if self.flip(0.3) else text
+
+    def hostile_names(self, text: str) -> str:
+        """Rename a few of the spec's own names to names the compiler makes or the generated module uses (w_bar,
+        s_L, lse_c, theta, range, np, ...): names are the spec's, so none of them may change the maths."""
+        mine = [n for n in ("x", "y", "t", "u", "W", "V", "U", "w", "c", "d", "b", "a", "beta")
+                if re.search(rf"\b{n}\b", text)]
+        mine += [n for n, _ in self.forward]
+        mine = [n.split("[")[0] for n in mine]
+        taken = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
+        for _ in range(self.draw(st.integers(1, 3))):
+            if not mine:
+                break
+            old = self.pick(sorted(set(mine)))
+            new = self.pick(HOSTILE_NAMES)
+            if new in taken:
+                continue
+            text = re.sub(rf"(?<![A-Za-z0-9_]){old}(?![A-Za-z0-9_])", new, text)
+            mine = [m for m in mine if m != old]
+            taken.add(new)
+        return text
 
 
 class _NoVector(Exception):
@@ -489,7 +515,7 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
     suffix = f":name-clash({','.join(sorted({c.split('_')[0] for c in clash}))})" if clash else ""
     try:  # a known printer defect, recognisable in the source: b**-2 printed as /b*b
         source = Path(module.__spec_path__).read_text(encoding="utf-8")
-        if re.search(r"/([A-Za-z_]\w*\[[^\]]*\])\*\1", source):
+        if re.search(r"/([A-Za-z_]\w*(?:\[[^\]]*\])?)\*\1(?![\w\[])", source):
             suffix += ":recip-square-print"
     except (OSError, AttributeError):
         pass
