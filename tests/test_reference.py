@@ -145,3 +145,12 @@ def test_cli_check_prints_the_loss_line(tmp_path):
     out = CliRunner().invoke(main, ["check", path])
     assert out.exit_code == 0, out.output
     assert "loss" in out.output and "reference" in out.output and "ok" in out.output
+
+
+def test_cli_check_fails_on_a_nonfinite_loss(tmp_path):
+    from symgrad.cli import main
+
+    path = _spec(tmp_path, "name: nanloss\nparams: {w: {shape: [], init: 1.0}}\nloss: w**2 + log(w - 5)\n")
+    out = CliRunner().invoke(main, ["check", path])
+    assert out.exit_code == 1, out.output
+    assert "not finite" in out.output and "MISMATCH" in out.output
