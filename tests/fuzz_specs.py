@@ -513,6 +513,9 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
     names = list(getattr(module, "STATEMENTS", ()))
     clash = sorted({n for n in names if names.count(n) > 1})
     suffix = f":name-clash({','.join(sorted({c.split('_')[0] for c in clash}))})" if clash else ""
+    hostile = sorted(set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)) & set(HOSTILE_NAMES) - {"m", "n", "s", "q", "r"})
+    if hostile:
+        suffix += ":hostile-name"
     try:  # a known printer defect, recognisable in the source: b**-2 printed as /b*b
         source = Path(module.__spec_path__).read_text(encoding="utf-8")
         if re.search(r"/([A-Za-z_]\w*(?:\[[^\]]*\])?)\*\1(?![\w\[])", source):

@@ -23,6 +23,10 @@ KNOWN_FAILING: dict[str, str] = {
     "reciprocal_square_unparenthesised": "codegen _print_Pow prints b**-2 as /b*b (no parentheses around b*b)",
     "index_named_b_is_the_batch_index": "a spec index named b equals lower.py's BATCH symbol (loop names clash)",
     "reciprocal_square_of_cse_temporary": "codegen _print_Pow prints _t0**-2 as /_t0*_t0 (CSE temporary)",
+    "spec_name_equals_adjoint_name": "a param named L_bar is the loss adjoint's generated name (name allocator)",
+    "input_named_like_param_adjoint": "an input named w_bar is param w's adjoint name (name allocator)",
+    "spec_name_shadows_python_builtin": "a param named range shadows the builtin the kernels loop with",
+    "spec_name_shadows_module_global": "a param named math shadows the module the kernels call",
     "min_of_constant_library_loss": "Min of a constant library expression: CodegenError 'not comparable'",
     # tests/test_stable_forms.py (ids prefixed stable_): stable rewrites of hand-written forms
     "stable_softplus_written_out_800": "log(1 + exp(a)) is not rewritten to softplus: inf at a = 800",
