@@ -41,6 +41,7 @@ USER_FUNCTIONS = {
     "scaled": ("scaled(s)", "beta*s - s**2/D"),  # a user function may use constants and dims
 }
 POSITIVE_FUNCTIONS = {"sq1"}
+_NOT_LABELLED = {"m", "n", "s", "q", "r", "loss", "forward"}  # also YAML keys or function parameters
 # Names the compiler generates (adjoints, hidden statements, temporaries) or the generated module relies on.
 HOSTILE_NAMES = ["w_bar", "W_bar", "b_bar", "x_bar", "L", "L_bar", "s_L", "s_L2", "lse_c", "lse_w", "lse_t", "s_h1",
                  "theta", "grad", "consts", "gscale", "acc", "t0", "t1", "B", "np", "math", "numba", "njit", "mf",
@@ -513,7 +514,7 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
     names = list(getattr(module, "STATEMENTS", ()))
     clash = sorted({n for n in names if names.count(n) > 1})
     suffix = f":name-clash({','.join(sorted({c.split('_')[0] for c in clash}))})" if clash else ""
-    hostile = sorted(set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)) & set(HOSTILE_NAMES) - {"m", "n", "s", "q", "r"})
+    hostile = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)) & (set(HOSTILE_NAMES) - _NOT_LABELLED)
     if hostile:
         suffix += ":hostile-name"
     try:  # a known printer defect, recognisable in the source: b**-2 printed as /b*b
