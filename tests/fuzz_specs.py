@@ -356,7 +356,7 @@ class _Gen:
             self.sizes[name] = (D - 1,)
         elif kind == "matmat":  # a matrix-matrix product, then usable in later matrix-vector products
             name = self.new_name("M")
-            left, right = self.pick([("W", "U"), ("V", "W"), ("U", "V")])
+            left, right = self.pick([("W", "U"), ("V", "W"), ("U", "W")])
             self.use(left)
             self.use(right)
             fn = self.pick(["", "tanh", "sigmoid"])
@@ -505,8 +505,13 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
         return CaseResult("fail", f"build-crash:{type(exc).__name__}", _short(exc), text)
     try:
         model = build_reference(str(path))
-        params, batch = random_point(model, seed)
-        ref = reference_loss(model, params, batch)
+        params, batch = random_point(model, seed, n=1 + seed % 3)  # batches of 1, 2 and 3
+        consts = {k: v + 0.25 * (seed % 5) for k, v in model.constants.items()} or None  # not the defaults
+
+        def ref_fn(p, b):
+            return reference_loss(model, p, b, consts)
+
+        ref = ref_fn(params, batch)
     except Exception as exc:  # noqa: BLE001
         if "is not bound here" in str(exc):  # the parsed SymPy expression itself lets a summation index escape
             return CaseResult("fail", "parse:bound-index-escapes", _short(exc), text)
@@ -527,8 +532,8 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
         return CaseResult("skipped", "ill-posed", f"reference loss {ref}", text)
     try:
         with np.errstate(all="ignore"):
-            gen, grads = module.loss_and_grad(params, batch)
-            gen_only = module.loss(params, batch)
+            gen, grads = module.loss_and_grad(params, batch, consts)
+            gen_only = module.loss(params, batch, consts)
     except Exception as exc:  # noqa: BLE001
         return CaseResult("fail", f"run-crash:{type(exc).__name__}" + suffix, _short(exc), text)
     if not (math.isfinite(gen) and all(np.all(np.isfinite(g)) for g in grads.values())):
@@ -536,7 +541,7 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
     try:  # a kernel that reads a buffer it never wrote: fill freed memory with NaN and run again
         _poison_allocator()
         with np.errstate(all="ignore"):
-            gen2, grads2 = module.loss_and_grad(params, batch)
+            gen2, grads2 = module.loss_and_grad(params, batch, consts)
     except Exception as exc:  # noqa: BLE001
         return CaseResult("fail", f"run-crash:{type(exc).__name__}" + suffix, _short(exc), text)
     changed = [k for k in grads if not np.array_equal(grads[k], grads2[k])]
@@ -549,8 +554,8 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
 
         bad = ""
         try:
-            gv = generated_statements(module, params, batch)
-            rv = reference_statements(model, params, batch)
+            gv = generated_statements(module, params, batch, consts)
+            rv = reference_statements(model, params, batch, consts)
             for name in model.user_statements:
                 if name not in gv or rel_error(gv[name], rv[name]) > LOSS_RTOL:
                     bad = name
@@ -560,6 +565,15 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
         return CaseResult("fail", "loss" + suffix,
                           f"generated {gen!r} reference {ref!r} rel {err:.2e}; first statement {bad}", text,
                           {"statement": bad})
+    try:  # the public forward(): the declared outputs, batched
+        outs = module.forward(params, batch, consts)
+        rv = reference_statements(model, params, batch, consts)
+        for name, value in outs.items():
+            want = rv[name] if batch else rv[name][0]
+            if rel_error(value, np.broadcast_to(want, np.shape(value))) > LOSS_RTOL:
+                return CaseResult("fail", "forward" + suffix, f"forward()[{name!r}] differs from the reference", text)
+    except Exception as exc:  # noqa: BLE001
+        return CaseResult("fail", f"forward-crash:{type(exc).__name__}" + suffix, _short(exc), text)
     # gradient: central differences of the reference loss, two step sizes (a kink between them: skip)
     rng = np.random.default_rng(seed + 1)
     worst = (0.0, "")
@@ -568,8 +582,8 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
             d = rng.standard_normal(value.shape)
             fds = []
             for eps in (FD_EPS, 4 * FD_EPS):
-                plus = reference_loss(model, dict(params, **{name: value + eps * d}), batch)
-                minus = reference_loss(model, dict(params, **{name: value - eps * d}), batch)
+                plus = ref_fn(dict(params, **{name: value + eps * d}), batch)
+                minus = ref_fn(dict(params, **{name: value - eps * d}), batch)
                 fds.append((plus - minus) / (2 * eps))
             an = float(np.sum(grads[name] * d))
             floor = 1e-7 * (1.0 + abs(ref))
@@ -587,10 +601,10 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
             p32 = {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}
             b32 = {k: np.asarray(v, dtype=np.float32) for k, v in batch.items()} if batch else None
             with np.errstate(all="ignore"):
-                l32, g32 = module.loss_and_grad(p32, b32)
+                l32, g32 = module.loss_and_grad(p32, b32, consts)
         except Exception as exc:  # noqa: BLE001
             return CaseResult("fail", f"f32-crash:{type(exc).__name__}", _short(exc), text)
-        ref32 = reference_loss(model, {k: v.astype(np.float64) for k, v in p32.items()},
+        ref32 = ref_fn({k: v.astype(np.float64) for k, v in p32.items()},
                                {k: v.astype(np.float64) for k, v in b32.items()} if b32 else None)
         bad = abs(l32 - ref32) > F32_RTOL * (1 + abs(ref32)) or any(
             g32[k].dtype != np.float32 for k in g32)
