@@ -519,13 +519,18 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
     names = list(getattr(module, "STATEMENTS", ()))
     clash = sorted({n for n in names if names.count(n) > 1})
     suffix = f":name-clash({','.join(sorted({c.split('_')[0] for c in clash}))})" if clash else ""
-    hostile = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)) & (set(HOSTILE_NAMES) - _NOT_LABELLED)
+    code = "\n".join(line.split("#")[0] for line in text.splitlines())
+    hostile = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", code)) & (set(HOSTILE_NAMES) - _NOT_LABELLED)
     if hostile:
         suffix += ":hostile-name"
     try:  # a known printer defect, recognisable in the source: b**-2 printed as /b*b
         source = Path(module.__spec_path__).read_text(encoding="utf-8")
         if re.search(r"/([A-Za-z_]\w*(?:\[[^\]]*\])?)\*\1(?![\w\[])", source):
             suffix += ":recip-square-print"
+        for adj in re.findall(r"^\s+(\w+_bar) = np\.empty", source, re.M):  # allocated, never written
+            if not re.search(rf"\b{adj}\[[^\]]*\] \+?=|, {adj}\)|\b{adj} \+= ", source):
+                suffix += ":unwritten-adjoint"
+                break
     except (OSError, AttributeError):
         pass
     if not math.isfinite(ref) or abs(ref) > 1e8:
@@ -603,7 +608,7 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
             with np.errstate(all="ignore"):
                 l32, g32 = module.loss_and_grad(p32, b32, consts)
         except Exception as exc:  # noqa: BLE001
-            return CaseResult("fail", f"f32-crash:{type(exc).__name__}", _short(exc), text)
+            return CaseResult("fail", f"f32-crash:{type(exc).__name__}" + suffix, _short(exc), text)
         ref32 = ref_fn({k: v.astype(np.float64) for k, v in p32.items()},
                                {k: v.astype(np.float64) for k, v in b32.items()} if b32 else None)
         bad = abs(l32 - ref32) > F32_RTOL * (1 + abs(ref32)) or any(
@@ -614,7 +619,7 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
                 if not np.all(np.abs(g32[k].astype(np.float64) - g) <= 5e-2 * scale):
                     bad = True
         if bad:
-            return CaseResult("skipped" if not math.isfinite(l32) else "fail", "f32",
+            return CaseResult("skipped" if not math.isfinite(l32) else "fail", "f32" + suffix,
                               f"float32 loss {l32} vs float64 {ref32}", text)
     return res
 
