@@ -18,7 +18,7 @@ import pytest
 from known_failing import FUZZ, KNOWN_FAILING
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = 200
+CASES = 300
 
 
 def _campaign(tmp_path: Path, n: int, seed: int) -> dict:
