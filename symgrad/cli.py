@@ -133,12 +133,15 @@ def check(spec: str, seed: int, rtol: float) -> None:
     """Compare generated gradients with float64 central differences on random inputs, and the generated loss with
     the independent reference evaluator (naming the first statement that differs)."""
     from symgrad.checking import LOSS_RTOL, gradient_check, loss_check
+    from symgrad.reference import EvaluatorError
 
     try:
         rows = gradient_check(spec, seed=seed)
         lc = loss_check(spec, seed=seed)
     except SymgradError:
         raise
+    except EvaluatorError as exc:  # e.g. a summation index that escaped its Sum while parsing
+        raise CheckFailed(f"check failed: the reference evaluator cannot evaluate this spec: {exc}") from None
     except Exception as exc:  # a kernel must never raise (ZeroDivisionError, a name it never bound): a failed check
         raise CheckFailed(f"check failed: {type(exc).__name__} while building or running the generated module: "
                           f"{exc}") from None
