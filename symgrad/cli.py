@@ -148,17 +148,43 @@ def _display(path: Path) -> str:
 @click.option("--rtol", default=1e-5, show_default=True)
 @guarded("spec")
 def check(spec: str, seed: int, rtol: float) -> None:
-    """Compare generated gradients with float64 central differences on random inputs."""
-    from symgrad.checking import gradient_check
+    """Compare generated gradients with float64 central differences on random inputs, and the generated loss with
+    the independent reference evaluator (naming the first statement that differs)."""
+    from symgrad.checking import LOSS_RTOL, gradient_check, loss_check
+    from symgrad.reference import EvaluatorError
 
-    rows = gradient_check(spec, seed=seed)
+    try:
+        rows = gradient_check(spec, seed=seed)
+        lc = loss_check(spec, seed=seed)
+    except SymgradError:
+        raise
+    except EvaluatorError as exc:  # e.g. a summation index that escaped its Sum while parsing
+        raise CheckFailed(f"check failed: the reference evaluator cannot evaluate this spec: {exc}") from None
+    except Exception as exc:  # a kernel must never raise (ZeroDivisionError, a name it never bound): a failed check
+        raise CheckFailed(f"check failed: {type(exc).__name__} while building or running the generated module: "
+                          f"{exc}") from None
     worst = 0.0
     for name, err in rows:
         status = "ok" if err <= rtol else "MISMATCH"
         click.echo(f"{name:<16} worst relative error {err:.2e}  {status}")
         worst = max(worst, err)
+    status = "ok" if lc.rel_error <= LOSS_RTOL and "loss" not in lc.nonfinite else "MISMATCH"
+    click.echo(f"{'loss':<16} generated {lc.generated:.17g} reference {lc.reference:.17g} "
+               f"relative error {lc.rel_error:.2e}  {status}")
+    if lc.first_bad is not None and lc.first_bad[0]:
+        name, line, err = lc.first_bad
+        click.echo(f"{'':<16} first statement that differs: {name} ({spec}:{line}), relative error {err:.2e}")
+    elif lc.first_bad is not None:
+        click.echo(f"{'':<16} every statement agrees with the reference on its own; the loss differs (a statement "
+                   "read before it is fully written, or the reduction over the batch)")
+    for what in lc.nonfinite:
+        click.echo(f"{'':<16} {what} is not finite  MISMATCH")
     if worst > rtol:
         raise CheckFailed(f"gradient check failed: worst relative error {worst:.2e} > rtol {rtol:g}")
+    if not lc.ok():
+        what = ", ".join(lc.nonfinite) + " not finite" if lc.nonfinite else \
+            f"relative error {lc.rel_error:.2e} > {LOSS_RTOL:g}"
+        raise CheckFailed(f"loss check failed against the reference evaluator: {what}")
 
 
 def _register_train() -> None:
