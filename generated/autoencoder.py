@@ -148,7 +148,7 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x):
     # d h / d s_h; d s_h / d b1
     for _b in range(0, _B):
         for i in range(0, 32):
-            s_h_bar[_b, i] = (1 - h[_b, i]*h[_b, i])*h_bar[_b, i]
+            s_h_bar[_b, i] = (1 - (h[_b, i]*h[_b, i]))*h_bar[_b, i]
             b1_bar[i] += s_h_bar[_b, i]
     # d s_h / d W1: one BLAS call
     np.dot(s_h_bar.T, x, W1_bar)

@@ -61,7 +61,7 @@ def _forward_pass(_theta, _consts):
     # L
     _acc = 0.0
     for i in range(0, 2):
-        _acc += w[i]*w[i]
+        _acc += (w[i]*w[i])
     L[0] = _acc
     return L,
 

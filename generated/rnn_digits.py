@@ -313,7 +313,7 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, y):
         # d n / d s_n
         for _b in range(0, _B):
             for j in range(0, 32):
-                s_n_bar[_b, j, t] += (1 - n[_b, t, j]*n[_b, t, j])*n_bar[_b, t, j]
+                s_n_bar[_b, j, t] += (1 - (n[_b, t, j]*n[_b, t, j]))*n_bar[_b, t, j]
         # d s_n / d bn
         for j in range(0, 32):
             _acc = 0.0

@@ -179,7 +179,7 @@ def _forward_pass(_theta, _consts, x, eps):
         _acc = 0.0
         for l2 in range(0, 8):
             _t0 = (0.5)*beta
-            _acc += -_t0*_mf.exp(logvar[_b, l2], _theta) - _t0*mu[_b, l2]*mu[_b, l2] + (0.5)*beta*logvar[_b, l2] + (0.5)*beta
+            _acc += -_t0*_mf.exp(logvar[_b, l2], _theta) - _t0*(mu[_b, l2]*mu[_b, l2]) + (0.5)*beta*logvar[_b, l2] + (0.5)*beta
         L[_b] += _acc
     return s_h, h, mu, logvar, z, s_g, g, logit, L
 
@@ -244,7 +244,7 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, eps):
     # d g / d s_g; d s_g / d bd
     for _b in range(0, _B):
         for i in range(0, 128):
-            s_g_bar[_b, i] = (1 - g[_b, i]*g[_b, i])*g_bar[_b, i]
+            s_g_bar[_b, i] = (1 - (g[_b, i]*g[_b, i]))*g_bar[_b, i]
             bd_bar[i] += s_g_bar[_b, i]
     # d s_g / d Wd: one BLAS call
     np.dot(s_g_bar.T, z, Wd_bar)
@@ -271,7 +271,7 @@ def _loss_grad(_theta, _grad, _consts, _gscale, x, eps):
     # d h / d s_h; d s_h / d be
     for _b in range(0, _B):
         for i in range(0, 128):
-            s_h_bar[_b, i] = (1 - h[_b, i]*h[_b, i])*h_bar[_b, i]
+            s_h_bar[_b, i] = (1 - (h[_b, i]*h[_b, i]))*h_bar[_b, i]
             be_bar[i] += s_h_bar[_b, i]
     # d s_h / d We: one BLAS call
     np.dot(s_h_bar.T, x, We_bar)

@@ -83,8 +83,8 @@ class KernelPrinter(PythonCodePrinter):
     def _print_Pow(self, expr, rational=False):
         base, exp = expr.args
         b = self.parenthesize(base, sympy.printing.precedence.PRECEDENCE["Pow"])
-        if exp == 2:
-            return f"{b}*{b}" if base.is_Atom or isinstance(base, Indexed) else f"({self._print(base)})**2"
+        if exp == 2:  # parenthesised: it may be printed as a denominator (a/(b*b), never a/b*b)
+            return f"({b}*{b})" if base.is_Atom or isinstance(base, Indexed) else f"({self._print(base)})**2"
         if exp == -1:
             return f"1.0/{b}"
         if exp == sympy.Rational(1, 2):

@@ -255,7 +255,7 @@ def _match_gemm(out_name: str, out_idx: tuple, out_batched: bool, g: sympy.Expr,
                sb[list(ib).index(lp.var)] - 1 if lp.var in ib else None]
         if not any(p is not None and lp.hi == p for p in pos):
             return None
-    if len(set(o_idx)) != len(o_idx):
+    if len(set(o_idx)) != len(o_idx) or not o_idx:  # a 0-d result (a dot product per batch) is a plain loop
         return None
     all_idx = set(o_idx) | set(ia) | set(ib)
     m = [i for i in all_idx if i in o_idx and i in ia and i not in ib]

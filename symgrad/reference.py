@@ -15,12 +15,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import mpmath
 import numpy as np
 import sympy
 from sympy import Indexed, Sum, Symbol
 
 from symgrad.exprs import ArrayRef, Builder, Scope, collect_plain_uses, make_base, parse_source
 from symgrad.library import LogSumExp, log_sigmoid, relu, sigmoid, softplus, step
+from symgrad.primitives import row_of
 from symgrad.spec import Spec, load_spec
 
 _SIG = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*\(\s*([^)]*)\)\s*$")
@@ -180,13 +182,11 @@ def _statements(model: RefModel, params: dict, batch: dict | None, constants: di
 
 
 def mpmath_nan():
-    import mpmath
 
     return mpmath.mpf("nan")
 
 
 def _mp_array(a: np.ndarray) -> np.ndarray:
-    import mpmath
 
     out = np.empty(a.shape, dtype=object)
     for idx, v in np.ndenumerate(a):
@@ -308,6 +308,13 @@ class _Evaluator:
             return self.unary[e.func](arg if self.mp else np.asarray(arg, dtype=np.float64))
         if e.func in self.prims:
             return self.prims[e.func](self.eval(e.args[0], env, ndim))
+        row = row_of(e)
+        if row is not None:  # any other row of the primitive table: its mpmath semantics, element by element
+            args = [self.eval(a, env, ndim) for a in e.args]
+            if self.mp:
+                return np.frompyfunc(row.reference, len(args), 1)(*args)
+            fn = np.vectorize(lambda *xs: float(row.reference(*(mpmath.mpf(float(x)) for x in xs))), otypes=[float])
+            return fn(*[np.asarray(a, dtype=np.float64) for a in args])
         raise EvaluatorError(f"the reference evaluator does not know {type(e).__name__}: {e}")
 
     def symbol(self, s: Symbol, env: dict, ndim: int):
@@ -378,7 +385,6 @@ class _Evaluator:
 
 def _mp_tables() -> tuple[dict, dict]:
     """The same functions over object arrays of mpmath numbers (exact forms: nothing overflows there)."""
-    import mpmath
 
     def f(fn):
         return np.frompyfunc(fn, 1, 1)

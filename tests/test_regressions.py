@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from fuzz_specs import run_case
-from known_failing import KNOWN_FAILING
+from known_failing import EXPECTED_REFUSALS, KNOWN_FAILING
 
 REGRESSIONS = sorted((Path(__file__).parent / "regressions").glob("*.yaml"))
 
@@ -33,4 +33,8 @@ def test_regression_spec(path: Path, tmp_path: Path):
     text = path.read_text(encoding="utf-8")
     for seed in (0, 1):
         r = run_case(text, seed=seed, f32=True, workdir=str(tmp_path))
+        if path.stem in EXPECTED_REFUSALS:
+            assert r.outcome == "refused" and EXPECTED_REFUSALS[path.stem] in r.detail, f"{path.name}: {r.detail}"
+            assert r.detail.startswith("SPEC:") and "\n" not in r.detail.strip()
+            continue
         assert r.outcome == "ok", f"{path.name} (seed {seed}): {r.kind}: {r.detail}"
