@@ -342,6 +342,8 @@ def _run(spec: str, data: str, epochs: int, batch_size: int, optimizer: str, lr:
             raise UsageError(str(exc)) from None
         if resume is not None and not os.path.exists(resume):
             raise UsageError(f"--resume: no such checkpoint {resume!r}")
+        if seed < 0:
+            raise UsageError(f"--seed must be a non-negative integer, got {seed}")
         if val_split is not None and not 0.0 < val_split < 1.0:
             raise UsageError(f"--val-split must be a fraction between 0 and 1, got {val_split:g}")
         return opt, _load_model(spec)

@@ -289,7 +289,7 @@ def test_cli_trains_on_a_csv(cli):
     write_csv(tmp / "d.csv", "x.0,x.1,x.2,y", np.column_stack([X, Y]))
     res = invoke("--data", tmp / "d.csv", "--epochs", "2", "--batch-size", "8")
     assert res.exit_code == 0, res.output
-    assert "40 training samples, 0 test samples" in res.output
+    assert "40 train, 0 test" in res.output
 
 
 def test_cli_bad_seed_bad_file_bad_checkpoint_are_one_line(cli):

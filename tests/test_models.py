@@ -128,7 +128,7 @@ def test_pixelcnn_log_likelihood():
     """Masked convolutions (zero padding through Max/Min Sum bounds) with parameters shared by all 64 conditionals."""
     m, tr, te, res = _fit("pixelcnn", optimizer=Adam(1e-2))
     ll = m.loss(res.params, te)
-    indep = independent_bernoulli_ll(tr["x"], te["x"])
+    indep = independent_bernoulli_ll(tr["x"].reshape(len(tr["x"]), -1), te["x"].reshape(len(te["x"]), -1))
     report("pixelcnn", f"test log-likelihood {ll:.3f} nats/image (independent pixels {indep:.2f})", res)
     assert ll >= indep + 2.0
 
