@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import symgrad
-from symgrad.errors import SpecError
 from symgrad.cli import cpu_only
+from symgrad.errors import SpecError
 from symgrad.graph import build_program
 from symgrad.names import RESERVED
 
