@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from fdcheck import assert_gradient
 
 import symgrad
 from symgrad.errors import SpecError
@@ -44,13 +45,7 @@ def test_zero_padded_convolution_matches_numpy(tmp_path, monkeypatch):
 
     loss, grad = m.loss_and_grad(p, batch)
     assert loss == pytest.approx(ref(p), rel=1e-12)
-    num = np.zeros_like(p["W"])
-    for idx in np.ndindex(num.shape):
-        hi, lo = {"W": p["W"].copy()}, {"W": p["W"].copy()}
-        hi["W"][idx] += 1e-6
-        lo["W"][idx] -= 1e-6
-        num[idx] = (ref(hi) - ref(lo)) / 2e-6
-    np.testing.assert_allclose(grad["W"], num, rtol=1e-7, atol=1e-10)
+    assert_gradient(grad, ref, p, rtol=1e-7, atol=1e-10)
 
 
 @pytest.mark.parametrize("bounds", ["Max(0, -i), Min(2, N - i)", "Max(0, 1 - i), Min(2, N + 1 - i)"])

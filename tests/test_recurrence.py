@@ -8,6 +8,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from fdcheck import assert_gradient
 
 import symgrad
 from symgrad.codegen import render_module
@@ -97,15 +98,7 @@ def test_recurrence_matches_numpy_bptt(tmp_path, monkeypatch, text, ref):
 
     loss, grad = m.loss_and_grad(p, batch)
     assert loss == pytest.approx(mean_ref(p), rel=1e-10)
-    for k, v in p.items():
-        num = np.zeros_like(v)
-        for idx in np.ndindex(v.shape):
-            hi = {a: w.copy() for a, w in p.items()}
-            lo = {a: w.copy() for a, w in p.items()}
-            hi[k][idx] += 1e-5
-            lo[k][idx] -= 1e-5
-            num[idx] = (mean_ref(hi) - mean_ref(lo)) / 2e-5
-        np.testing.assert_allclose(grad[k], num, rtol=1e-6, atol=1e-9, err_msg=f"d loss / d {k}")
+    assert_gradient(grad, mean_ref, p, h=1e-5)
 
 
 def test_module_size_does_not_grow_with_T(tmp_path):
