@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import os
-import re
 import sys
 from types import ModuleType
 
@@ -61,37 +60,6 @@ def objective_word(model: ModuleType) -> str:
 # ---------------------------------------------------------------------------------------------- metrics
 
 
-def _label_kind(model: ModuleType) -> str | None:
-    """`onehot` for a data input `y` of shape [K >= 2], `binary` for `y` of shape [] with a bce loss, else None."""
-    spec = getattr(model, "SPEC", None) or {}
-    loss_text = str(spec.get("loss", "")) if isinstance(spec, dict) else ""
-    for name, shape, sample in model.INPUTS:
-        if name != "y" or sample is not None:
-            continue
-        if len(shape) == 1 and shape[0] >= 2:
-            return "onehot"
-        if not shape and ("bce" in loss_text or "sigmoid" in loss_text):
-            return "binary"
-    return None
-
-
-def _prediction(model: ModuleType, outputs: dict[str, np.ndarray], kind: str, n: int):
-    """The output a classifier's accuracy is read from: the first of the label's shape."""
-    label = next(shape for name, shape, _ in model.INPUTS if name == "y")
-    for name in getattr(model, "OUTPUTS", outputs):
-        v = np.asarray(outputs[name])
-        if v.shape == (n, *label):
-            return name, v
-    return None, None
-
-
-def _is_logit(model: ModuleType, name: str) -> bool:
-    """A binary output is a logit when the loss passes it to a *_with_logits function or a sigmoid."""
-    spec = getattr(model, "SPEC", None) or {}
-    text = str(spec.get("loss", "")) if isinstance(spec, dict) else ""
-    return re.search(rf"(with_logits|sigmoid)\(\s*{re.escape(name)}\b", text) is not None
-
-
 def _chunks(n: int, size: int = 2048):
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
@@ -104,25 +72,21 @@ def evaluate_arrays(model: ModuleType, params: dict, data: dict[str, np.ndarray]
     if n == 0:
         raise DataError("no samples to evaluate")
     total = 0.0
-    kind = _label_kind(model)
+    from symgrad.training import count_correct, label_kind
+
     correct = 0
-    has_acc = kind is not None
+    has_acc = label_kind(model) is not None
     for sl in _chunks(n):
         batch = {k: v[sl] for k, v in data.items()}
         b = sl.stop - sl.start
         value = float(model.loss(params, batch, constants))
         total += value * b if model.REDUCTION == "mean" else value
         if has_acc:
-            name, pred = _prediction(model, model.forward(params, batch, constants), kind, b)
-            if pred is None:
+            c = count_correct(model, model.forward(params, batch, constants), batch["y"], b)
+            if c is None:
                 has_acc = False
                 continue
-            y = np.asarray(batch["y"])
-            if kind == "onehot":
-                correct += int(np.sum(np.argmax(pred, axis=1) == np.argmax(y, axis=1)))
-            else:
-                threshold = 0.0 if _is_logit(model, name) else 0.5
-                correct += int(np.sum((pred > threshold) == (y > 0.5)))
+            correct += c
     out = {objective_word(model): total / n if model.REDUCTION == "mean" else total}
     if has_acc:
         out["accuracy"] = correct / n
@@ -413,9 +377,8 @@ def _run(spec: str, data: str, epochs: int, batch_size: int, optimizer: str, lr:
         return
     click.echo(f"trained {result.steps} steps in {result.train_time:.2f} s")
     final = constants or None
-    if _label_kind(model) == "binary" or (val_data is not None and test_data):
-        # the runner's epoch line has no accuracy for a binary label, and the test set is not seen per epoch
-        # under --val-split: report both once, on the final parameters
+    if val_data is not None and test_data:
+        # the test set is not seen per epoch under --val-split: report it once, on the final parameters
         click.echo(_metrics_line("train", evaluate_arrays(model, result.params, train_data, final)))
         if val_data is not None:
             click.echo(_metrics_line("val", evaluate_arrays(model, result.params, val_data, final)))

@@ -80,12 +80,46 @@ class EpochInfo:
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
-def _classifier_label(model: ModuleType) -> tuple[int, ...] | None:
-    """A classifier: a data input `y` of shape [K], K >= 2 (one-hot); its logits: an output of shape [K]."""
+def label_kind(model: ModuleType) -> str | None:
+    """`onehot` for a data input `y` of shape [K >= 2], `binary` for `y` of shape [] with a bce/sigmoid loss, else
+    None (not a classifier: no accuracy)."""
+    spec = getattr(model, "SPEC", None) or {}
+    loss_text = str(spec.get("loss", "")) if isinstance(spec, dict) else ""
     for name, shape, sample in model.INPUTS:
-        if name == "y" and sample is None and len(shape) == 1 and shape[0] >= 2:
-            return tuple(shape)
+        if name != "y" or sample is not None:
+            continue
+        if len(shape) == 1 and shape[0] >= 2:
+            return "onehot"
+        if not shape and ("bce" in loss_text or "sigmoid" in loss_text):
+            return "binary"
     return None
+
+
+def count_correct(model: ModuleType, outputs: dict, y: np.ndarray, n: int) -> int | None:
+    """Correct predictions among n samples: argmax against a one-hot `y`, or a binary output thresholded (a logit at
+    0, a probability at 0.5) against `y`. None when no output has the label's shape."""
+    kind = label_kind(model)
+    label = next((tuple(shape) for name, shape, _ in model.INPUTS if name == "y"), None)
+    if kind is None or label is None:
+        return None
+    for name in getattr(model, "OUTPUTS", outputs):
+        pred = np.asarray(outputs[name])
+        if pred.shape != (n, *label):
+            continue
+        y = np.asarray(y)
+        if kind == "onehot":
+            return int(np.sum(np.argmax(pred, axis=1) == np.argmax(y, axis=1)))
+        return int(np.sum((pred > (0.0 if _is_logit(model, name) else 0.5)) == (y > 0.5)))
+    return None
+
+
+def _is_logit(model: ModuleType, name: str) -> bool:
+    """A binary output is a logit when the loss passes it to a *_with_logits function or a sigmoid."""
+    import re
+
+    spec = getattr(model, "SPEC", None) or {}
+    text = str(spec.get("loss", "")) if isinstance(spec, dict) else ""
+    return re.search(rf"(with_logits|sigmoid)\(\s*{re.escape(name)}\b", text) is not None
 
 
 def _chunks(n: int, size: int = 1024):
@@ -111,23 +145,15 @@ def evaluate(
         total += float(model._loss(trainer.theta, consts, *args))
     objective = total if model.REDUCTION == "sum" else total / n
     acc = None
-    label_shape = _classifier_label(model) if accuracy else None
-    if label_shape is not None:
+    if accuracy and label_kind(model) is not None:
         correct = 0
         constants = trainer.constants_at(trainer.step_count)
         for sl in _chunks(n):
             out = model.forward(trainer.params, {k: v[sl] for k, v in data.items()}, constants)
-            logits = next(
-                (
-                    np.asarray(v)
-                    for v in out.values()
-                    if np.asarray(v).shape == (sl.stop - sl.start, *label_shape)
-                ),
-                None,
-            )
-            if logits is None:
+            c = count_correct(model, out, data["y"][sl], sl.stop - sl.start)
+            if c is None:
                 return objective, None
-            correct += int(np.sum(np.argmax(logits, axis=1) == np.argmax(data["y"][sl], axis=1)))
+            correct += c
         acc = correct / n
     return objective, acc
 
@@ -310,7 +336,7 @@ def _fit(model: ModuleType, data: Mapping[str, Any] | None, cfg: _Run, hooks: An
     )
     epochs = cfg.epochs if cfg.epochs is not None else math.ceil(cfg.steps / steps_per_epoch)
     total_steps = epochs * steps_per_epoch if cfg.steps is None else min(cfg.steps, epochs * steps_per_epoch)
-    classifier = _classifier_label(model) is not None
+    classifier = label_kind(model) is not None
     name = str(getattr(model, "SPEC", {}).get("name", getattr(model, "__name__", "?")))
     meta = {
         "model": name,
