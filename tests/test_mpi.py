@@ -167,6 +167,25 @@ def worker_equal(folder: Path) -> None:
              **{f"resumed_{k}": v for k, v in resumed.params.items()})
 
 
+def case_bn(folder: Path, comm):
+    """BatchNorm (batch_mean): each rank normalises with its own shard's statistics (DDP without SyncBatchNorm)."""
+    from symgrad.optim import SGD
+    from symgrad.training import train
+
+    m = _load("mlp_bn_digits")
+    tr, _ = _digits(m, 256)
+    return train(m, tr, optimizer=SGD(0.1), batch_size=64, epochs=1, seed=0, shuffle=False, progress=False,
+                 history_per_step=True, comm=comm)
+
+
+def worker_bn(folder: Path) -> None:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    res = case_bn(folder, comm)
+    np.savez(folder / f"bn-rank{comm.Get_rank()}.npz", **{f"p_{k}": v for k, v in res.params.items()})
+
+
 def worker_fail(folder: Path) -> None:
     """Three failures raised on every rank together; each rank prints what it caught and goes on."""
     from mpi4py import MPI
@@ -364,6 +383,28 @@ def test_two_ranks_match_one_process(tmp_path):
     print(f"\n2-rank equivalence run: {took:.1f} s")
 
 
+def test_batch_statistics_are_per_rank(tmp_path):
+    """Stated semantics (docs/spec.md): under MPI each rank's batch_mean is over its own shard. Two ranks equal one
+    process that averages the gradients of the two half-batches, each normalised by its own statistics, and differ
+    from one process normalising the whole batch."""
+    proc, _ = run_worker("bn", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = [np.load(tmp_path / f"bn-rank{r}.npz") for r in range(NP)]
+    m = _load("mlp_bn_digits")
+    tr, _ = _digits(m, 256)
+    p = {k: np.asarray(v, np.float64) for k, v in m.init_params(0).items()}
+    for step in range(256 // 64):
+        rows = slice(64 * step, 64 * step + 64)
+        halves = [{k: v[rows][:32] for k, v in tr.items()}, {k: v[rows][32:] for k, v in tr.items()}]
+        grads = [m.loss_and_grad(p, h)[1] for h in halves]
+        p = {k: p[k] - 0.1 * (grads[0][k] + grads[1][k]) / 2 for k in p}
+    whole = case_bn(tmp_path, None).params
+    for k, v in p.items():
+        assert np.array_equal(got[0][f"p_{k}"], got[1][f"p_{k}"])
+        assert_close(got[0][f"p_{k}"], v, f"bn: parameter {k}", rtol=1e-9)
+    assert max(float(np.max(np.abs(whole[k] - p[k]))) for k in p) > 1e-6  # not the one-process statistics
+
+
 def test_failures_stop_every_rank_with_rank_and_step(tmp_path):
     proc, took = run_worker("fail", tmp_path, FAIL_TIMEOUT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -485,6 +526,6 @@ def test_cli_bad_data_exits_2_once(tmp_path):
 
 
 if __name__ == "__main__":  # the worker side: mpiexec -n 2 python tests/test_mpi.py WORKER FOLDER
-    workers = {"equal": worker_equal, "fail": worker_fail, "abort": worker_abort, "disagree": worker_disagree,
-               "outside": worker_outside}
+    workers = {"equal": worker_equal, "bn": worker_bn, "fail": worker_fail, "abort": worker_abort,
+               "disagree": worker_disagree, "outside": worker_outside}
     workers[sys.argv[1]](Path(sys.argv[2]))
