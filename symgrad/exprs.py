@@ -188,7 +188,11 @@ class Builder:
             return TExpr(Integer(value))
         if value != value or value in (float("inf"), float("-inf")):
             raise ExprError("numbers must be finite")
-        return TExpr(Rational(repr(value)))  # exact decimal: 2.1 stays 21/10, so worked numbers come out exact
+        text = repr(value)
+        digits = len(text.split("e")[0].replace("-", "").replace(".", "").strip("0"))
+        if digits > 12:  # a float written to its last digit (0.7978845608028654) is a float: exact rationals of it
+            return TExpr(sympy.Float(value, 17))  # grow 40-digit integers under factoring (overflow in float32)
+        return TExpr(Rational(text))  # exact decimal: 2.1 stays 21/10, so worked numbers come out exact
 
     def _Name(self, node: ast.Name) -> TExpr:
         name = node.id

@@ -115,7 +115,12 @@ def build_reference(spec: Spec | str | Path) -> RefModel:
             shp = declared if declared is not None else tuple(scope.ranges[p] for p in idx)
         statements.append(RefStatement(name, indices, shp, value.expr))
         refs[name] = ArrayRef(name, shp, make_base(name, shp))
-    loss_name = "L" if "L" not in refs else "L_"
+    # the documented name of the loss statement (docs/spec.md): L, or L2, L3, ... when the spec uses that name
+    taken = set(refs) | set(spec.dims) | set(spec.constants) | _identifiers_of(spec)
+    loss_name, n = "L", 1
+    while loss_name in taken:
+        n += 1
+        loss_name = f"L{n}"
     value, _ = build(spec.loss.value, set(), None, None, None)
     if value.axes or value.named:
         raise EvaluatorError("the loss is not a scalar per sample")
@@ -137,7 +142,6 @@ def reference_statements(spec, params: dict, batch: dict | None = None, constant
     so a form written naively, such as log(1 + exp(800)), still has its exact value to compare a stable kernel with.
     """
     if digits is not None:
-        import mpmath
 
         with mpmath.workdps(digits):
             return _statements(_model(spec), params, batch, constants, True)
@@ -160,8 +164,6 @@ def _statements(model: RefModel, params: dict, batch: dict | None, constants: di
     consts = dict(model.constants)
     consts.update({k: float(v) for k, v in (constants or {}).items()})
     if mp:
-        import mpmath
-
         consts = {k: mpmath.mpf(v) for k, v in consts.items()}
     ev = _Evaluator(values, consts, mp)
     out = {}
@@ -191,6 +193,20 @@ def _mp_array(a: np.ndarray) -> np.ndarray:
     out = np.empty(a.shape, dtype=object)
     for idx, v in np.ndenumerate(a):
         out[idx] = mpmath.mpf(float(v))
+    return out
+
+
+def _identifiers_of(spec) -> set[str]:
+    import ast
+
+    out = set()
+    texts = [d.expr.value for d in spec.forward] + [spec.loss.value] + [b.value for _, b in spec.functions]
+    for text in texts:
+        try:
+            tree = ast.parse(str(text).strip(), mode="eval")
+        except SyntaxError:
+            continue
+        out |= {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
     return out
 
 
@@ -265,8 +281,6 @@ class _Evaluator:
             return int(e)
         if e.is_Number or e.is_NumberSymbol:
             if self.mp:
-                import mpmath
-
                 return mpmath.mpf(e.p) / e.q if e.is_Rational else mpmath.mpf(str(e.evalf(mpmath.mp.dps)))
             return float(e)
         if isinstance(e, Symbol):

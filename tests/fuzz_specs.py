@@ -622,7 +622,13 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
         bad = abs(l32 - ref32) > F32_RTOL * (1 + abs(ref32)) or any(
             g32[k].dtype != np.float32 for k in g32)
         if not bad:
-            for k, g in grads.items():
+            # compare with the float64 gradient at the float32-rounded point: rounding the parameters may cross a
+            # kink (Min, Max, Piecewise, relu), where the gradient itself jumps; that is not a float32 fault
+            with np.errstate(all="ignore"):
+                _, g_at32 = module.loss_and_grad({k: v.astype(np.float64) for k, v in p32.items()},
+                                                 {k: v.astype(np.float64) for k, v in b32.items()} if b32 else None,
+                                                 consts)
+            for k, g in g_at32.items():
                 scale = float(np.max(np.abs(g))) + 1.0
                 if not np.all(np.abs(g32[k].astype(np.float64) - g) <= 5e-2 * scale):
                     bad = True
