@@ -173,7 +173,7 @@ def _statements(model: RefModel, params: dict, batch: dict | None, constants: di
             env = {}
             for axis, (sym, size) in enumerate(zip(st.indices, st.shape, strict=True)):
                 env[sym] = _axis_range(0, size, axis + 1, ndim)
-            res = np.asarray(ev.eval(st.body, env, ndim), dtype=object if mp else np.float64)
+            res = np.asarray(ev.value(st.body, env, ndim), dtype=object if mp else np.float64)
             lead = res.shape[0] if res.ndim == ndim else 1
             val = np.broadcast_to(res, (lead, *st.shape)).copy()
             if n is not None and lead == 1 and st.name == model.loss_name:
@@ -276,7 +276,7 @@ class _Evaluator:
         self.mp = mp
         self.unary, self.prims = (_mp_tables() if mp else (_UNARY, _PRIMS))
 
-    def eval(self, e, env: dict, ndim: int):
+    def value(self, e, env: dict, ndim: int):
         if e.is_Integer:
             return int(e)
         if e.is_Number or e.is_NumberSymbol:
@@ -288,9 +288,9 @@ class _Evaluator:
         if isinstance(e, Indexed):
             return self.indexed(e, env, ndim)
         if isinstance(e, sympy.Add):
-            return _fold(np.add, [self.eval(a, env, ndim) for a in e.args])
+            return _fold(np.add, [self.value(a, env, ndim) for a in e.args])
         if isinstance(e, sympy.Mul):
-            return _fold(np.multiply, [self.eval(a, env, ndim) for a in e.args])
+            return _fold(np.multiply, [self.value(a, env, ndim) for a in e.args])
         if isinstance(e, sympy.Pow):
             return self.power(e, env, ndim)
         if isinstance(e, Sum):
@@ -300,31 +300,31 @@ class _Evaluator:
         if isinstance(e, sympy.Piecewise):
             out = np.nan
             for value, cond in reversed(e.args):
-                out = np.where(self.eval(cond, env, ndim), self.eval(value, env, ndim), out)
+                out = np.where(self.value(cond, env, ndim), self.value(value, env, ndim), out)
             return out
         if isinstance(e, sympy.Max | sympy.Min):
             fn = np.maximum if isinstance(e, sympy.Max) else np.minimum
-            return _fold(fn, [self.eval(a, env, ndim) for a in e.args])
+            return _fold(fn, [self.value(a, env, ndim) for a in e.args])
         if e.func in _RELATIONS:
-            return _RELATIONS[e.func](self.eval(e.args[0], env, ndim), self.eval(e.args[1], env, ndim))
+            return _RELATIONS[e.func](self.value(e.args[0], env, ndim), self.value(e.args[1], env, ndim))
         if isinstance(e, sympy.And | sympy.Or):
             fn = np.logical_and if isinstance(e, sympy.And) else np.logical_or
-            return _fold(fn, [self.eval(a, env, ndim) for a in e.args])
+            return _fold(fn, [self.value(a, env, ndim) for a in e.args])
         if isinstance(e, sympy.ITE):  # what SymPy makes of a Piecewise inside a condition
-            c, t, f = (self.eval(a, env, ndim) for a in e.args)
+            c, t, f = (self.value(a, env, ndim) for a in e.args)
             return np.where(c, t, f)
         if isinstance(e, sympy.Not):
-            return np.logical_not(self.eval(e.args[0], env, ndim))
+            return np.logical_not(self.value(e.args[0], env, ndim))
         if e is sympy.true or e is sympy.false:
             return bool(e)
         if e.func in self.unary:
-            arg = self.eval(e.args[0], env, ndim)
+            arg = self.value(e.args[0], env, ndim)
             return self.unary[e.func](arg if self.mp else np.asarray(arg, dtype=np.float64))
         if e.func in self.prims:
-            return self.prims[e.func](self.eval(e.args[0], env, ndim))
+            return self.prims[e.func](self.value(e.args[0], env, ndim))
         row = row_of(e)
         if row is not None:  # any other row of the primitive table: its mpmath semantics, element by element
-            args = [self.eval(a, env, ndim) for a in e.args]
+            args = [self.value(a, env, ndim) for a in e.args]
             if self.mp:
                 return np.frompyfunc(row.reference, len(args), 1)(*args)
             fn = np.vectorize(lambda *xs: float(row.reference(*(mpmath.mpf(float(x)) for x in xs))), otypes=[float])
@@ -345,7 +345,7 @@ class _Evaluator:
         a = self.values[str(e.base)]
         idx = []
         for axis, ix in enumerate(e.indices):
-            v = np.asarray(self.eval(ix, env, ndim))
+            v = np.asarray(self.value(ix, env, ndim))
             if v.dtype.kind not in "iu":
                 raise EvaluatorError(f"index {ix} of {e} is not an integer")
             idx.append(np.clip(v, 0, a.shape[axis + 1] - 1))  # out of range only where a Sum's mask drops it
@@ -354,14 +354,14 @@ class _Evaluator:
 
     def power(self, e: sympy.Pow, env: dict, ndim: int):
         if self.mp:
-            base = np.asarray(self.eval(e.base, env, ndim), dtype=object)
+            base = np.asarray(self.value(e.base, env, ndim), dtype=object)
             ex = e.exp
             if ex == sympy.Rational(1, 2):
                 return self.unary["sqrt"](base)
             if ex.is_Integer:
                 return base ** int(ex)
-            return np.frompyfunc(lambda b, x: b ** x if b >= 0 else mpmath_nan(), 2, 1)(base, self.eval(ex, env, ndim))
-        base = np.asarray(self.eval(e.base, env, ndim), dtype=np.float64)
+            return np.frompyfunc(lambda b, x: b ** x if b >= 0 else mpmath_nan(), 2, 1)(base, self.value(ex, env, ndim))
+        base = np.asarray(self.value(e.base, env, ndim), dtype=np.float64)
         ex = e.exp
         if ex == sympy.Rational(1, 2):
             return np.sqrt(base)
@@ -369,13 +369,13 @@ class _Evaluator:
             return 1.0 / base
         if ex.is_Integer:
             return np.power(base, float(int(ex)))
-        return np.power(base, np.asarray(self.eval(ex, env, ndim), dtype=np.float64))
+        return np.power(base, np.asarray(self.value(ex, env, ndim), dtype=np.float64))
 
     def reduce(self, body, limits: list, env: dict, ndim: int, kind: str):
         """Sum (or log-sum-exp) over the outermost limit: SymPy lists limits innermost first."""
         var, lo_e, hi_e = limits[-1]
-        lo = np.asarray(self.eval(lo_e, env, ndim))
-        hi = np.asarray(self.eval(hi_e, env, ndim))
+        lo = np.asarray(self.value(lo_e, env, ndim))
+        hi = np.asarray(self.value(hi_e, env, ndim))
         lo_min, hi_max = int(lo.min()), int(hi.max())
         sub = {s: v[..., None] if np.ndim(v) else v for s, v in env.items()}
         sub[var] = j = _axis_range(lo_min, max(hi_max + 1, lo_min), ndim, ndim + 1)
@@ -383,7 +383,7 @@ class _Evaluator:
         if len(limits) > 1:  # the inner limits may depend on this one (triangular sums)
             val = self.reduce(body, limits[:-1], sub, ndim + 1, kind)
         else:
-            val = self.eval(body, sub, ndim + 1)
+            val = self.value(body, sub, ndim + 1)
         shape = np.broadcast_shapes(np.shape(val), mask.shape)
         val = np.broadcast_to(val, shape)
         mask = np.broadcast_to(mask, shape)
