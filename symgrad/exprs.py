@@ -13,7 +13,7 @@ import ast
 from dataclasses import dataclass, field
 
 import sympy
-from sympy import Indexed, IndexedBase, Integer, Rational, Sum, Symbol
+from sympy import IndexedBase, Integer, Rational, Sum, Symbol
 from sympy.functions.elementary.piecewise import ExprCondPair
 
 from symgrad.library import BATCH_SIZE, LIBRARY, BatchSum, LogSumExp
@@ -578,10 +578,3 @@ def _describe(node: ast.AST) -> str:
 def make_base(name: str, shape: tuple[int, ...]):
     """An array's SymPy handle: IndexedBase (real) for arrays, a real Symbol for 0-d ones."""
     return Symbol(name, real=True) if not shape else IndexedBase(name, real=True)
-
-
-def reads_of(expr: sympy.Expr, scalar_names: set[str]) -> list:
-    """Every array read in an expression: Indexed objects and the Symbols that stand for 0-d arrays."""
-    out = set(expr.atoms(Indexed))
-    out |= {s for s in expr.atoms(Symbol) if s.name in scalar_names and not s.is_integer}
-    return sorted(out, key=sympy.default_sort_key)

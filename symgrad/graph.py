@@ -51,10 +51,6 @@ class Statement:
     hidden: bool = False  # hoisted by symgrad, not written by the user
     bounds: dict = field(default_factory=dict)  # bound index -> (lo, hi)
 
-    @property
-    def is_lse(self) -> bool:
-        return isinstance(self.body, LogSumExp)
-
 
 @dataclass
 class Recurrence:
@@ -91,9 +87,6 @@ class Program:
     @property
     def inputs(self) -> list[Array]:
         return [a for a in self.arrays.values() if a.kind == "input"]
-
-    def base_to_array(self) -> dict:
-        return {a.base: a for a in self.arrays.values()}
 
 
 def build_program(spec_or_path: Spec | str) -> Program:
