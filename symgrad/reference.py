@@ -21,7 +21,7 @@ import sympy
 from sympy import Indexed, Sum, Symbol
 
 from symgrad.exprs import ArrayRef, Builder, Scope, collect_plain_uses, make_base, parse_source
-from symgrad.library import LogSumExp, log_sigmoid, relu, sigmoid, softplus, step
+from symgrad.library import BATCH_SIZE, BatchSum, LogSumExp, log_sigmoid, relu, sigmoid, softplus, step
 from symgrad.primitives import row_of
 from symgrad.spec import Spec, load_spec
 
@@ -39,6 +39,7 @@ class RefStatement:
     indices: tuple[Symbol, ...]  # one per axis of the statement's value
     shape: tuple[int, ...]
     body: sympy.Expr
+    init: object = None  # a recurrence's state before step 0: a number or an input/param name (docs/spec.md)
 
 
 @dataclass
@@ -86,6 +87,17 @@ def build_reference(spec: Spec | str | Path) -> RefModel:
 
     statements: list[RefStatement] = []
     names = [d.lhs.value.split("[")[0].strip() for d in spec.forward]
+    carried = {}
+    for decl in spec.forward:  # recurrences: readable at an earlier step before (and while) they are defined
+        if decl.init is not None:
+            name = decl.lhs.value.split("[")[0].strip()
+            shp = shape_of(decl.shape)
+            refs[name] = ArrayRef(name, shp, make_base(name, shp))
+            text = str(decl.init.value).strip()
+            try:
+                carried[name] = float(text)
+            except ValueError:
+                carried[name] = text
 
     def build(text: str, later: set[str], current: str | None, lhs: list[str] | None, shape):
         scope = Scope(dict(refs), dims, consts, functions, later, current)
@@ -103,7 +115,7 @@ def build_reference(spec: Spec | str | Path) -> RefModel:
             raise EvaluatorError(f"statement {decl.lhs.value!r}")
         name = m.group(1)
         declared = shape_of(decl.shape) if decl.shape is not None else None
-        later = set(names[pos + 1:])
+        later = set(names[pos + 1:]) - set(carried)
         if m.group(2) is None:
             value, _ = build(decl.expr.value, later, name, None, None)
             indices = tuple(s for s, _ in value.axes)
@@ -113,7 +125,7 @@ def build_reference(spec: Spec | str | Path) -> RefModel:
             value, scope = build(decl.expr.value, later, name, idx, declared)
             indices = tuple(scope.index(p) for p in idx)
             shp = declared if declared is not None else tuple(scope.ranges[p] for p in idx)
-        statements.append(RefStatement(name, indices, shp, value.expr))
+        statements.append(RefStatement(name, indices, shp, value.expr, carried.get(name)))
         refs[name] = ArrayRef(name, shp, make_base(name, shp))
     # the documented name of the loss statement (docs/spec.md): L, or L2, L3, ... when the spec uses that name
     taken = set(refs) | set(spec.dims) | set(spec.constants) | _identifiers_of(spec)
@@ -165,22 +177,49 @@ def _statements(model: RefModel, params: dict, batch: dict | None, constants: di
     consts.update({k: float(v) for k, v in (constants or {}).items()})
     if mp:
         consts = {k: mpmath.mpf(v) for k, v in consts.items()}
-    ev = _Evaluator(values, consts, mp)
+    ev = _Evaluator(values, consts, mp, n or 1)
+    ev.carried = {st.name: st.init for st in model.statements if st.init is not None}
     out = {}
+
+    def run(st):
+        ndim = 1 + len(st.indices)
+        env = {}
+        for axis, (sym, size) in enumerate(zip(st.indices, st.shape, strict=True)):
+            env[sym] = _axis_range(0, size, axis + 1, ndim)
+        res = np.asarray(ev.value(st.body, env, ndim), dtype=object if mp else np.float64)
+        lead = res.shape[0] if res.ndim == ndim else 1
+        val = np.broadcast_to(res, (lead, *st.shape)).copy()
+        if n is not None and lead == 1 and st.name == model.loss_name:
+            val = np.broadcast_to(val, (n,)).copy()
+        values[st.name] = val
+        out[st.name] = val.astype(np.float64) if mp else val
+
     with np.errstate(all="ignore"):
-        for st in model.statements:
-            ndim = 1 + len(st.indices)
-            env = {}
-            for axis, (sym, size) in enumerate(zip(st.indices, st.shape, strict=True)):
-                env[sym] = _axis_range(0, size, axis + 1, ndim)
-            res = np.asarray(ev.value(st.body, env, ndim), dtype=object if mp else np.float64)
-            lead = res.shape[0] if res.ndim == ndim else 1
-            val = np.broadcast_to(res, (lead, *st.shape)).copy()
-            if n is not None and lead == 1 and st.name == model.loss_name:
-                val = np.broadcast_to(val, (n,)).copy()
-            values[st.name] = val
-            out[st.name] = val.astype(np.float64) if mp else val
+        pos = 0
+        while pos < len(model.statements):
+            st = model.statements[pos]
+            pending = [c for c in ev.carried if c not in values and _reads(st.body, c)]
+            if not pending:
+                run(st)
+                pos += 1
+                continue
+            # a recurrence: the statements up to the last carried one they read, evaluated whole again and again
+            # (Jacobi): after k sweeps steps 0..k-1 are exact, so T + 1 sweeps give every step as written
+            end = max(k for k, x in enumerate(model.statements) if x.name in pending)
+            region = model.statements[pos:end + 1]
+            for c in pending:
+                shape = next(x.shape for x in region if x.name == c)
+                values[c] = np.zeros((n or 1, *shape), dtype=object if mp else np.float64)
+            steps = max(x.shape[0] for x in region if x.name in ev.carried)
+            for _ in range(steps + 1):
+                for x in region:
+                    run(x)
+            pos = end + 1
     return out
+
+
+def _reads(body, name: str) -> bool:
+    return any(str(r.base) == name for r in body.atoms(Indexed))
 
 
 def mpmath_nan():
@@ -270,10 +309,12 @@ class _Evaluator:
     """Recursive walk: SymPy node -> NumPy value. Values are scalars or arrays of exactly `ndim` axes: axis 0 is
     the batch (size B, or 1 for what does not depend on a sample), one more axis per open index."""
 
-    def __init__(self, values: dict[str, np.ndarray], constants: dict, mp: bool = False):
+    def __init__(self, values: dict[str, np.ndarray], constants: dict, mp: bool = False, batch: int = 1):
         self.values = values
         self.constants = constants
         self.mp = mp
+        self.batch = batch  # the mini-batch's size: what batch_sum sums over and |B| stands for
+        self.carried: dict = {}  # recurrence -> its init
         self.unary, self.prims = (_mp_tables() if mp else (_UNARY, _PRIMS))
 
     def value(self, e, env: dict, ndim: int):
@@ -322,6 +363,10 @@ class _Evaluator:
             return self.unary[e.func](arg if self.mp else np.asarray(arg, dtype=np.float64))
         if e.func in self.prims:
             return self.prims[e.func](self.value(e.args[0], env, ndim))
+        if isinstance(e, BatchSum):  # over the mini-batch: one value per batch (lead axis 1)
+            v = np.asarray(self.value(e.args[0], env, ndim))
+            v = v.reshape((1,) * (ndim - v.ndim) + v.shape) if v.ndim < ndim else v
+            return v.sum(axis=0, keepdims=True) if v.shape[0] > 1 else v * self.batch
         row = row_of(e)
         if row is not None:  # any other row of the primitive table: its mpmath semantics, element by element
             args = [self.value(a, env, ndim) for a in e.args]
@@ -334,6 +379,8 @@ class _Evaluator:
     def symbol(self, s: Symbol, env: dict, ndim: int):
         if s in env:
             return env[s]
+        if s == BATCH_SIZE:
+            return self.batch
         if s.is_integer:
             raise EvaluatorError(f"index {s} is not bound here")
         if s.name in self.constants and s.name not in self.values:
@@ -343,14 +390,26 @@ class _Evaluator:
 
     def indexed(self, e: Indexed, env: dict, ndim: int):
         a = self.values[str(e.base)]
-        idx = []
+        idx, raw = [], []
         for axis, ix in enumerate(e.indices):
             v = np.asarray(self.value(ix, env, ndim))
             if v.dtype.kind not in "iu":
                 raise EvaluatorError(f"index {ix} of {e} is not an integer")
+            raw.append(v)
             idx.append(np.clip(v, 0, a.shape[axis + 1] - 1))  # out of range only where a Sum's mask drops it
         lead = np.arange(a.shape[0]).reshape((a.shape[0],) + (1,) * (ndim - 1)) if a.shape[0] > 1 else 0
-        return a[(lead, *idx)]
+        got = a[(lead, *idx)]
+        name = str(e.base)
+        if name in self.carried:  # a recurrence read before its first step is its init
+            init = self.carried[name]
+            if isinstance(init, str):
+                b = self.values[init]
+                lead_b = np.arange(b.shape[0]).reshape((b.shape[0],) + (1,) * (ndim - 1)) if b.shape[0] > 1 else 0
+                before = b[(lead_b, *idx[1:])] if b.ndim > 1 else b.reshape((b.shape[0],) + (1,) * (ndim - 1))
+            else:
+                before = init
+            return np.where(raw[0] < 0, before, got)
+        return got
 
     def power(self, e: sympy.Pow, env: dict, ndim: int):
         if self.mp:

@@ -75,3 +75,15 @@ def test_cuda_refuses_batch_statistics_in_one_line(tmp_path):
     path.write_text(SPEC)
     with pytest.raises(SpecError, match="CPU backend only"):
         render_cuda_module(str(path))
+
+
+def test_reference_evaluator_reduces_over_the_batch(tmp_path):
+    from symgrad.reference import build_reference, reference_loss
+
+    path = tmp_path / "bn.yaml"
+    path.write_text(SPEC)
+    model = build_reference(str(path))
+    rng = np.random.default_rng(2)
+    p = {"W": rng.normal(size=(4, 3)), "g": rng.normal(size=4), "be": rng.normal(size=4), "v": rng.normal(size=4)}
+    x, y = rng.normal(size=(6, 3)), rng.normal(size=6)
+    assert reference_loss(model, p, {"x": x, "y": y}) == pytest.approx(_ref(p, x, y), rel=1e-12)
