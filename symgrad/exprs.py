@@ -396,7 +396,7 @@ class Builder:
                 args = [self.condition(node.args[0])] + [self.build(a) for a in node.args[1:]]
             else:
                 args = [self.build(a) for a in node.args]
-            return self.elementwise(lambda *a: fn(*a), args, f"{name}(...)")
+            return self.elementwise(lambda *a: _apply(fn, a), args, f"{name}(...)")
         raise ExprError(f"unknown function {name!r}")
 
     def reduction(self, name: str, args: list[ast.AST]) -> TExpr:
@@ -565,6 +565,17 @@ _CONDITION_ONLY = ("a comparison or and/or/not is allowed only as a condition: w
 
 def _count(n: int) -> str:
     return {1: "one argument", 2: "two arguments", 3: "three arguments"}.get(n, f"{n} arguments")
+
+
+def _apply(fn, args):
+    """fn(*args); Max/Min of constants SymPy cannot order (Max(relu(logsumexp(0)), 1.5)) stay unevaluated instead
+    of raising "not comparable": their value is decided at run time like any other Max."""
+    try:
+        return fn(*args)
+    except (TypeError, ValueError):
+        if fn in (sympy.Max, sympy.Min):
+            return fn(*args, evaluate=False)
+        raise
 
 
 def _describe(node: ast.AST) -> str:
