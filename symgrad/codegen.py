@@ -8,6 +8,7 @@ The printer owns the maths (STYLE.md 3): scalar bodies, stable primitives, index
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import jinja2
@@ -16,8 +17,9 @@ from sympy import Indexed, Symbol
 from sympy.printing.pycode import PythonCodePrinter
 
 import symgrad
+from symgrad import codetext
 from symgrad.derive import Loop, derive
-from symgrad.errors import CodegenError
+from symgrad.errors import CodegenError, SpecError
 from symgrad.graph import Program, build_program
 from symgrad.library import PRIMITIVES
 from symgrad.lower import BATCH, GSCALE, Fill, Gemm, KernelIR, LoopNest, lower, stable_rewrites
@@ -70,10 +72,12 @@ class KernelPrinter(PythonCodePrinter):
         return f"{name}[{', '.join(idx)}]"
 
     def _print_Rational(self, expr):
-        return repr(float(expr))
+        return _float_literal(float(expr))
 
     def _print_Integer(self, expr):
-        return str(int(expr))
+        n = int(expr)
+        # beyond 2**53 an integer is a float to Numba anyway, and beyond int64 Numba refuses the literal
+        return str(n) if abs(n) <= 2**53 else _float_literal(float(expr))
 
     def _print_Pow(self, expr, rational=False):
         base, exp = expr.args
@@ -87,7 +91,7 @@ class KernelPrinter(PythonCodePrinter):
         if exp == -sympy.Rational(1, 2):
             return f"1.0/math.sqrt({self._print(base)})"
         if exp.is_Integer:
-            return f"{b}**{int(exp)}"
+            return f"{b}**{self._print_Integer(exp)}"
         return f"{b}**{self.parenthesize(exp, sympy.printing.precedence.PRECEDENCE['Pow'])}"
 
     def _helper(self, name: str, args, dtype_aware: bool) -> str:
@@ -154,6 +158,16 @@ class KernelPrinter(PythonCodePrinter):
 
     def _print_Min(self, expr):
         return self._nested("min", expr.args)
+
+
+def _float_literal(x: float) -> str:
+    """A float as code: a constant folded by SymPy past float64 (2 * 1e308 in a derivative) is what float
+    arithmetic gives too, an infinity; `repr` would print the undefined name `inf`."""
+    if x != x:
+        return "math.nan"
+    if x in (math.inf, -math.inf):
+        return "math.inf" if x > 0 else "(-math.inf)"
+    return repr(x)
 
 
 class _Lines:
@@ -387,10 +401,33 @@ class KernelWriter:
 
 
 def _env(backend: str) -> jinja2.Environment:
-    return jinja2.Environment(
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES / backend)),
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
         autoescape=False)
+    env.filters.update(codetext.FILTERS)  # the one path for spec text into code (symgrad/codetext.py)
+    return env
+
+
+def check_names(prog: Program) -> None:
+    """Every spec name is written bare into code: refuse (as a bug) anything that is not a plain identifier."""
+    for name in [prog.spec.name, *prog.arrays, *prog.constants]:
+        codetext.identifier(name)
+
+
+def finish_module(text: str, spec_path: str) -> str:
+    """Compile check, then the body digest stamped into the header (`symgrad.load` verifies it before import)."""
+    from symgrad.loader import stamp
+
+    try:
+        compile(text, f"<generated from {spec_path}>", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        if "nested blocks" in str(exc.msg):
+            raise SpecError("the spec needs loops nested deeper than Python allows (20); use fewer axes "
+                            "in one statement", spec_path, 1) from None
+        raise CodegenError(f"generated module for {spec_path} does not compile: {exc.msg} "
+                           f"(line {exc.lineno})") from None
+    return stamp(text)
 
 
 def spec_metadata(prog: Program) -> dict:
@@ -419,6 +456,7 @@ def _init_text(init: tuple) -> str:
 def render_module(spec_path: str, display_path: str | None = None) -> str:
     """The full text of generated/<name>.py for one spec."""
     prog = build_program(spec_path)
+    check_names(prog)
     d = derive(prog)
     ir = lower(d)
     w = KernelWriter(ir)
@@ -477,13 +515,14 @@ def render_module(spec_path: str, display_path: str | None = None) -> str:
         text = _env("cpu").get_template("module.py.j2").render(**ctx)
     except jinja2.TemplateError as exc:
         raise CodegenError(f"template error while generating {spec_path}: {exc}") from exc
-    return text
+    return finish_module(text, spec_path)
 
 
 def _docwrap(text: str) -> str:
+    """Wrapped for reading; escaping is the template's `doc` filter (codetext.doc_text), never done here."""
     import textwrap
 
-    return "\n".join(textwrap.wrap(text.replace('"' * 3, "'" * 3), 100)) or text
+    return "\n".join(textwrap.wrap(text, 100)) or text
 
 
 def _uses(text: str, name: str) -> bool:
@@ -508,6 +547,8 @@ def _pyrepr(obj, indent: int = 4, level: int = 1) -> str:
         import textwrap
 
         pad = " " * (indent * level)
-        chunks = textwrap.wrap(obj, 76, drop_whitespace=False)
-        return "(\n" + "\n".join(f"{pad}    {c!r}" for c in chunks) + f"\n{pad})"
-    return repr(obj)
+        chunks = textwrap.wrap(obj, 76, drop_whitespace=False, replace_whitespace=False, expand_tabs=False)
+        if "".join(chunks) != obj:  # the literal must be the text exactly
+            chunks = [obj[i:i + 76] for i in range(0, len(obj), 76)]
+        return "(\n" + "\n".join(f"{pad}    {codetext.py_literal(c)}" for c in chunks) + f"\n{pad})"
+    return codetext.py_literal(obj)

@@ -30,6 +30,8 @@ from symgrad.codegen import (
     _env,
     _Lines,
     _pyrepr,
+    check_names,
+    finish_module,
     spec_metadata,
 )
 from symgrad.derive import Loop, derive
@@ -276,6 +278,7 @@ def _template_env() -> jinja2.Environment:
 def render_cuda_module(spec_path: str, display_path: str | None = None) -> str:
     """The full text of generated/<name>_cuda.py for one spec."""
     prog = build_program(spec_path)
+    check_names(prog)
     d = derive(prog)
     ir = lower(d)
     fw = CudaKernelWriter(ir, "fwd")
@@ -337,4 +340,4 @@ def render_cuda_module(spec_path: str, display_path: str | None = None) -> str:
         text = _template_env().get_template("module.py.j2").render(**ctx)
     except jinja2.TemplateError as exc:
         raise CodegenError(f"template error while generating CUDA module for {spec_path}: {exc}") from exc
-    return text
+    return finish_module(text, spec_path)

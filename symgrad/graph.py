@@ -9,6 +9,7 @@ hidden statement of its own, so its value is stored for the backward pass instea
 from __future__ import annotations
 
 import ast
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -21,6 +22,8 @@ from symgrad.library import ELEMENTWISE, INITS, LIBRARY, LogSumExp
 from symgrad.spec import Spec, Text, load_spec
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+MAX_AXES = 16  # Python nests at most 20 blocks; batch + axes + reduction loops must fit
+MAX_ELEMENTS = 2**31  # per array and sample: beyond this no buffer can be allocated anyway
 _FUNC_SIG = re.compile(rf"^\s*({_NAME})\s*\(\s*({_NAME}(\s*,\s*{_NAME})*)?\s*\)\s*$")
 
 
@@ -110,6 +113,14 @@ class _GraphBuilder:
             if n <= 0:
                 raise self.err(f"size {n} in the shape of {what} must be positive", t.line)
             out.append(n)
+        line = items[0].line if items else 1
+        if len(out) > MAX_AXES:
+            raise self.err(f"{what} has {len(out)} axes; at most {MAX_AXES} (each axis is a nested loop)", line)
+        total = 1
+        for n in out:
+            total *= n
+        if total > MAX_ELEMENTS:
+            raise self.err(f"{what} has {total:.3g} elements per sample; at most {MAX_ELEMENTS:.3g} (2**31)", line)
         return tuple(out)
 
     def declare(self, name: str, line: int) -> None:
@@ -178,9 +189,12 @@ class _GraphBuilder:
         text = str(t.value).strip()
         try:
             node = ast.parse(text, mode="eval").body
-        except SyntaxError:
-            raise self.err(f"init {text!r} of {pname} is not valid", t.line) from None
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            raise self.err(f"init {text[:60]!r} of {pname} is not valid", t.line) from None
         num = _number(node)
+        nums = [num] + [_number(a) for a in getattr(node, "args", [])]
+        if any(v is not None and not math.isfinite(v) for v in nums):
+            raise self.err(f"init {text[:40]!r} of {pname} is not a finite float64 number", t.line)
         if num is not None:
             return ("constant", (num,))
         if isinstance(node, ast.Name) and node.id in INITS:
@@ -459,7 +473,10 @@ def _number(node: ast.AST) -> float | None:
         v = _number(node.operand)
         return None if v is None else (-v if isinstance(node.op, ast.USub) else v)
     if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
-        return float(node.value)
+        try:
+            return float(node.value)
+        except OverflowError:  # a 400-digit integer: refused by the caller as not finite
+            return math.inf
     return None
 
 
