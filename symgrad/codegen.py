@@ -200,6 +200,7 @@ class KernelWriter:
         self.scalars0d = {a.name for a in prog.arrays.values() if not a.shape}
         self.scalars0d |= {f"{n}_bar" for n in self.scalars0d}
         self.const_locals = {sym: name for name, (_, sym) in prog.constants.items()}
+        self._printer_names: dict | None = None
         self.tmp = 0
         # loop variables must not shadow arrays, constants, helpers or modules the kernel uses
         self.reserved = {a.name for a in prog.arrays.values()} | set(prog.constants) | {
@@ -207,10 +208,13 @@ class KernelWriter:
             "range", "l", "O", "I"} | {f"{a.name}_bar" for a in prog.arrays.values()}
 
     def printer(self, loopvars: dict, extra: dict | None = None) -> KernelPrinter:
-        names = dict(self.names)
-        for a in self.prog.arrays.values():
-            names[sympy.IndexedBase(f"{a.name}_bar", real=True)] = f"{a.name}_bar"
-            names[Symbol(f"{a.name}_bar", real=True)] = f"{a.name}_bar"
+        if self._printer_names is None:  # built once: rebuilding it per call made rendering quadratic
+            names = dict(self.names)
+            for a in self.prog.arrays.values():
+                names[sympy.IndexedBase(f"{a.name}_bar", real=True)] = f"{a.name}_bar"
+                names[Symbol(f"{a.name}_bar", real=True)] = f"{a.name}_bar"
+            self._printer_names = names
+        names = self._printer_names  # shared, read-only in the printer
         locs = dict(self.const_locals)
         locs.update(extra or {})
         return self.printer_class(names, self.batched, self.scalars0d, loopvars, locs)
@@ -261,17 +265,32 @@ class KernelWriter:
 
     def fuse(self, ops: list) -> list[list]:
         groups: list[list] = []
+        state: tuple[dict, set] = ({}, set())  # the last group's writes and read names, kept as it grows
         for op in ops:
             last = groups[-1] if groups else None
             if isinstance(op, LoopNest) and last and isinstance(last[0], LoopNest):
-                renamed = self._fusable(last, op)
+                renamed = self._fusable(last, op, state)
                 if renamed is not None:
                     last.append(renamed)
+                    self._grow(state, renamed)
                     continue
             groups.append([op])
+            state = ({}, set())
+            if isinstance(op, LoopNest):
+                self._grow(state, op)
         return groups
 
-    def _fusable(self, group: list, op: LoopNest):
+    def _grow(self, state: tuple[dict, set], op: LoopNest) -> None:
+        """Add one nest to a group's state (linear fusion: a group is never rescanned per candidate)."""
+        name, idx, own = self._written_index(op)
+        state[0][name] = (idx, own)
+        state[1].update(r for r, _ in self._reads(op))
+
+    def _fusable(self, group: list, op: LoopNest, state: tuple[dict, set] | None = None):
+        if state is None:
+            state = ({}, set())
+            for g in group:
+                self._grow(state, g)
         head = group[0]
         if len(op.outer) != len(head.outer):
             return None
@@ -286,17 +305,12 @@ class KernelWriter:
         renamed = LoopNest(head.outer, [Loop(lp.var, lp.lo.xreplace(ren), lp.hi.xreplace(ren)) for lp in op.inner],
                            op.target.xreplace(ren), op.expr.xreplace(ren), op.mode, op.reduce,
                            op.init.xreplace(ren) if isinstance(op.init, sympy.Basic) else op.init, op.comment)
-        writes = {}
-        for g in group:
-            name, idx, own = self._written_index(g)
-            if name in writes and writes[name] != (idx, own):
-                return None
-            writes[name] = (idx, own)
+        writes, read_names = state  # consistent by construction: each append was checked against them
         for name, idx in self._reads(renamed):  # read-after-write: only this iteration's own element
             if name in writes and not (writes[name][1] and writes[name][0] == idx):
                 return None
         name, idx, own = self._written_index(renamed)
-        if any(r == name for g in group for r, _ in self._reads(g)):
+        if name in read_names:
             return None  # write-after-read: an earlier nest still reads what this one writes
         if name in writes and not (own and writes[name] == (idx, True)):
             return None
@@ -477,15 +491,16 @@ def render_module(spec_path: str, display_path: str | None = None) -> str:
         off += size
     fwd_text = "\n".join(x for x in forward_lines if not x.lstrip().startswith("#"))
     bwd_text = "\n".join(x for x in backward_lines if not x.lstrip().startswith("#"))
+    fwd_names, bwd_names = _names_in(fwd_text), _names_in(bwd_text)
     for p in params:
-        p["in_forward"] = _uses(fwd_text, p["name"])
-        p["in_backward"] = _uses(bwd_text, p["name"])
+        p["in_forward"] = p["name"] in fwd_names
+        p["in_backward"] = p["name"] in bwd_names
     stmts = [{"name": st.name, "shape": st.shape or (1,), "user_shape": tuple(st.shape), "batched": st.batched}
              for st in prog.statements]
     adjoints = [{"name": b.name, "shape": b.shape or (1,), "user_shape": tuple(b.shape), "batched": b.batched}
                 for b in ir.adjoint_buffers]
     inputs = [{"name": a.name, "shape": tuple(a.shape), "sample": a.sample} for a in prog.inputs]
-    consts = [{"name": n, "index": k, "default": v, "in_forward": _uses(fwd_text, n), "in_backward": _uses(bwd_text, n)}
+    consts = [{"name": n, "index": k, "default": v, "in_forward": n in fwd_names, "in_backward": n in bwd_names}
               for k, (n, (v, _)) in enumerate(prog.constants.items())]
     raw = Path(spec_path).read_bytes()
     ctx = {
@@ -525,10 +540,11 @@ def _docwrap(text: str) -> str:
     return "\n".join(textwrap.wrap(text, 100)) or text
 
 
-def _uses(text: str, name: str) -> bool:
+def _names_in(text: str) -> set[str]:
+    """Every bare name in code text (not an attribute): one scan answers "is name used?" for all names."""
     import re
 
-    return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text) is not None
+    return set(re.findall(r"(?<![\w.])[A-Za-z_]\w*", text))
 
 
 def _pyrepr(obj, indent: int = 4, level: int = 1) -> str:

@@ -29,6 +29,7 @@ from symgrad.codegen import (
     KernelWriter,
     _env,
     _Lines,
+    _names_in,
     _pyrepr,
     check_names,
     finish_module,
@@ -238,16 +239,16 @@ class CudaKernelWriter(KernelWriter):
         return [lp for lp in par if lp.var in bare]
 
     def _emit(self, comment: str, body: list[str], threads: str, out: _Lines) -> None:
-        text = "\n".join(body)
-        args = [n for n in self.array_names if _uses(text, n)]
+        used = _names_in("\n".join(body))  # one scan per kernel, not one per array (linear in the spec)
+        args = [n for n in self.array_names if n in used]
         pre = []
-        used_consts = [(k, c) for k, c in enumerate(self.constants) if _uses(text, c)]
+        used_consts = [(k, c) for k, c in enumerate(self.constants) if c in used]
         if used_consts:
             args.append("_consts")
             pre = [f"    {c} = _consts[{k}]" for k, c in used_consts]
-        if _uses(text, "_gscale"):
+        if "_gscale" in used:
             args.append("_gscale")
-        if _uses(text, "_B"):
+        if "_B" in used:
             args.append("_B")
         name = f"_k{self.first + len(self.kernels):02d}_{self.prefix}"
         self.kernels.append(CudaKernel(name, args, pre + body, threads, comment))
@@ -263,12 +264,6 @@ def _extent_estimate(loops: list[Loop]) -> int:
     for lp in loops:
         n *= int(sympy.expand(lp.hi - lp.lo + 1).subs(B_SYM, BATCH_ESTIMATE))
     return n
-
-
-def _uses(text: str, name: str) -> bool:
-    import re
-
-    return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text) is not None
 
 
 def _template_env() -> jinja2.Environment:

@@ -180,10 +180,8 @@ class _GraphBuilder:
         return Program(s, dict(s.dims), self.arrays, constants, self.statements, outputs, loss_name)
 
     def base_array(self, base) -> Array | None:
-        for a in self.arrays.values():
-            if a.base == base:
-                return a
-        return None
+        a = self.arrays.get(getattr(base, "name", str(base)))  # by name: a scan per read was quadratic
+        return a if a is not None and a.base == base else None
 
     def parse_init(self, t: Text, pname: str) -> tuple:
         text = str(t.value).strip()
@@ -242,7 +240,13 @@ class _GraphBuilder:
         return out
 
     def scope(self, later: set[str], current: str | None = None) -> Scope:
-        refs = {n: ArrayRef(n, a.shape, a.base) for n, a in self.arrays.items()}
+        # one ArrayRef per array, kept across statements (arrays only grow): rebuilding all per statement was
+        # quadratic in the spec's size; scopes only read it
+        refs = self.__dict__.setdefault("_refs", {})
+        if len(refs) != len(self.arrays):
+            for n, a in self.arrays.items():
+                if n not in refs:
+                    refs[n] = ArrayRef(n, a.shape, a.base)
         consts = {n: sym for n, (_, sym) in self.constants.items()}
         return Scope(refs, dict(self.spec.dims), consts, self.functions, later, current)
 
@@ -510,8 +514,8 @@ def check_ranges(expr: sympy.Expr, scope: Scope, arrays: dict) -> None:
         if name in scope.ranges:
             bounds.setdefault(sym, (Integer(0), Integer(scope.ranges[name] - 1)))
     for read in expr.atoms(Indexed):
-        arr = next((a for a in arrays.values() if a.base == read.base), None)
-        if arr is None:
+        arr = arrays.get(read.base.name)
+        if arr is None or arr.base != read.base:
             continue
         for axis, ix in enumerate(read.indices):
             try:

@@ -282,7 +282,7 @@ class Trainer:
         t0 = self.step_count
         inputs = self._inputs(batches, n_steps, batch_size)
         with blas.limit(blas.threads_for(int(self.theta.size), batch_size)):
-            losses, n_done = self._train_epoch_call(t0, n_steps, batch_size, inputs)
+            losses, n_done = _interruptible(self, lambda: self._train_epoch_call(t0, n_steps, batch_size, inputs))
         n_done = int(n_done)
         self.step_count = t0 + n_done
         objectives = np.asarray(self.objective(np.asarray(losses[:n_done], np.float64), batch_size))
@@ -474,6 +474,41 @@ def _on_root(dist: Any, what: str, fn: Callable[..., Any], *args: Any) -> None:
         fn(*args)
     else:
         dist.on_root(what, fn, *args)
+
+
+def _interruptible(trainer: Any, call: Callable[[], Any]) -> Any:
+    """Run one compiled call so that Ctrl-C stops it promptly (issue 12: a 5-deep sum ignored SIGINT).
+
+    Python runs signal handlers only between bytecodes, and a Numba kernel is one long call. So the call runs in a
+    daemon thread (the kernels are compiled `nogil=True`) while the main thread waits in short, interruptible
+    joins. On KeyboardInterrupt the trainer gets back the parameters and optimizer state from before the call
+    (the abandoned kernel finishes writing into arrays nobody reads; at exit the daemon thread is dropped), and
+    the interrupt propagates. Off the main thread, where no SIGINT arrives, the call runs directly.
+    """
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return call()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["out"] = call()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["exc"] = exc
+
+    theta, state = trainer.theta.copy(), trainer.opt_state.copy()
+    worker = threading.Thread(target=run, name="symgrad-kernel", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        trainer.theta, trainer.opt_state, trainer.grad = theta, state, np.zeros_like(trainer.grad)
+        raise
+    if "exc" in box:
+        raise box["exc"]
+    return box["out"]
 
 
 def train(
