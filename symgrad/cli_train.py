@@ -122,18 +122,30 @@ def _run(
         )
     except TrainingDiverged as exc:
         if out is not None and exc.params is not None and root:
-            np.savez(out, **exc.params)
+            _save_npz(out, exc.params)
             echo(f"last good parameters saved to {out}", err=True)
         raise
     if not root:  # rank 0 alone reports and writes files
         return
     click.echo(f"trained {result.steps} steps in {result.train_time:.2f} s")
     if out is not None:
-        np.savez(out, **result.params)
+        _save_npz(out, result.params)
         click.echo(f"parameters saved to {out}")
     if plot is not None:
         _plot(plot, result.history, result.val_history, name)
         click.echo(f"loss plot saved to {plot}")
+
+
+def _save_npz(out: str, arrays: dict) -> None:
+    """np.savez's file, written atomically (loader.write_atomic: fresh temporary, rename, never through a link).
+    The name is np.savez's: `.npz` appended when missing."""
+    import io
+
+    from symgrad.loader import write_atomic
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_atomic(out if str(out).endswith(".npz") else f"{out}.npz", buf.getvalue())
 
 
 @click.command("train")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from symgrad.derive import Derivation
 from symgrad.display import derivation_lines
+from symgrad.loader import write_atomic
 
 TITLES = {"forward": "Forward (one sample)", "backward": "Backward: adjoints (v̄ = ∂ℓ/∂v)",
           "gradient": "Gradients of the objective"}
@@ -53,9 +54,10 @@ def _png(lines, out: str, name: str) -> None:
             fig.text(0.01, y, text, fontsize=11, weight="bold", va="top")
         else:
             fig.text(0.03, y, f"${_mathtext(text)}$", fontsize=11, va="top")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
+    write_atomic(Path(out), buf.getvalue())
 
 
 def _svg(text: str) -> str:
@@ -78,5 +80,4 @@ def _html(lines, out: str, name: str) -> None:
             current = section
         parts.append(f"<div class='eq'>{_svg(text)}<pre>{html.escape(text)}</pre></div>")
     parts.append("</body></html>")
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    Path(out).write_text("\n".join(parts), encoding="utf-8")
+    write_atomic(Path(out), "\n".join(parts))
