@@ -120,7 +120,8 @@ class _GraphBuilder:
         for n in out:
             total *= n
         if total > MAX_ELEMENTS:
-            raise self.err(f"{what} has {total:.3g} elements per sample; at most {MAX_ELEMENTS:.3g} (2**31)", line)
+            digits = len(str(total))
+            raise self.err(f"{what} has about 10**{digits - 1} elements per sample; at most 2**31", line)
         return tuple(out)
 
     def declare(self, name: str, line: int) -> None:

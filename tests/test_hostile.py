@@ -293,6 +293,7 @@ BAD = {
     "nested_squares": ('functions: {"f(x)": "x*x"}\nparams: {w: []}\nloss: w*' + "f(" * 30 + "1.0000001"
                        + ")" * 30, 4, "precision"),
     "huge_shape": ("params: {w: [1000000000, 1000000000, 1000000000]}\nloss: sum(w)", 2, "elements"),
+    "shape_400_digits": ("params: {w: [" + "9" * 400 + "]}\nloss: sum(w)", 2, "elements"),
     "axes_21": ("params: {w: [" + ", ".join(["1"] * 21) + "]}\nloss: sum(w)", 2, "axes"),
     "param_300_chars": ("params: {" + "w" * 300 + ": []}\nloss: w", 2, "longer"),
     "param_trailing_newline": ('params: {"w\\n": []}\nloss: w', 2, "identifier"),
