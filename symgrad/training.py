@@ -483,12 +483,18 @@ def _interruptible(trainer: Any, call: Callable[[], Any]) -> Any:
     daemon thread (the kernels are compiled `nogil=True`) while the main thread waits in short, interruptible
     joins. On KeyboardInterrupt the trainer gets back the parameters and optimizer state from before the call
     (the abandoned kernel finishes writing into arrays nobody reads; at exit the daemon thread is dropped), and
-    the interrupt propagates. Off the main thread, where no SIGINT arrives, the call runs directly.
+    the interrupt propagates. Off the main thread, where no SIGINT arrives, the call runs directly; so does a call
+    whose predecessor took under 20 ms (Python sees Ctrl-C between such calls, and tiny steps skip the thread).
     """
     import threading
 
-    if threading.current_thread() is not threading.main_thread():
-        return call()
+    last = getattr(trainer, "_last_call_s", None)
+    if threading.current_thread() is not threading.main_thread() or (last is not None and last < 0.02):
+        t0 = time.perf_counter()
+        out = call()
+        trainer._last_call_s = time.perf_counter() - t0
+        return out
+    t0 = time.perf_counter()
     box: dict[str, Any] = {}
 
     def run() -> None:
@@ -506,6 +512,7 @@ def _interruptible(trainer: Any, call: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:
         trainer.theta, trainer.opt_state, trainer.grad = theta, state, np.zeros_like(trainer.grad)
         raise
+    trainer._last_call_s = time.perf_counter() - t0
     if "exc" in box:
         raise box["exc"]
     return box["out"]
