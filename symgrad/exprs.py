@@ -228,6 +228,8 @@ class Builder:
     # -- operators -------------------------------------------------------------------------------------
     def _UnaryOp(self, node: ast.UnaryOp) -> TExpr:
         x = self.build(node.operand)
+        if isinstance(node.op, ast.USub | ast.UAdd):
+            _number_only(x, "a sign (-x)")
         if isinstance(node.op, ast.USub):
             return TExpr(-x.expr, x.axes, x.named)
         if isinstance(node.op, ast.UAdd):
@@ -325,9 +327,9 @@ class Builder:
                 if not _is_index_name(lim.elts[0].id, s) and lim.elts[0].id not in s.index_syms:
                     raise ExprError(f"{lim.elts[0].id!r} is declared as something else and cannot be a Sum index")
                 limits.append((lim.elts[0].id, self._affine(lim.elts[1]), self._affine(lim.elts[2])))
-            body = self.build(args[0])
+            body = _number_only(self.build(args[0]), f"{name}(...)")
             return self._bind(body, limits)
-        body = self.build(args[0])
+        body = _number_only(self.build(args[0]), f"{name}(...)")
         if len(args) == 1:
             if not body.axes:
                 if name == "mean":
@@ -416,6 +418,8 @@ class Builder:
         return TExpr(value, axes, frozenset(named))
 
     def matmul(self, a: TExpr, b: TExpr) -> TExpr:
+        _number_only(a, "@")
+        _number_only(b, "@")
         if not a.axes or not b.axes or len(a.axes) > 2 or len(b.axes) > 2:
             raise ExprError("@ needs a matrix or vector on each side")
         (ka, na), (kb, nb) = a.axes[-1], b.axes[0]
@@ -463,6 +467,14 @@ def bound_number(e: sympy.Expr) -> None:
                         "as a decimal number")
     if _log10_abs(n) > _MAX_LOG10:
         raise ExprError(f"the literal value {_short(n)} is outside float64's range (|x| < 1.8e308)")
+
+
+def _number_only(t: TExpr, what: str) -> TExpr:
+    """A condition where a number is needed: one clear refusal instead of SymPy's TypeError."""
+    if _is_condition(t.expr):
+        raise ExprError(f"a condition (comparison, not, and, or) is true or false, not a number, so it cannot be "
+                        f"used in {what}; write Piecewise((1, cond), (0, True))")
+    return t
 
 
 def _is_condition(e: object) -> bool:

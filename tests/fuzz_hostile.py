@@ -224,12 +224,16 @@ def run_one(index: int, seed: int, work: Path) -> tuple[str, str, str]:
     outcome, detail = _cli(["derive", str(spec)])
     if outcome != "ok":
         return "derive", outcome, detail
-    outcome, detail = _cli(["build", str(spec), "--out", str(out)])
+    outcome, detail = _cli(["build", str(spec), "--out", str(out), "--target", "all"])  # CPU and CUDA text
     if outcome != "ok":
         return "build", outcome, detail
-    built = list(out.glob("*.py"))
-    if len(built) != 1:
-        return "build", "traceback", f"build wrote {len(built)} files"
+    built = [p for p in out.glob("*.py") if not p.name.endswith("_cuda.py")]
+    if len(built) != 1 or len(list(out.glob("*_cuda.py"))) != 1:
+        return "build", "traceback", f"build wrote {sorted(p.name for p in out.iterdir())}"
+    try:
+        compile((list(out.glob("*_cuda.py"))[0]).read_text(encoding="utf-8"), "cuda", "exec")
+    except SyntaxError as exc:
+        return "build", "traceback", f"CUDA module does not compile: {exc.msg}"
     outcome, detail = _load(built[0])
     return "load", outcome, detail
 
@@ -257,7 +261,7 @@ def campaign(n: int, seed: int, save: Path | None, only: int | None = None, quie
                 counts[f"{stage}:{outcome}"] += 1
                 if outcome in FAILURES:
                     shadow = SHADOWING.search((work / f"m{i}.yaml").read_text(errors="replace"))
-                    tag = "[name shadows generated code] " if shadow and stage == "load" else ""
+                    tag = "[name shadows generated code] " if shadow and stage in ("load", "build") else ""
                     classes[f"{tag}{stage} {outcome}: {detail}"].append(i)
                     if save is not None:
                         save.mkdir(parents=True, exist_ok=True)

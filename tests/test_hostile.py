@@ -289,6 +289,10 @@ BAD = {
     "not_plus": ("params: {w: []}\nloss: (not w) + w", 3, "condition"),
     "comparison_in_exp": ("params: {w: []}\nloss: exp(w > 1)", 3, "condition"),
     "comparison_loss": ("params: {w: []}\nloss: w > 1", 3, "condition"),
+    "sum_of_a_condition": ("params: {w: [3]}\nloss: Sum(w[i] > 0, (i, 0, 2)) + sum(w)", 3, "condition"),
+    "mean_of_a_condition": ("params: {w: [3]}\nloss: mean(w > 0) + sum(w)", 3, "condition"),
+    "matmul_of_a_condition": ("params: {w: [3]}\nloss: (w > 0) @ w", 3, "condition"),
+    "negated_condition": ("params: {w: []}\nloss: -(w > 0) + w", 3, "condition"),
     "piecewise_not_a_condition": ("params: {w: []}\nloss: Piecewise((w, w))", 3, "condition"),
     "nested_squares": ('functions: {"f(x)": "x*x"}\nparams: {w: []}\nloss: w*' + "f(" * 30 + "1.0000001"
                        + ")" * 30, 4, "precision"),
