@@ -240,7 +240,9 @@ def run_one(index: int, seed: int, work: Path) -> tuple[str, str, str]:
 
 FAILURES = {"traceback", "hang", "bad-output", "codegen"}
 # names that shadow what generated code uses: the name allocator's part of issues 11/12, counted apart
-SHADOWING = re.compile(r"(?<![\w.])(np|math|range|max|min|abs|L|w_bar|s_L|_b|B|lambda|sum|exp|cuda|_mf|_rt)\s*[:\[]")
+# (`i`, `n`, `kind`, ... are parameters of the CUDA host functions; an index named `B` prints as the batch size)
+SHADOWING = re.compile(r"(?<![\w.])(np|math|range|max|min|abs|L|w_bar|s_L|_b|B|lambda|sum|exp|cuda|_mf|_rt)\s*[:\[]"
+                       r"|[{,]\s*(i|n|kind|t0|gscale|dtype|clip_norm|theta_d|grad_d|consts_d|out_d)\s*:|\[\s*B\s*[],]")
 
 
 def campaign(n: int, seed: int, save: Path | None, only: int | None = None, quiet: bool = False) -> dict:
