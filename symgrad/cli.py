@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import difflib
 import functools
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from symgrad.errors import CheckFailed, SymgradError, UsageError
+from symgrad.errors import CheckFailed, SpecError, SymgradError, UsageError
 
 
 def _fail(message: str, code: int) -> None:
@@ -81,15 +82,26 @@ def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> Non
     """Generate OUT/<name>.py from each spec (default: specs/*.yaml); prints `wrote PATH` for each file written
     and `unchanged PATH` for one already up to date. (`symgrad.load` builds into its own cache instead; see
     docs/api.md.)"""
-    from symgrad.loader import build_module_source
+    from symgrad.loader import build_module_source, write_atomic
     from symgrad.spec import load_spec
 
     paths = [Path(s) for s in specs] or sorted(Path("specs").glob("*.yaml"))
     if not paths:
         raise UsageError("no specs given and none found under specs/")
     rendered = []
+    owners: dict[str, Path] = {}
+    name_max = _name_max(Path(out_dir))
     for path in paths:  # everything is generated before anything is written: a bad spec writes nothing
-        name = load_spec(path).name
+        spec = load_spec(path)
+        name = spec.name
+        if name in owners:
+            raise SpecError(f"name {name!r} is also the name of {owners[name]}: both would write "
+                            f"{Path(out_dir) / (name + '.py')}; give one another name", str(path),
+                            spec.line_of.get("name", 1))
+        owners[name] = path
+        if len(f".symgrad-{name}_cuda.py.tmp12345678".encode()) > name_max:
+            raise SpecError(f"name {name[:40]!r}... is too long for a file name in {out_dir} "
+                            f"(at most {name_max} bytes there)", str(path), spec.line_of.get("name", 1))
         text = build_module_source(path, display_path=_display(path))
         files = [(Path(out_dir) / f"{name}.py", text)]
         if target == "all" and cpu_only(path):
@@ -115,15 +127,26 @@ def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> Non
             raise CheckFailed(f"{len(stale)} generated file(s) differ from their specs; run `symgrad build` to update")
         click.echo(f"{len(rendered)} generated file(s) up to date")
         return
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
     for path, text in rendered:
         if path.is_file() and not path.is_symlink() and path.read_text(encoding="utf-8") == text:
             click.echo(f"unchanged {path}")
             continue
-        tmp = path.with_suffix(".py.tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        try:
+            write_atomic(path, text)  # fresh O_EXCL temporary + rename: never through a link, never half a file
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
         click.echo(f"wrote {path}")
+
+
+def _name_max(out_dir: Path) -> int:
+    """The longest file name the output folder's filesystem takes (255 where it cannot be asked)."""
+    probe = out_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return os.pathconf(probe, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def cpu_only(path: Path) -> bool:

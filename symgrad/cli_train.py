@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import click
@@ -135,14 +136,18 @@ def _read_inputs(path: str, model: ModuleType, held_out: bool = False) -> dict[s
 
 
 def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
-    """Atomically (temp file beside it, then rename), never through a link."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    if os.path.islink(path):
-        raise UsageError(f"refusing to write through the link {path!r}")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    """np.savez's file, written atomically (loader.write_atomic: a fresh O_EXCL temporary in the folder, then a
+    rename that replaces a link rather than writing through it). `.npz` is appended when missing, as np.savez does."""
+    import io
+
+    from symgrad.loader import write_atomic
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    try:
+        write_atomic(Path(path if str(path).endswith(".npz") else f"{path}.npz"), buf.getvalue())
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def default_out(name: str) -> str:

@@ -8,6 +8,7 @@ The printer owns the maths (STYLE.md 3): scalar bodies, stable primitives, index
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import jinja2
@@ -16,8 +17,9 @@ from sympy import Indexed, Symbol
 from sympy.printing.pycode import PythonCodePrinter
 
 import symgrad
+from symgrad import codetext
 from symgrad.derive import Loop, derive
-from symgrad.errors import CodegenError
+from symgrad.errors import CodegenError, SpecError
 from symgrad.graph import Program, build_program
 from symgrad.lower import BATCH, BATCH_SIZE, GSCALE, Fill, Gemm, KernelIR, LoopNest, TimeLoop, lower, stable_rewrites
 from symgrad.names import RESERVED
@@ -72,13 +74,12 @@ class KernelPrinter(PythonCodePrinter):
         return f"{name}[{', '.join(idx)}]"
 
     def _print_Rational(self, expr):
-        return repr(float(expr))
+        return _float_literal(float(expr))
 
     def _print_Integer(self, expr):
         n = int(expr)
-        # Numba types integer literals as int64: a larger one (10**21 from an exact decimal's denominator) fails to
-        # compile, so it is printed as the float it stands for.
-        return str(n) if abs(n) < 2**53 else repr(float(n))
+        # beyond 2**53 an integer is a float to Numba anyway, and beyond int64 Numba refuses the literal
+        return str(n) if abs(n) <= 2**53 else _float_literal(float(expr))
 
     def _print_Pow(self, expr, rational=False):
         base, exp = expr.args
@@ -92,7 +93,7 @@ class KernelPrinter(PythonCodePrinter):
         if exp == -sympy.Rational(1, 2):
             return f"1.0/math.sqrt({self._print(base)})"
         if exp.is_Integer:
-            return f"{b}**{int(exp)}"
+            return f"{b}**{self._print_Integer(exp)}"
         return f"{b}**{self.parenthesize(exp, sympy.printing.precedence.PRECEDENCE['Pow'])}"
 
     def _print(self, expr, **kwargs):
@@ -151,6 +152,16 @@ class KernelPrinter(PythonCodePrinter):
         return self._nested("min", expr.args)
 
 
+def _float_literal(x: float) -> str:
+    """A float as code: a constant folded by SymPy past float64 (2 * 1e308 in a derivative) is what float
+    arithmetic gives too, an infinity; `repr` would print the undefined name `inf`."""
+    if x != x:
+        return "math.nan"
+    if x in (math.inf, -math.inf):
+        return "math.inf" if x > 0 else "(-math.inf)"
+    return repr(x)
+
+
 class _Lines:
     """Indented lines: the render stage's only layout, so templates stay free of maths."""
 
@@ -183,6 +194,7 @@ class KernelWriter:
         self.adjoint_names = set(prog.adjoint.values())
         self.const_locals = {sym: name for name, (_, sym) in prog.constants.items()}
         self.outer_loopvars: dict = {}  # loop variables of enclosing step loops (recurrences)
+        self._printer_names: dict | None = None
         self.tmp = 0
         # loop variables must not shadow arrays, constants, helpers or modules the kernel uses
         self.reserved = {a.name for a in prog.arrays.values()} | set(prog.constants) | self.adjoint_names \
@@ -194,7 +206,9 @@ class KernelWriter:
             self.names[Symbol(bar, real=True)] = bar
 
     def printer(self, loopvars: dict, extra: dict | None = None) -> KernelPrinter:
-        names = self.names
+        if self._printer_names is None:  # built once: rebuilding it per call made rendering quadratic
+            self._printer_names = dict(self.names)
+        names = self._printer_names  # shared, read-only in the printer
         locs = dict(self.const_locals)
         locs.update(extra or {})
         return self.printer_class(names, self.batched, self.scalars0d, loopvars, locs)
@@ -247,17 +261,32 @@ class KernelWriter:
 
     def fuse(self, ops: list) -> list[list]:
         groups: list[list] = []
+        state: tuple[dict, set] = ({}, set())  # the last group's writes and read names, kept as it grows
         for op in ops:
             last = groups[-1] if groups else None
             if isinstance(op, LoopNest) and last and isinstance(last[0], LoopNest):
-                renamed = self._fusable(last, op)
+                renamed = self._fusable(last, op, state)
                 if renamed is not None:
                     last.append(renamed)
+                    self._grow(state, renamed)
                     continue
             groups.append([op])
+            state = ({}, set())
+            if isinstance(op, LoopNest):
+                self._grow(state, op)
         return groups
 
-    def _fusable(self, group: list, op: LoopNest):
+    def _grow(self, state: tuple[dict, set], op: LoopNest) -> None:
+        """Add one nest to a group's state (linear fusion: a group is never rescanned per candidate)."""
+        name, idx, own = self._written_index(op)
+        state[0][name] = (idx, own)
+        state[1].update(r for r, _ in self._reads(op))
+
+    def _fusable(self, group: list, op: LoopNest, state: tuple[dict, set] | None = None):
+        if state is None:
+            state = ({}, set())
+            for g in group:
+                self._grow(state, g)
         head = group[0]
         if len(op.outer) != len(head.outer):
             return None
@@ -272,17 +301,12 @@ class KernelWriter:
         renamed = LoopNest(head.outer, [Loop(lp.var, lp.lo.xreplace(ren), lp.hi.xreplace(ren)) for lp in op.inner],
                            op.target.xreplace(ren), op.expr.xreplace(ren), op.mode, op.reduce,
                            op.init.xreplace(ren) if isinstance(op.init, sympy.Basic) else op.init, op.comment)
-        writes = {}
-        for g in group:
-            name, idx, own = self._written_index(g)
-            if name in writes and writes[name] != (idx, own):
-                return None
-            writes[name] = (idx, own)
+        writes, read_names = state  # consistent by construction: each append was checked against them
         for name, idx in self._reads(renamed):  # read-after-write: only this iteration's own element
             if name in writes and not (writes[name][1] and writes[name][0] == idx):
                 return None
         name, idx, own = self._written_index(renamed)
-        if any(r == name for g in group for r, _ in self._reads(g)):
+        if name in read_names:
             return None  # write-after-read: an earlier nest still reads what this one writes
         if name in writes and not (own and writes[name] == (idx, True)):
             return None
@@ -411,6 +435,7 @@ def _env(backend: str) -> jinja2.Environment:
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
         autoescape=False)
     env.filters["pytuple"] = pytuple
+    env.filters.update(codetext.FILTERS)  # the one path for spec text into code (symgrad/codetext.py)
     return env
 
 
@@ -428,6 +453,27 @@ def pytuple(names, indent: int = 0, quoted: bool = False, bare: bool = False) ->
     body = textwrap.fill(", ".join(items) + ",", width=110, initial_indent=pad, subsequent_indent=pad,
                          break_on_hyphens=False, break_long_words=False)
     return "(\n" + body + "\n" + " " * indent + ")"
+
+
+def check_names(prog: Program) -> None:
+    """Every spec name is written bare into code: refuse (as a bug) anything that is not a plain identifier."""
+    for name in [prog.spec.name, *prog.arrays, *prog.constants]:
+        codetext.identifier(name)
+
+
+def finish_module(text: str, spec_path: str) -> str:
+    """Compile check, then the body digest stamped into the header (`symgrad.load` verifies it before import)."""
+    from symgrad.artifacts import stamp
+
+    try:
+        compile(text, f"<generated from {spec_path}>", "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        if "nested blocks" in str(exc.msg):
+            raise SpecError("the spec needs loops nested deeper than Python allows (20); use fewer axes "
+                            "in one statement", spec_path, 1) from None
+        raise CodegenError(f"generated module for {spec_path} does not compile: {exc.msg} "
+                           f"(line {exc.lineno})") from None
+    return stamp(text)
 
 
 def spec_metadata(prog: Program) -> dict:
@@ -456,6 +502,7 @@ def _init_text(init: tuple) -> str:
 def render_module(spec_path: str, display_path: str | None = None) -> str:
     """The full text of generated/<name>.py for one spec."""
     prog = build_program(spec_path)
+    check_names(prog)
     d = derive(prog)
     ir = lower(d)
     w = KernelWriter(ir)
@@ -477,16 +524,17 @@ def render_module(spec_path: str, display_path: str | None = None) -> str:
         off += size
     fwd_text = "\n".join(x for x in forward_lines if not x.lstrip().startswith("#"))
     bwd_text = "\n".join(x for x in backward_lines if not x.lstrip().startswith("#"))
+    fwd_names, bwd_names = _names_in(fwd_text), _names_in(bwd_text)
     for p in params:
-        p["in_forward"] = _uses(fwd_text, p["name"])
-        p["in_backward"] = _uses(bwd_text, p["name"])
+        p["in_forward"] = p["name"] in fwd_names
+        p["in_backward"] = p["name"] in bwd_names
     deps = statement_inputs(prog)
     stmts = [{"name": st.name, "shape": st.shape or (1,), "user_shape": tuple(st.shape), "batched": st.batched,
               "inputs": deps[st.name]} for st in prog.statements]
     adjoints = [{"name": b.name, "shape": b.shape or (1,), "user_shape": tuple(b.shape), "batched": b.batched}
                 for b in ir.adjoint_buffers]
     inputs = [{"name": a.name, "shape": tuple(a.shape), "sample": a.sample} for a in prog.inputs]
-    consts = [{"name": n, "index": k, "default": v, "in_forward": _uses(fwd_text, n), "in_backward": _uses(bwd_text, n)}
+    consts = [{"name": n, "index": k, "default": v, "in_forward": n in fwd_names, "in_backward": n in bwd_names}
               for k, (n, (v, _)) in enumerate(prog.constants.items())]
     raw = Path(spec_path).read_bytes()
     ctx = {
@@ -516,7 +564,7 @@ def render_module(spec_path: str, display_path: str | None = None) -> str:
         text = _env("cpu").get_template("module.py.j2").render(**ctx)
     except jinja2.TemplateError as exc:
         raise CodegenError(f"template error while generating {spec_path}: {exc}") from exc
-    return text
+    return finish_module(text, spec_path)
 
 
 def statement_inputs(prog) -> dict[str, tuple[str, ...]]:
@@ -536,15 +584,17 @@ def statement_inputs(prog) -> dict[str, tuple[str, ...]]:
 
 
 def _docwrap(text: str) -> str:
+    """Wrapped for reading; escaping is the template's `doc` filter (codetext.doc_text), never done here."""
     import textwrap
 
-    return "\n".join(textwrap.wrap(text.replace('"' * 3, "'" * 3), 100)) or text
+    return "\n".join(textwrap.wrap(text, 100)) or text
 
 
-def _uses(text: str, name: str) -> bool:
+def _names_in(text: str) -> set[str]:
+    """Every bare name in code text (not an attribute): one scan answers "is name used?" for all names."""
     import re
 
-    return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text) is not None
+    return set(re.findall(r"(?<![\w.])[A-Za-z_]\w*", text))
 
 
 def _pyrepr(obj, indent: int = 4, level: int = 1) -> str:
@@ -563,6 +613,8 @@ def _pyrepr(obj, indent: int = 4, level: int = 1) -> str:
         import textwrap
 
         pad = " " * (indent * level)
-        chunks = textwrap.wrap(obj, 76, drop_whitespace=False)
-        return "(\n" + "\n".join(f"{pad}    {c!r}" for c in chunks) + f"\n{pad})"
-    return repr(obj)
+        chunks = textwrap.wrap(obj, 76, drop_whitespace=False, replace_whitespace=False, expand_tabs=False)
+        if "".join(chunks) != obj:  # the literal must be the text exactly
+            chunks = [obj[i:i + 76] for i in range(0, len(obj), 76)]
+        return "(\n" + "\n".join(f"{pad}    {codetext.py_literal(c)}" for c in chunks) + f"\n{pad})"
+    return codetext.py_literal(obj)

@@ -29,7 +29,10 @@ from symgrad.codegen import (
     KernelWriter,
     _env,
     _Lines,
+    _names_in,
     _pyrepr,
+    check_names,
+    finish_module,
     spec_metadata,
 )
 from symgrad.derive import Loop, derive
@@ -238,16 +241,16 @@ class CudaKernelWriter(KernelWriter):
         return [lp for lp in par if lp.var in bare]
 
     def _emit(self, comment: str, body: list[str], threads: str, out: _Lines) -> None:
-        text = "\n".join(body)
-        args = [n for n in self.array_names if _uses(text, n)]
+        used = _names_in("\n".join(body))  # one scan per kernel, not one per array (linear in the spec)
+        args = [n for n in self.array_names if n in used]
         pre = []
-        used_consts = [(k, c) for k, c in enumerate(self.constants) if _uses(text, c)]
+        used_consts = [(k, c) for k, c in enumerate(self.constants) if c in used]
         if used_consts:
             args.append("_consts")
             pre = [f"    {c} = _consts[{k}]" for k, c in used_consts]
-        if _uses(text, "_gscale"):
+        if "_gscale" in used:
             args.append("_gscale")
-        if _uses(text, "_B"):
+        if "_B" in used:
             args.append("_B")
         name = f"_k{self.first + len(self.kernels):02d}_{self.prefix}"
         self.kernels.append(CudaKernel(name, args, pre + body, threads, comment))
@@ -265,12 +268,6 @@ def _extent_estimate(loops: list[Loop]) -> int:
     return n
 
 
-def _uses(text: str, name: str) -> bool:
-    import re
-
-    return re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", text) is not None
-
-
 def _template_env() -> jinja2.Environment:
     return _env("cuda")
 
@@ -278,6 +275,7 @@ def _template_env() -> jinja2.Environment:
 def render_cuda_module(spec_path: str, display_path: str | None = None) -> str:
     """The full text of generated/<name>_cuda.py for one spec."""
     prog = build_program(spec_path)
+    check_names(prog)
     if prog.recurrences:
         rec = prog.recurrences[0]
         line = prog.arrays[rec.members[-1]].line
@@ -353,4 +351,4 @@ def render_cuda_module(spec_path: str, display_path: str | None = None) -> str:
         text = _template_env().get_template("module.py.j2").render(**ctx)
     except jinja2.TemplateError as exc:
         raise CodegenError(f"template error while generating CUDA module for {spec_path}: {exc}") from exc
-    return text
+    return finish_module(text, spec_path)

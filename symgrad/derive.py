@@ -92,8 +92,18 @@ def _array_name(read) -> str:
     return str(read.base) if isinstance(read, Indexed) else str(read)
 
 
+_SCALARS: dict = {}
+
+
+def _scalar_names(arrays: dict) -> set[str]:
+    """Names of 0-d arrays, computed once per program (per statement it was quadratic in the spec's size)."""
+    if _SCALARS.get("arrays") is not arrays or _SCALARS.get("len") != len(arrays):  # holds the dict: no id reuse
+        _SCALARS.update(arrays=arrays, len=len(arrays), names={n for n, a in arrays.items() if not a.shape})
+    return _SCALARS["names"]
+
+
 def _reads(expr: sympy.Expr, arrays: dict) -> list:
-    names = {n for n, a in arrays.items() if not a.shape}
+    names = _scalar_names(arrays)
     out = set(expr.atoms(Indexed))
     out |= {s for s in expr.atoms(Symbol) if s.name in names and not s.is_integer}
     return sorted(out, key=sympy.default_sort_key)

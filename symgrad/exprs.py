@@ -175,7 +175,10 @@ class Builder:
             method = getattr(self, "_" + type(node).__name__, None)
             if method is None:
                 raise ExprError(f"{_describe(node)} is not allowed in a spec expression")
-            return method(node)
+            out = method(node)
+            if self.depth == 1:
+                check_literals(out.expr)
+            return out
         finally:
             self.depth -= 1
 
@@ -284,6 +287,8 @@ class Builder:
         if isinstance(node.op, ast.Not):
             raise ExprError(_CONDITION_ONLY)
         x = self.build(node.operand)
+        if isinstance(node.op, ast.USub | ast.UAdd):
+            _number_only(x, "a sign (-x)")
         if isinstance(node.op, ast.USub):
             return TExpr(-x.expr, x.axes, x.named)
         if isinstance(node.op, ast.UAdd):
@@ -298,7 +303,12 @@ class Builder:
         op = ops.get(type(node.op))
         if op is None:
             raise ExprError(f"operator {type(node.op).__name__} is not allowed (use + - * / ** @)")
-        return self.elementwise(op, [self.build(node.left), self.build(node.right)], "an arithmetic operation")
+        left, right = self.build(node.left), self.build(node.right)
+        if isinstance(node.op, ast.Pow):
+            bound_literal_pow(left.expr, right.expr)
+        out = self.elementwise(op, [left, right], "an arithmetic operation")
+        bound_number(out.expr)
+        return out
 
     def _Compare(self, node: ast.Compare) -> TExpr:
         raise ExprError(_CONDITION_ONLY)
@@ -413,9 +423,9 @@ class Builder:
                 if not _is_index_name(lim.elts[0].id, s) and lim.elts[0].id not in s.index_syms:
                     raise ExprError(f"{lim.elts[0].id!r} is declared as something else and cannot be a Sum index")
                 limits.append((lim.elts[0].id, self._bound(lim.elts[1]), self._bound(lim.elts[2])))
-            body = self.build(args[0])
+            body = _number_only(self.build(args[0]), f"{name}(...)")
             return self._bind(body, limits)
-        body = self.build(args[0])
+        body = _number_only(self.build(args[0]), f"{name}(...)")
         if len(args) == 1 and self.axis is not None and body.axes:
             expr, limits = self._reduce_axis(body)
             total = Sum(expr, *limits)
@@ -547,9 +557,18 @@ class Builder:
                 exprs.append(a.expr.xreplace(sub))
             else:
                 exprs.append(a.expr)
-        return TExpr(fn(*exprs), axes, frozenset(named))
+        try:
+            value = fn(*exprs)
+        except (TypeError, ValueError, AttributeError) as exc:
+            if any(_is_condition(e) for e in exprs):
+                raise ExprError(f"a condition (comparison, not, and, or) is true or false, not a number, so it "
+                                f"cannot be used in {what}; write Piecewise((1, cond), (0, True))") from None
+            raise ExprError(f"cannot form {what}: {str(exc).splitlines()[0][:100]}") from None
+        return TExpr(value, axes, frozenset(named))
 
     def matmul(self, a: TExpr, b: TExpr) -> TExpr:
+        _number_only(a, "@")
+        _number_only(b, "@")
         if not a.axes or not b.axes or len(a.axes) > 2 or len(b.axes) > 2:
             raise ExprError("@ needs a matrix or vector on each side")
         (ka, na), (kb, nb) = a.axes[-1], b.axes[0]
@@ -576,6 +595,93 @@ def _apply(fn, args):
         if fn in (sympy.Max, sympy.Min):
             return fn(*args, evaluate=False)
         raise
+
+
+# -- literal bounds: exact SymPy arithmetic on literals must neither hang nor leave float64's range ----------
+_MAX_LOG10 = 308.0  # |x| < 1e308 fits float64 (max 1.797e308)
+_MAX_BITS = 4096  # numerator / denominator size of an exact literal; beyond, exact arithmetic only grows
+
+
+def _log10_abs(r: sympy.Rational) -> float:
+    import math
+
+    return math.log10(abs(int(r.p))) - math.log10(int(r.q))
+
+
+def bound_literal_pow(base: sympy.Expr, exp: sympy.Expr) -> None:
+    """Refuse a power of two literals whose value is outside float64 *before* SymPy evaluates it exactly:
+    `2**10**10` has three billion digits, and SymPy would compute every one."""
+    if not (isinstance(base, sympy.Rational) and isinstance(exp, sympy.Rational)) or base == 0 or abs(base) == 1:
+        return
+    try:
+        size = abs(float(exp)) * abs(_log10_abs(base))
+    except OverflowError:
+        size = float("inf")
+    if size > _MAX_LOG10:
+        sign = "-" if (exp < 0) != (abs(base) < 1) else ""
+        raise ExprError(f"the literal power {_short(base)}**{_short(exp)} is about 10**{sign}{size:.3g}, "
+                        f"outside float64's range")
+
+
+def bound_number(e: sympy.Expr) -> None:
+    """A literal value (or the numeric coefficient SymPy folds into a product or sum) must fit float64 and stay a
+    small exact number. O(1): SymPy keeps the coefficient first in a Mul's and an Add's args."""
+    n = e if isinstance(e, sympy.Number) else (e.args[0] if isinstance(e, sympy.Mul | sympy.Add) and e.args
+                                               and isinstance(e.args[0], sympy.Number) else None)
+    if n is None or not isinstance(n, sympy.Rational) or n == 0:
+        return
+    if int(n.p).bit_length() > _MAX_BITS or int(n.q).bit_length() > _MAX_BITS:
+        raise ExprError("literal arithmetic needs more than 1,200 digits of exact precision; write the value "
+                        "as a decimal number")
+    if _log10_abs(n) > _MAX_LOG10:
+        raise ExprError(f"the literal value {_short(n)} is outside float64's range (|x| < 1.8e308)")
+
+
+def _number_only(t: TExpr, what: str) -> TExpr:
+    """A condition where a number is needed: one clear refusal instead of SymPy's TypeError."""
+    if _is_condition(t.expr):
+        raise ExprError(f"a condition (comparison, not, and, or) is true or false, not a number, so it cannot be "
+                        f"used in {what}; write Piecewise((1, cond), (0, True))")
+    return t
+
+
+def _is_condition(e: object) -> bool:
+    """A comparison, not/and/or, or True/False (a SymPy Symbol is a `Boolean` too, so that class cannot say)."""
+    from sympy.logic.boolalg import BooleanAtom, BooleanFunction
+
+    return isinstance(e, sympy.core.relational.Relational | BooleanFunction | BooleanAtom)
+
+
+def check_literals(expr: sympy.Expr) -> None:
+    """A whole expression: no literal outside float64, nothing complex (`sqrt(-1)`), infinite (`1/0`) or
+    undefined, and a number, not a condition."""
+    if _is_condition(expr):
+        raise ExprError("the expression is a condition (true or false), not a number; write "
+                        "Piecewise((1, cond), (0, True))")
+    if expr.has(sympy.I) or any(p.base.is_Number and p.base < 0 and p.exp.is_integer is False
+                                for p in expr.atoms(sympy.Pow)):
+        raise ExprError("the expression is complex (a square root or log of a negative literal?)")
+    if expr.has(sympy.zoo, sympy.oo, -sympy.oo, sympy.nan):
+        raise ExprError("the expression divides by zero or is otherwise undefined for every input")
+    for n in expr.atoms(sympy.Rational):
+        bound_number(n)
+    for node in sympy.preorder_traversal(expr):
+        if isinstance(node, sympy.Piecewise):
+            if any(not _is_condition(c) for _, c in node.args):
+                raise ExprError("a Piecewise condition must be a comparison such as x > 0 (or True)")
+            if any(_is_condition(v) for v, _ in node.args):
+                raise ExprError("a Piecewise value is a condition, not a number")
+            continue
+        if _is_condition(node) or isinstance(node, sympy.Tuple):
+            continue
+        if any(_is_condition(a) for a in node.args):
+            raise ExprError("a condition (comparison, not, and, or) is true or false, not a number; use it only "
+                            "as a Piecewise condition, e.g. Piecewise((1, cond), (0, True))")
+
+
+def _short(n: sympy.Expr) -> str:
+    text = str(n)
+    return text if len(text) <= 24 else f"{text[:10]}...({len(text)} digits)"
 
 
 def _describe(node: ast.AST) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 
@@ -23,6 +24,8 @@ from symgrad.names import KERNEL_GLOBALS, NameAllocator, identifiers
 from symgrad.spec import Spec, Text, load_spec
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+MAX_AXES = 16  # Python nests at most 20 blocks; batch + axes + reduction loops must fit
+MAX_ELEMENTS = 2**31  # per array and sample: beyond this no buffer can be allocated anyway
 _FUNC_SIG = re.compile(rf"^\s*({_NAME})\s*\(\s*({_NAME}(\s*,\s*{_NAME})*)?\s*\)\s*$")
 
 
@@ -120,6 +123,15 @@ class _GraphBuilder:
             if n <= 0:
                 raise self.err(f"size {n} in the shape of {what} must be positive", t.line)
             out.append(n)
+        line = items[0].line if items else 1
+        if len(out) > MAX_AXES:
+            raise self.err(f"{what} has {len(out)} axes; at most {MAX_AXES} (each axis is a nested loop)", line)
+        total = 1
+        for n in out:
+            total *= n
+        if total > MAX_ELEMENTS:
+            digits = len(str(total))
+            raise self.err(f"{what} has about 10**{digits - 1} elements per sample; at most 2**31", line)
         return tuple(out)
 
     def declare(self, name: str, line: int) -> None:
@@ -201,10 +213,8 @@ class _GraphBuilder:
         return prog
 
     def base_array(self, base) -> Array | None:
-        for a in self.arrays.values():
-            if a.base == base:
-                return a
-        return None
+        a = self.arrays.get(getattr(base, "name", str(base)))  # by name: a scan per read was quadratic
+        return a if a is not None and a.base == base else None
 
     # -- recurrences -----------------------------------------------------------------------------------
     def declare_carried(self) -> dict:
@@ -372,9 +382,12 @@ class _GraphBuilder:
         text = str(t.value).strip()
         try:
             node = ast.parse(text, mode="eval").body
-        except SyntaxError:
-            raise self.err(f"init {text!r} of {pname} is not valid", t.line) from None
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            raise self.err(f"init {text[:60]!r} of {pname} is not valid", t.line) from None
         num = _number(node)
+        nums = [num] + [_number(a) for a in getattr(node, "args", [])]
+        if any(v is not None and not math.isfinite(v) for v in nums):
+            raise self.err(f"init {text[:40]!r} of {pname} is not a finite float64 number", t.line)
         if num is not None:
             return ("constant", (num,))
         if isinstance(node, ast.Name) and node.id in INITS:
@@ -422,7 +435,13 @@ class _GraphBuilder:
         return out
 
     def scope(self, later: set[str], current: str | None = None) -> Scope:
-        refs = {n: ArrayRef(n, a.shape, a.base) for n, a in self.arrays.items()}
+        # one ArrayRef per array, kept across statements (arrays only grow): rebuilding all per statement was
+        # quadratic in the spec's size; scopes only read it
+        refs = self.__dict__.setdefault("_refs", {})
+        if len(refs) != len(self.arrays):
+            for n, a in self.arrays.items():
+                if n not in refs:
+                    refs[n] = ArrayRef(n, a.shape, a.base)
         consts = {n: sym for n, (_, sym) in self.constants.items()}
         return Scope(refs, dict(self.spec.dims), consts, self.functions, later, current)
 
@@ -760,7 +779,10 @@ def _number(node: ast.AST) -> float | None:
         v = _number(node.operand)
         return None if v is None else (-v if isinstance(node.op, ast.USub) else v)
     if isinstance(node, ast.Constant) and isinstance(node.value, int | float) and not isinstance(node.value, bool):
-        return float(node.value)
+        try:
+            return float(node.value)
+        except OverflowError:  # a 400-digit integer: refused by the caller as not finite
+            return math.inf
     return None
 
 
@@ -871,8 +893,8 @@ def check_ranges(expr: sympy.Expr, scope: Scope, arrays: dict, carried: set | No
         if name in scope.ranges:
             bounds.setdefault(sym, (Integer(0), Integer(scope.ranges[name] - 1)))
     for read in expr.atoms(Indexed):
-        arr = next((a for a in arrays.values() if a.base == read.base), None)
-        if arr is None:
+        arr = arrays.get(read.base.name)
+        if arr is None or arr.base != read.base:
             continue
         for axis, ix in enumerate(read.indices):
             try:

@@ -231,10 +231,8 @@ def _limits(limits) -> list[Loop]:
 
 def _array_of(read, prog: Program):
     base = read.base if isinstance(read, Indexed) else read
-    for a in prog.arrays.values():
-        if a.base == base:
-            return a
-    return None
+    a = prog.arrays.get(getattr(base, "name", str(base)))  # by name: a scan per read was quadratic
+    return a if a is not None and a.base == base else None
 
 
 def _match_gemm(out_name: str, out_idx: tuple, out_batched: bool, g: sympy.Expr, inner: list[Loop],
@@ -355,7 +353,9 @@ def _full_hi(lp: Loop, arr, t_idx: tuple) -> bool:
 
 def _match_gemm_adjoint(target: str, t_idx: tuple, expr: sympy.Expr, loops: list[Loop], d: Derivation):
     prog = d.program
-    bar_of = {d.adjoint_bases[n]: n for n in d.adjoint_bases}
+    bar_of = d.__dict__.get("_bar_of")
+    if bar_of is None:  # once per derivation: rebuilding it per contribution was quadratic
+        bar_of = d.__dict__["_bar_of"] = {d.adjoint_bases[n]: n for n in d.adjoint_bases}
 
     def lookup(read):
         if isinstance(read, Indexed) and read.base in bar_of:

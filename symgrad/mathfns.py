@@ -14,6 +14,10 @@ from numba import njit, types
 from numba.core.errors import NumbaIRAssumptionWarning
 from numba.extending import intrinsic, overload
 
+from symgrad import jitcache
+
+jitcache.install()  # before the decorators below: their .nbc cache goes to the user cache, not the package
+
 # Inlining the float32 overloads trips a pedantic SSA self-check in Numba ("variable ... is not in scope"); the
 # code is correct (every float32 path is tested against float64), so that one message is not shown to users.
 warnings.filterwarnings("ignore", message=r".*is not in scope", category=NumbaIRAssumptionWarning)

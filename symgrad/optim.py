@@ -13,7 +13,10 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from symgrad import jitcache
 from symgrad.errors import UsageError
+
+jitcache.install()  # before the decorators below: their .nbc cache goes to the user cache, not the package
 
 TINY = 1e-30  # optimizer state below this is flushed to 0 (see _adam_ol)
 

@@ -17,7 +17,11 @@ import yaml
 
 from symgrad.errors import SpecError
 
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # always fullmatch: `$` would accept a trailing newline
+_MAX_NAME = 100  # characters in any name: file and cache-folder names are built from them
+_DECIMAL_INT = re.compile(r"[-+]?(0|[1-9][0-9_]*)")
+# YAML 1.1 (PyYAML) resolves `1e308` (no dot) as a string; in a spec a number is meant
+_PLAIN_FLOAT = re.compile(r"[-+]?([0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)([eE][-+]?[0-9]+)?")
 _MAX_BYTES = 1_000_000
 _MAX_NODES = 20_000
 
@@ -135,9 +139,18 @@ class _Reader:
     def number(self, node: yaml.Node, what: str) -> float:
         node = self.scalar(node, what)
         kind = _scalar_kind(node)
+        if kind == "str" and node.style is None and _PLAIN_FLOAT.fullmatch(node.value):
+            kind = "float"
         if kind not in ("int", "float"):
             raise self.fail(node, f"{what} must be a number, got {node.value!r}")
-        value = float(yaml.safe_load(node.value)) if kind == "float" else float(int(node.value, 0))
+        if kind == "int":
+            value = float(_decimal_int(self, node, what))
+        else:
+            try:
+                value = float(node.value.replace("_", "")) if _PLAIN_FLOAT.fullmatch(node.value) else \
+                    float(yaml.safe_load(node.value))
+            except (ValueError, TypeError, OverflowError):
+                raise self.fail(node, f"{what} must be a number, got {node.value!r}") from None
         if value != value or value in (float("inf"), float("-inf")):
             raise self.fail(node, f"{what} must be a finite number, got {node.value!r}")
         return value
@@ -185,10 +198,23 @@ def _scalar_kind(node: yaml.ScalarNode) -> str:
     return {"str": "str", "int": "int", "float": "float", "bool": "bool", "null": "null"}.get(tag, tag)
 
 
+def _decimal_int(reader: _Reader, node: yaml.ScalarNode, what: str) -> int:
+    """A YAML int written in plain decimal. YAML 1.1 also reads `017` as octal 15 and `1:30` as 90 (base 60):
+    a spec refuses those rather than guess."""
+    text = node.value.strip()
+    if not _DECIMAL_INT.fullmatch(text):
+        raise reader.fail(node, f"{what} must be a plain decimal integer, got {node.value!r}")
+    if len(text) > 30:
+        raise reader.fail(node, f"{what} is too large ({len(text)} digits)")
+    return int(text.replace("_", ""))
+
+
 def _ident(reader: _Reader, key: yaml.ScalarNode, what: str) -> str:
     name = key.value
-    if not isinstance(name, str) or not _IDENT.match(name) or keyword.iskeyword(name):
+    if not isinstance(name, str) or not _IDENT.fullmatch(name) or keyword.iskeyword(name):
         raise reader.fail(key, f"{what} name {name!r} is not a valid identifier")
+    if len(name) > _MAX_NAME:
+        raise reader.fail(key, f"{what} name {name[:20]!r}... is longer than {_MAX_NAME} characters")
     if name.startswith("_"):
         raise reader.fail(key, f"{what} name {name!r} must not start with '_' (reserved for symgrad)")
     return name
@@ -265,8 +291,11 @@ def _read(r: _Reader, root: yaml.Node, path: str, sha: str) -> Spec:
             raise SpecError(f"missing required key {req!r}", path, 1)
 
     name_t = r.string(top["name"], "name")
-    if not _IDENT.match(name_t.value) or keyword.iskeyword(name_t.value):
+    if not _IDENT.fullmatch(name_t.value) or keyword.iskeyword(name_t.value):
         raise SpecError(f"name {name_t.value!r} is not a valid identifier", path, name_t.line)
+    if len(name_t.value) > _MAX_NAME:
+        raise SpecError(f"name {name_t.value[:20]!r}... is longer than {_MAX_NAME} characters (it names files)",
+                        path, name_t.line)
     description = r.string(top["description"], "description").value if "description" in top else ""
 
     dims, dim_lines = {}, {}
@@ -274,9 +303,9 @@ def _read(r: _Reader, root: yaml.Node, path: str, sha: str) -> Spec:
         for key, value in r.mapping(top["dims"], "dims"):
             dname = _ident(r, key, "dim")
             node = r.scalar(value, f"dim {dname}")
-            if _scalar_kind(node) != "int" or int(node.value, 0) <= 0:
+            if _scalar_kind(node) != "int" or _decimal_int(r, node, f"dim {dname}") <= 0:
                 raise r.fail(value, f"dim {dname} must be a positive integer, got {node.value!r}")
-            dims[dname] = int(node.value, 0)
+            dims[dname] = _decimal_int(r, node, f"dim {dname}")
             dim_lines[dname] = key.start_mark.line + 1
 
     inputs = {}
