@@ -315,3 +315,26 @@ def test_focal_loss_is_finite_where_p_rounds_to_one(tmp_path, monkeypatch):
         batch = {"x": np.array([[z / 2, z / 2]]), "y": np.array([1.0])}
         loss, grad = m.loss_and_grad(params, batch)
         assert np.isfinite(loss) and np.all(np.isfinite(grad["w"])), (z, loss, grad)
+
+
+HOST_NAMES = ["n", "i", "t0", "kind", "total", "theta_d", "grad_d", "state_d", "gscale", "clip_norm", "losses",
+              "lrs", "state", "out", "scale", "sq", "status", "hyper", "dt", "flat", "views", "key", "ws", "acc"]
+
+
+def test_spec_names_never_collide_with_names_generated_functions_bind(tmp_path):
+    """Inputs named like every non-private name the CUDA host code once used (`n`, `total`, `theta_d`, ...):
+    no generated function (CPU or CUDA) rebinds one of its spec-name parameters, and both modules compile."""
+    from symgrad.codegen import render_module
+    from symgrad.cuda_codegen import render_cuda_module
+
+    inputs = ", ".join(f"{n}: [D]" for n in HOST_NAMES)
+    total = " + ".join(f"sum({n} * w)" for n in HOST_NAMES)
+    path = tmp_path / "hostile.yaml"
+    path.write_text(f"name: hostile\ndims: {{D: 3}}\ninputs: {{{inputs}}}\nparams: {{w: {{shape: [D], init: 0.5}}}}\n"
+                    f"loss: ({total})**2\n")
+    for text in (render_module(str(path)), render_cuda_module(str(path))):
+        compile(text, "hostile.py", "exec")
+        for fn in [n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.FunctionDef)]:
+            params = {a.arg for a in fn.args.args} & set(HOST_NAMES)
+            stores = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+            assert not params & stores, f"{fn.name} rebinds {sorted(params & stores)}"
