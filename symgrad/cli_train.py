@@ -278,8 +278,23 @@ def _plot(path: str, history: np.ndarray, val_history: np.ndarray | None, name: 
     ax.set_title(name)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    import io
+
+    from symgrad.loader import write_atomic
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=100, format=os.path.splitext(path)[1][1:].lower())
     plt.close(fig)
+    write_atomic(Path(path), buf.getvalue())  # the folder is made; never through a link
+
+
+PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
+
+
+def _check_plot(plot: str | None) -> None:
+    """Before training, not after it: a plot path matplotlib cannot write would fail with nothing shown."""
+    if plot is not None and os.path.splitext(plot)[1][1:].lower() not in PLOT_FORMATS:
+        raise UsageError(f"--plot must end in {', '.join('.' + f for f in PLOT_FORMATS)}, got {plot!r}")
 
 
 def _metrics_line(label: str, metrics: dict[str, float]) -> str:
@@ -313,6 +328,7 @@ def _run(spec: str, data: str, epochs: int, batch_size: int, optimizer: str, lr:
             raise UsageError(f"--resume: no such checkpoint {resume!r}")
         if seed < 0:
             raise UsageError(f"--seed must be a non-negative integer, got {seed}")
+        _check_plot(plot)
         if val_split is not None and not 0.0 < val_split < 1.0:
             raise UsageError(f"--val-split must be a fraction between 0 and 1, got {val_split:g}")
         return opt, _load_model(spec)

@@ -113,3 +113,14 @@ def test_device_cuda_without_gpu_is_one_clear_line():
     r = CliRunner().invoke(main, ["train", "specs/linreg.yaml", "--data", "digits", "--device", "cuda"])
     assert r.exit_code == 2
     assert "CUDA requested but no GPU/driver found" in r.output and "Traceback" not in r.output
+
+
+def test_plot_path_is_checked_before_training_and_its_folder_made(setup):
+    tmp, spec = setup
+    common = [spec, "--data", tmp / "data.npz", "--epochs", 2, "--no-progress"]
+    res = invoke(*common, "--plot", tmp / "curve.txt")
+    assert res.exit_code == 2 and "--plot must end in" in res.output
+    assert not any(ln.startswith("epoch ") for ln in res.output.splitlines())  # refused before any step
+    res = invoke(*common, "--plot", tmp / "new" / "dir" / "curve.svg")
+    assert res.exit_code == 0, res.output
+    assert (tmp / "new" / "dir" / "curve.svg").read_text().lstrip().startswith("<?xml")
