@@ -20,7 +20,7 @@ from sympy import Indexed, IndexedBase, Symbol
 
 from symgrad.errors import SpecError
 from symgrad.graph import Program, Statement
-from symgrad.library import BatchSum, LogSumExp, relu, step
+from symgrad.library import BatchSum, LogSumExp, Sum, relu, step
 
 
 @dataclass
@@ -228,7 +228,7 @@ def combined_equations(d: Derivation) -> list[AdjointEquation]:
             expr = c.expr.xreplace(ren)
             if rest:
                 limits = [(ren[lp.var], lp.lo.xreplace(ren), lp.hi.xreplace(ren)) for lp in reversed(rest)]
-                expr = sympy.Sum(expr, *limits)
+                expr = Sum(expr, *limits)
             src = next(st for st in prog.statements if st.name == c.source)
             if arr.kind == "stmt" and not arr.batched and (src.batched or isinstance(src.body, BatchSum)):
                 expr = BatchSum(expr)  # a per-batch value's adjoint gathers every sample's part

@@ -13,10 +13,10 @@ import ast
 from dataclasses import dataclass, field
 
 import sympy
-from sympy import IndexedBase, Integer, Rational, Sum, Symbol
+from sympy import IndexedBase, Integer, Rational, Symbol
 from sympy.functions.elementary.piecewise import ExprCondPair
 
-from symgrad.library import BATCH_SIZE, LIBRARY, BatchSum, LogSumExp
+from symgrad.library import BATCH_SIZE, LIBRARY, BatchSum, LogSumExp, Sum
 from symgrad.primitives import CONSTANTS, ELEMENTWISE, stable_rewrites
 
 _INDEX_NAMES = "ijklmnpqrstuvabcdefgho"

@@ -15,11 +15,11 @@ import re
 from dataclasses import dataclass, field
 
 import sympy
-from sympy import Indexed, Integer, Sum, Symbol
+from sympy import Indexed, Integer, Symbol
 
 from symgrad.errors import SpecError
 from symgrad.exprs import ArrayRef, Builder, ExprError, Scope, TExpr, collect_plain_uses, make_base, parse_source
-from symgrad.library import ELEMENTWISE, INITS, LIBRARY, BatchSum, LogSumExp
+from symgrad.library import ELEMENTWISE, INITS, LIBRARY, BatchSum, LogSumExp, Sum
 from symgrad.names import KERNEL_GLOBALS, NameAllocator, identifiers
 from symgrad.spec import Spec, Text, load_spec
 

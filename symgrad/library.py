@@ -12,7 +12,7 @@ so their gradients are derived like any user's expression and no derivative is w
 from __future__ import annotations
 
 import sympy
-from sympy.concrete.expr_with_limits import ExprWithLimits
+from sympy.concrete.expr_with_limits import ExprWithLimits, _process_limits
 
 from symgrad.primitives import (  # noqa: F401  (re-exported: derive, lower and graph import them from here)
     ELEMENTWISE,
@@ -24,9 +24,35 @@ from symgrad.primitives import (  # noqa: F401  (re-exported: derive, lower and 
 )
 
 
+def _limits_without_fold(cls, function, symbols, assumptions):
+    """What ExprWithLimits.__new__ does, minus its piecewise_fold: SymPy folds a Piecewise whose values read the
+    outer variable out through an inner Sum whose variable its condition reads, so that variable escapes its Sum
+    (`W @ Piecewise((m, m > 3), (w, True))` inside a logsumexp became `Piecewise((...), m[j] > 3)` with j unbound;
+    found by the differential fuzz). Nested calls of the same class are still merged into one."""
+    limits, orientation = _process_limits(*symbols, discrete=True)
+    while type(function) is cls:
+        limits = list(function.limits) + limits
+        function = function.function
+    obj = sympy.Expr.__new__(cls, **assumptions)
+    obj._args = (orientation * function, *limits)
+    obj.is_commutative = function.is_commutative
+    return obj
+
+
+class Sum(sympy.Sum):
+    """sympy.Sum built without piecewise_fold (see _limits_without_fold); everything else is SymPy's Sum, and
+    `isinstance(x, sympy.Sum)` holds."""
+
+    def __new__(cls, function, *symbols, **assumptions):
+        return _limits_without_fold(cls, function, symbols, assumptions)
+
+
 class LogSumExp(ExprWithLimits):
     """log Σ_j exp(f): a reduction like Sum, evaluated max-shifted. Its derivative, exp(f - value), uses the stored
     value, which is what makes softmax cross-entropy's gradient softmax(z) - y with no overflow."""
+
+    def __new__(cls, function, *symbols, **assumptions):
+        return _limits_without_fold(cls, function, symbols, assumptions)
 
     def _latex(self, printer):
         limits = ", ".join(printer._print(lim[0]) for lim in self.limits)

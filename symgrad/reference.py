@@ -18,10 +18,10 @@ from pathlib import Path
 import mpmath
 import numpy as np
 import sympy
-from sympy import Indexed, Sum, Symbol
+from sympy import Indexed, Symbol
 
 from symgrad.exprs import ArrayRef, Builder, Scope, collect_plain_uses, make_base, parse_source
-from symgrad.library import BATCH_SIZE, BatchSum, LogSumExp, log_sigmoid, relu, sigmoid, softplus, step
+from symgrad.library import BATCH_SIZE, BatchSum, LogSumExp, Sum, log_sigmoid, relu, sigmoid, softplus, step
 from symgrad.primitives import row_of
 from symgrad.spec import Spec, load_spec
 
