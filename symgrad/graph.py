@@ -618,7 +618,10 @@ class _GraphBuilder:
         return self.hoist_all(t, bounds, line)
 
     def linear_add(self, e: sympy.Expr, bounds: dict, line: int) -> sympy.Expr:
-        return sympy.Add(*[self.linear(t, bounds, line) for t in sympy.Add.make_args(e)], evaluate=False)
+        # flat: an unevaluated Add inside another would hide its Sums from the caller (a Sum nested in a Sum's
+        # body reached the printer as builtins.sum; found by the differential fuzz)
+        terms = [u for t in sympy.Add.make_args(e) for u in sympy.Add.make_args(self.linear(t, bounds, line))]
+        return sympy.Add(*terms, evaluate=False)
 
     def hoist_all(self, e: sympy.Expr, bounds: dict, line: int) -> sympy.Expr:
         """Replace every outermost reduction inside e by a read of a new hidden statement that stores it.

@@ -29,6 +29,8 @@ def _limits_without_fold(cls, function, symbols, assumptions):
     outer variable out through an inner Sum whose variable its condition reads, so that variable escapes its Sum
     (`W @ Piecewise((m, m > 3), (w, True))` inside a logsumexp became `Piecewise((...), m[j] > 3)` with j unbound;
     found by the differential fuzz). Nested calls of the same class are still merged into one."""
+    if not isinstance(function, sympy.Basic):  # a Python number (Sum(0, ...) from SymPy's own algebra)
+        function = sympy.Integer(function) if isinstance(function, int) else sympy.Float(function)
     limits, orientation = _process_limits(*symbols, discrete=True)
     while type(function) is cls:
         limits = list(function.limits) + limits
