@@ -32,8 +32,8 @@ TARGETS = {"W2": "ahead of PyTorch (ratio > 1)", "W3": "within 1.5x (ratio >= 0.
 def symgrad_runner(wid: str, data: dict, params: dict, smoke: bool):
     from numba import cuda
 
-    from symgrad.cuda_runtime import CudaSession
-    from symgrad.loader import load_cuda
+    from symgrad.backends.cuda.device import CudaSession
+    from symgrad.runtime.loader import load_cuda
 
     w = WORKLOADS[wid]
     m = load_cuda(ROOT / "bench" / "specs" / f"{wid.lower()}.yaml")

@@ -54,7 +54,7 @@ LINKS = {"10 GbE (1.25 GB/s, 30 us)": (1.25e9, 30e-6), "100 Gb/s IB (12.5 GB/s, 
 
 
 def w3_model():
-    from symgrad.loader import load
+    from symgrad.runtime.loader import load
 
     folder = Path(tempfile.gettempdir()) / "symgrad-mpi-bench"
     folder.mkdir(exist_ok=True)
@@ -77,8 +77,8 @@ def w3_batches() -> dict[str, np.ndarray]:
 
 def worker(mode: str, epochs: int) -> None:
     """One configuration; prints one JSON line (rank 0)."""
-    from symgrad.optim import Adam
-    from symgrad.training import Trainer
+    from symgrad.runtime.optim import Adam
+    from symgrad.runtime.training import Trainer
 
     m = w3_model()
     batches = w3_batches()
@@ -87,7 +87,7 @@ def worker(mode: str, epochs: int) -> None:
     if mode == "mpi":
         from mpi4py import MPI
 
-        from symgrad.distributed import DistributedTrainer
+        from symgrad.runtime.distributed import DistributedTrainer
 
         comm = MPI.COMM_WORLD
         tr = DistributedTrainer(m, Adam(1e-3), params=params, comm=comm, n_samples=N_SAMPLES)
@@ -143,8 +143,8 @@ def _time(fn, repeat: int = 5) -> float:
 
 def model_costs(batch: int = 64) -> list[dict]:
     """Measured T_grad(b) for b = B/N and T_update for each spec; modelled speed-up on N nodes."""
-    from symgrad.loader import load
-    from symgrad.optim import ADAM_KIND, Adam, update
+    from symgrad.runtime.loader import load
+    from symgrad.runtime.optim import ADAM_KIND, Adam, update
 
     rows = []
     specs = sorted((ROOT / "specs").glob("*.yaml"))

@@ -7,29 +7,27 @@ Imports are lazy so that `symgrad derive` does not pay for Numba start-up.
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "load": "symgrad.loader",
-    "derive": "symgrad.display",
-    "Derivation": "symgrad.display",
-    "build_module_source": "symgrad.loader",
-    "train": "symgrad.training",
-    "Trainer": "symgrad.training",
-    "TrainResult": "symgrad.training",
-    "SGD": "symgrad.optim",
-    "Adam": "symgrad.optim",
-    "schedules": "symgrad.schedules",
+    "load": "symgrad.runtime.loader",
+    "derive": "symgrad.display.derivation",
+    "Derivation": "symgrad.display.derivation",
+    "build_module_source": "symgrad.runtime.loader",
+    "train": "symgrad.runtime.training",
+    "Trainer": "symgrad.runtime.training",
+    "TrainResult": "symgrad.runtime.training",
+    "SGD": "symgrad.runtime.optim",
+    "Adam": "symgrad.runtime.optim",
+    "schedules": "symgrad.runtime.schedules",
     "SymgradError": "symgrad.errors",
     "SpecError": "symgrad.errors",
     "DataError": "symgrad.errors",
     "TrainingDiverged": "symgrad.errors",
     "UsageError": "symgrad.errors",
-    "load_dataset": "symgrad.data",
-    "DataWarning": "symgrad.data",
+    "load_dataset": "symgrad.runtime.data",
+    "DataWarning": "symgrad.runtime.data",
 }
 
 
@@ -39,18 +37,6 @@ def __getattr__(name: str):
         return module if name == "schedules" else getattr(module, name)
     raise AttributeError(f"module 'symgrad' has no attribute {name!r}")
 
-
-class _Package(types.ModuleType):
-    """`symgrad.derive` is the public function, although the compiler has a submodule of that name: importing the
-    submodule must not replace the function on the package (`from symgrad.derive import ...` still works)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name == "derive" and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 def __dir__() -> list[str]:
     """The public API for `dir(symgrad)` and tab completion: the lazy names are not attributes until first use."""

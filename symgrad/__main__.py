@@ -1,3 +1,3 @@
-from symgrad.cli import main
+from symgrad.cli.main import main
 
 main()

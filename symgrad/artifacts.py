@@ -13,19 +13,18 @@ import tempfile
 from pathlib import Path
 
 _DIGEST: dict[str, str] = {}
-# Modules whose source never reaches generated text; every other module and template is part of the compiler,
-# so a new compiler module is covered without being listed.
-_RUNTIME_ONLY = {"__init__.py", "__main__.py", "blas.py", "checking.py", "cli.py", "cli_train.py", "cuda_mathfns.py",
-                 "cuda_runtime.py", "data.py", "display.py", "distributed.py", "errors.py", "jitcache.py",
-                 "loader.py", "mathfns.py", "optim.py", "render.py", "runtime.py", "schedules.py", "training.py",
-                 "trainer.py", "checkpoint.py", "npzfile.py", "sampling.py", "reference.py"}
+# The compiler is every module of these stages (and every template); a new compiler module is covered without being
+# listed. Backend modules that generated code only imports at run time never reach generated text.
+_COMPILER = ("lang", "frontend", "ir", "backends")
+_RUNTIME_ONLY = {"backends/cpu/mathfns.py", "backends/cpu/jitcache.py", "backends/cuda/mathfns.py",
+                 "backends/cuda/device.py", "backends/cuda/step.py"}
+_ROOT = Path(__file__).parent
 
 
 def _digest(files: list[Path]) -> str:
     h = hashlib.sha256()
-    root = Path(__file__).parent
     for f in sorted(files):
-        h.update(str(f.relative_to(root)).encode())
+        h.update(f.relative_to(_ROOT).as_posix().encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:12]
 
@@ -33,16 +32,17 @@ def _digest(files: list[Path]) -> str:
 def generator_digest() -> str:
     """A hash of all of symgrad's sources: a cached build from another symgrad is stale too."""
     if "all" not in _DIGEST:
-        root = Path(__file__).parent
-        _DIGEST["all"] = _digest(list(root.glob("*.py")) + list(root.glob("templates/**/*.j2")))
+        _DIGEST["all"] = _digest(list(_ROOT.rglob("*.py")) + list(_ROOT.rglob("*.j2")))
     return _DIGEST["all"]
 
 
 def compiler_digest() -> str:
     """A hash of the sources that decide a generated module's text (stamped into its header)."""
     if "compiler" not in _DIGEST:
-        root = Path(__file__).parent
-        files = [f for f in root.glob("*.py") if f.name not in _RUNTIME_ONLY] + list(root.glob("templates/**/*.j2"))
+        files = [_ROOT / "artifacts.py"]
+        for stage in _COMPILER:
+            files += [f for f in (_ROOT / stage).rglob("*") if f.suffix in (".py", ".j2")
+                      and f.relative_to(_ROOT).as_posix() not in _RUNTIME_ONLY]
         _DIGEST["compiler"] = _digest(files)
     return _DIGEST["compiler"]
 

@@ -1,7 +1,7 @@
 """Differential fuzzing campaign: `python -m tests.fuzz_campaign --n 5000 [--seed S] [--json OUT]`.
 
 Draws random specs from `tests/fuzz_specs.py`, runs each through the whole compiler and compares loss and gradient
-with the independent reference (`symgrad.reference`) and central differences. Prints a tally by failure class and
+with the independent reference (`symgrad.checks.reference`) and central differences. Prints a tally by failure class and
 one (the shortest) spec per class; `--json` writes every failing case. Run it with `NUMBA_DISABLE_JIT=1` for speed
 (the kernels then run as plain Python, which is what the differential check needs: the maths, not the machine code).
 """

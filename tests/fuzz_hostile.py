@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
-from symgrad.cli import main  # noqa: E402
+from symgrad.cli.main import main  # noqa: E402
 
 ONE_LINE = re.compile(r"^[^\n]*:\d+: [^\n]+\n?$")
 STAGE_SECONDS = 30  # a stage running longer than this is a hang

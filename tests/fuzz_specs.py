@@ -7,7 +7,7 @@ printing must survive: nonlinearities of reductions nested inside one another in
 affine, strided and triangular index ranges, Piecewise/Max/Min, every primitive and library function, user
 functions, literal float constants, maximize and sum reduction.
 
-`run_case` compares one generated spec's loss with `symgrad.reference` (rel 1e-9) and its gradient with central
+`run_case` compares one generated spec's loss with `symgrad.checks.reference` (rel 1e-9) and its gradient with central
 differences of the *reference* loss in float64, and optionally float32 params with the float64 result.
 """
 
@@ -488,10 +488,10 @@ def random_point(ref_model, seed: int, n: int = 3) -> tuple[dict, dict | None]:
 
 def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = None) -> CaseResult:
     """Build one spec and compare it with the reference; never raises (a crash is a result)."""
-    from symgrad.checking import rel_error
+    from symgrad.checks.gradcheck import rel_error
+    from symgrad.checks.reference import build_reference, reference_loss, reference_statements
     from symgrad.errors import SpecError
-    from symgrad.loader import load
-    from symgrad.reference import build_reference, reference_loss, reference_statements
+    from symgrad.runtime.loader import load
 
     workdir = workdir or tempfile.mkdtemp(prefix="symgrad-fuzz-")
     path = Path(workdir) / f"case{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
@@ -555,7 +555,7 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
                           f"{changed} (a buffer read before it is written)", text)
     err = max(rel_error(gen, ref), rel_error(gen_only, ref))
     if err > LOSS_RTOL:
-        from symgrad.checking import generated_statements
+        from symgrad.checks.gradcheck import generated_statements
 
         bad = ""
         try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from symgrad.optim import clip_, grad_norm_ok, update
+from symgrad.runtime.optim import clip_, grad_norm_ok, update
 
 SPEC = {
     "name": "handmade_concave",

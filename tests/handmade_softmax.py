@@ -7,7 +7,7 @@ import math
 import numpy as np
 from numba import njit
 
-from symgrad.optim import clip_, grad_norm_ok, update
+from symgrad.runtime.optim import clip_, grad_norm_ok, update
 
 D, K = 4, 3
 SPEC = {

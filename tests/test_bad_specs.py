@@ -155,7 +155,7 @@ def test_control_spec_builds(tmp_path):
     """The bad files are this valid spec with one thing broken: it must build, so each failure is that one."""
     from click.testing import CliRunner
 
-    from symgrad.cli import main
+    from symgrad.cli.main import main
 
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["build", str(BAD / "_control_ok.yaml"), "--out", str(out)])
@@ -168,7 +168,7 @@ def test_control_spec_builds(tmp_path):
 def test_build_rejects(case, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from symgrad.cli import main
+    from symgrad.cli.main import main
 
     out = tmp_path / "out"
     path = str(case.path)
@@ -190,7 +190,7 @@ def test_build_rejects(case, tmp_path, monkeypatch):
 def test_derive_rejects(case, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from symgrad.cli import main
+    from symgrad.cli.main import main
 
     path = str(case.path)
     runner = CliRunner()

@@ -9,9 +9,9 @@ import pytest
 from fdcheck import assert_gradient
 
 import symgrad
-from symgrad.display import render_text
+from symgrad.display.derivation import render_text
 from symgrad.errors import SpecError
-from symgrad.graph import build_program
+from symgrad.ir.graph import build_program
 
 SPEC = """
 name: bn
@@ -62,14 +62,14 @@ def test_statistics_are_per_batch_and_shown_as_batch_sums(tmp_path):
     prog = build_program(str(path))
     batched = {st.name: st.batched for st in prog.statements}
     assert not batched["mu"] and not batched["sig2"] and batched["hn"] and batched["s"]
-    from symgrad.derive import derive
+    from symgrad.ir.derive import derive
 
     text = render_text(derive(prog), "latex", None)
     assert r"\sum_{\mathsf{b} \in \mathcal{B}}" in text and r"|\mathcal{B}|" in text
 
 
 def test_cuda_refuses_batch_statistics_in_one_line(tmp_path):
-    from symgrad.cuda_codegen import render_cuda_module
+    from symgrad.backends.cuda.codegen import render_cuda_module
 
     path = tmp_path / "bn.yaml"
     path.write_text(SPEC)
@@ -78,7 +78,7 @@ def test_cuda_refuses_batch_statistics_in_one_line(tmp_path):
 
 
 def test_reference_evaluator_reduces_over_the_batch(tmp_path):
-    from symgrad.reference import build_reference, reference_loss
+    from symgrad.checks.reference import build_reference, reference_loss
 
     path = tmp_path / "bn.yaml"
     path.write_text(SPEC)

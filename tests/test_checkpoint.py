@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from symgrad.errors import SymgradError, UsageError
-from symgrad.optim import SGD
-from symgrad.training import train
+from symgrad.runtime.optim import SGD
+from symgrad.runtime.training import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 import handmade_linreg  # noqa: E402

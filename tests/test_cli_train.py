@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from symgrad import cli_train
+from symgrad.cli import train as cli_train
 
 sys.path.insert(0, str(Path(__file__).parent))
 import handmade_linreg  # noqa: E402
@@ -108,7 +108,7 @@ def test_device_cuda_without_gpu_is_one_clear_line():
 
     if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" or cuda.is_available():
         pytest.skip("a (simulated) GPU is present")
-    from symgrad.cli import main
+    from symgrad.cli.main import main
 
     r = CliRunner().invoke(main, ["train", "specs/linreg.yaml", "--data", "digits", "--device", "cuda"])
     assert r.exit_code == 2

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 import symgrad
-from symgrad.cli import main
-from symgrad.loader import build_module_source
+from symgrad.cli.main import main
+from symgrad.runtime.loader import build_module_source
 
 SPECS = sorted(Path("specs").glob("*.yaml"))
 

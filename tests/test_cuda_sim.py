@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from symgrad.cli import cpu_only
+from symgrad.cli.main import cpu_only
 
 ROOT = Path(__file__).resolve().parent.parent
 # recurrences and batch statistics run on the CPU backend only (the CUDA writer refuses them in one line)
@@ -45,7 +45,7 @@ def test_cuda_kernels_match_cpu_under_simulator():
 
 @pytest.mark.skipif(ON_DEVICE, reason="host-only check")
 def test_cuda_module_text_is_deterministic_and_marked(tmp_path):
-    from symgrad.cuda_codegen import render_cuda_module
+    from symgrad.backends.cuda.codegen import render_cuda_module
 
     for spec in SPECS:
         a = render_cuda_module(str(ROOT / spec), spec)
@@ -61,7 +61,7 @@ def test_cuda_module_text_is_deterministic_and_marked(tmp_path):
 def test_build_target_cuda_writes_cuda_module(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from symgrad.cli import main
+    from symgrad.cli.main import main
 
     monkeypatch.chdir(ROOT)
     r = CliRunner().invoke(main, ["build", "--target", "all", "--out", str(tmp_path), "specs/linreg.yaml"])
@@ -73,7 +73,7 @@ def test_build_target_cuda_writes_cuda_module(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(ON_DEVICE, reason="host-only check")
 def test_no_gpu_error_names_what_is_missing():
-    from symgrad import cuda_runtime
+    from symgrad.backends.cuda import device as cuda_runtime
 
     reason = cuda_runtime.cuda_reason()
     if reason is None:
@@ -93,7 +93,7 @@ def _modules(spec: str, tmp_dir: Path):
     if spec in _CACHE:
         return _CACHE[spec]
     import symgrad
-    from symgrad.cuda_codegen import render_cuda_module
+    from symgrad.backends.cuda.codegen import render_cuda_module
 
     cpu = symgrad.load(ROOT / spec)
     name = f"{cpu.SPEC['name']}_cuda_test"
@@ -147,7 +147,7 @@ def test_loss_and_grad_match_cpu(spec, tmp_path_factory):
 @pytest.mark.parametrize("spec", SPECS)
 def test_adam_step_matches_cpu(spec, tmp_path_factory):
     """One fused step on the device (loss, gradient, clipping check, Adam) equals the CPU `_train_epoch` step."""
-    from symgrad.runtime import batch_arrays
+    from symgrad.runtime.support import batch_arrays
 
     cpu, gpu = _modules(spec, tmp_path_factory.mktemp("cuda"))
     params, batch = _case(cpu, batch_size=2, seed=1)
@@ -230,9 +230,9 @@ def test_float32_kernels_run_and_agree(tmp_path_factory):
 def test_train_with_the_cuda_twin_matches_cpu():
     """`symgrad.train` steps unchanged with the CUDA module (same private contract): same parameters as the CPU."""
     import symgrad
-    from symgrad.loader import as_cuda
-    from symgrad.optim import Adam
-    from symgrad.training import train
+    from symgrad.runtime.loader import as_cuda
+    from symgrad.runtime.optim import Adam
+    from symgrad.runtime.training import train
 
     cpu = symgrad.load(ROOT / "specs/linreg.yaml")
     gpu = as_cuda(cpu)

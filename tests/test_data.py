@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from symgrad.data import DataWarning, describe, load_dataset
 from symgrad.errors import DataError, SymgradError, UsageError
-from symgrad.optim import SGD
-from symgrad.training import train
+from symgrad.runtime.data import DataWarning, describe, load_dataset
+from symgrad.runtime.optim import SGD
+from symgrad.runtime.training import train
 
 sys.path.insert(0, str(Path(__file__).parent))
 import handmade_linreg as M  # noqa: E402
@@ -175,7 +175,7 @@ def test_csv_remaining_columns_become_the_one_vector_input(tmp_path):
 
 
 def test_csv_labels_become_one_hot():
-    from symgrad.data import _csv
+    from symgrad.runtime.data import _csv
 
     class Clf:
         INPUTS = (("x", (2,), None), ("y", (3,), None))
@@ -264,7 +264,7 @@ def test_fuzzed_data_files_never_raise_a_traceback(tmp_path):
 def cli(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from symgrad import cli_train
+    from symgrad.cli import train as cli_train
 
     monkeypatch.setattr(cli_train, "_load_model", lambda path: M)
     spec = tmp_path / "handmade.yaml"

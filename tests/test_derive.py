@@ -6,10 +6,10 @@ from __future__ import annotations
 import sympy
 from click.testing import CliRunner
 
-from symgrad.cli import main
-from symgrad.derive import combined_equations, derive
-from symgrad.display import render_text
-from symgrad.graph import build_program
+from symgrad.cli.main import main
+from symgrad.display.derivation import render_text
+from symgrad.ir.derive import combined_equations, derive
+from symgrad.ir.graph import build_program
 
 
 def _write(tmp_path, name: str, text: str) -> str:

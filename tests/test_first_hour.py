@@ -17,7 +17,7 @@ import pytest
 import sympy
 from click.testing import CliRunner
 
-from symgrad.cli import main
+from symgrad.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -174,9 +174,9 @@ def _backward_lines(text: str) -> list[str]:
 
 @pytest.mark.parametrize("spec", ["vae", "nade", "mlp_digits", "cnn_digits", "autoencoder"])
 def test_backward_is_in_dependency_order(spec):
-    from symgrad.derive import derive
-    from symgrad.display import render_text
-    from symgrad.graph import build_program
+    from symgrad.display.derivation import render_text
+    from symgrad.ir.derive import derive
+    from symgrad.ir.graph import build_program
 
     text = render_text(derive(build_program(str(ROOT / "specs" / f"{spec}.yaml"))), "text", None)
     defined: set[str] = set()
@@ -211,7 +211,7 @@ def test_public_derive_gives_sympy_equations():
     assert d._repr_latex_().startswith("$$\\begin{aligned}")
     assert "<math" in d._repr_html_()
     assert [e.target for e in symgrad.derive(ROOT / "specs/mlp_digits.yaml", wrt="W1").gradients] == ["W1"]
-    assert "derive" in symgrad.__all__ and callable(symgrad.derive)
+    assert "derive" in symgrad.__all__ and callable(symgrad.ir.derive)
 
 
 def test_render_png_is_a_sane_size(tmp_path):
@@ -225,7 +225,7 @@ def test_render_png_is_a_sane_size(tmp_path):
 
 
 def test_render_html_splits_long_lines_and_nests_subscripts():
-    from symgrad.render import _mathml, _mathtext, split_terms
+    from symgrad.display.page import _mathml, _mathtext, split_terms
 
     assert split_terms(r"{y}_{i} = a + \frac{b + c}{2} - \left(d + e\right)") == \
         ["{y}_{i} =", "a", r"+ \frac{b + c}{2}", r"- \left(d + e\right)"]

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from symgrad.cli import main
+from symgrad.cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_LINE = re.compile(r"^[^\n]+:\d+: [^\n]+\n?$")
@@ -64,7 +64,7 @@ def test_hostile_file_name_and_description_do_not_run_cpu(tmp_path, monkeypatch)
 
 
 def test_hostile_strings_through_the_escaping_functions():
-    from symgrad.codetext import comment_text, doc_text, py_literal
+    from symgrad.backends.codetext import comment_text, doc_text, py_literal
 
     for s in [HOSTILE_DESCRIPTION, HOSTILE_FILE, "a\rb\x00c\u2028d\x85e", "\udc80", '"', "\\", '""""""']:
         line = "# " + comment_text(s)
@@ -78,7 +78,7 @@ def test_hostile_strings_through_the_escaping_functions():
 CUDA_SCRIPT = r"""
 import importlib.util, os, sys
 from pathlib import Path
-from symgrad.cuda_codegen import render_cuda_module
+from symgrad.backends.cuda.codegen import render_cuda_module
 spec_file, out = sys.argv[1], Path(sys.argv[2])
 text = render_cuda_module(spec_file, spec_file)
 out.write_text(text, encoding="utf-8")
@@ -125,7 +125,7 @@ def test_build_never_writes_through_a_link(tmp_path):
 
 
 def test_concurrent_atomic_writes_never_crash_or_tear(tmp_path):
-    from symgrad.loader import write_atomic
+    from symgrad.runtime.loader import write_atomic
 
     target = tmp_path / "m.py"
     texts = [f"# writer {k}\n" + "x = 1\n" * 2000 for k in range(4)]
@@ -152,7 +152,8 @@ def test_four_concurrent_builds_into_one_folder(tmp_path, monkeypatch):
     the old fixed `<name>.py.tmp` crashed with FileNotFoundError here."""
     import click
 
-    from symgrad import cli, loader
+    from symgrad.cli import main as cli
+    from symgrad.runtime import loader
 
     spec = _linreg(tmp_path)
     text = loader.build_module_source(spec, "linreg.yaml")
@@ -253,7 +254,7 @@ def test_load_refuses_an_edited_committed_module_and_caches_numba_outside(tmp_pa
 
 
 def test_header_digest_covers_body_and_generator(tmp_path):
-    from symgrad.loader import build_module_source, verified_source
+    from symgrad.runtime.loader import build_module_source, verified_source
 
     spec = _linreg(tmp_path)
     text = build_module_source(spec, "linreg.yaml")
@@ -337,7 +338,7 @@ SIGINT_SCRIPT = r"""
 import sys
 import numpy as np
 import symgrad
-from symgrad.optim import make_optimizer
+from symgrad.runtime.optim import make_optimizer
 m = symgrad.load(sys.argv[1])
 x = np.random.default_rng(0).standard_normal((8, 80))
 print("started", flush=True)

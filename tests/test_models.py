@@ -1,6 +1,6 @@
 """Shipped specs through the whole pipeline: MATH.md worked numbers, and each model's bar on the digits.
 
-Skipped until the code generator (`symgrad.loader`) exists; after that every failure is real. Each training
+Skipped until the code generator (`symgrad.runtime.loader`) exists; after that every failure is real. Each training
 prints its held-out figure and train time (`pytest -s` shows them).
 """
 
@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from symgrad.data import load_dataset
-from symgrad.optim import SGD, Adam
-from symgrad.training import Trainer, train
+from symgrad.runtime.data import load_dataset
+from symgrad.runtime.optim import SGD, Adam
+from symgrad.runtime.training import Trainer, train
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 
 
 def load(name: str):
-    loader = pytest.importorskip("symgrad.loader")
+    loader = pytest.importorskip("symgrad.runtime.loader")
     return loader.load(str(SPECS / f"{name}.yaml"))
 
 
@@ -181,7 +181,7 @@ def test_reduction_sum_on_a_generated_module(tmp_path):
     spec.write_text(
         (SPECS / "linreg.yaml").read_text().replace("name: linreg", "name: linsum") + "reduction: sum\n"
     )
-    m = pytest.importorskip("symgrad.loader").load(str(spec))
+    m = pytest.importorskip("symgrad.runtime.loader").load(str(spec))
     x = np.linspace(0.0, 1.0, 20)
     data = {"x": x, "y": 2 * x}
     start = {"w": np.array(0.0), "b": np.array(0.0)}
@@ -202,7 +202,7 @@ def test_reduction_sum_on_a_generated_module(tmp_path):
 
 
 def test_vae_resume_and_kl_annealing_are_bit_identical(tmp_path):
-    from symgrad.schedules import linear_ramp
+    from symgrad.runtime.schedules import linear_ramp
 
     m = load("vae")
     tr, _ = load_dataset("digits", m)

@@ -51,7 +51,7 @@ pytestmark = [
 
 
 def _load(name: str, folder: Path | None = None):
-    from symgrad.loader import load
+    from symgrad.runtime.loader import load
 
     return load(str((folder or SPECS) / f"{name}.yaml"))
 
@@ -70,15 +70,15 @@ def _linsum(folder: Path):
 
 
 def _digits(model, n: int):
-    from symgrad.data import load_dataset
+    from symgrad.runtime.data import load_dataset
 
     tr, te = load_dataset("digits", model)
     return {k: v[:n] for k, v in tr.items()}, te
 
 
 def case_mean(folder: Path, comm):
-    from symgrad.optim import SGD
-    from symgrad.training import train
+    from symgrad.runtime.optim import SGD
+    from symgrad.runtime.training import train
 
     m = _load("mlp_digits")
     tr, te = _digits(m, 512)
@@ -88,8 +88,8 @@ def case_mean(folder: Path, comm):
 
 def case_uneven(folder: Path, comm):
     """B = 63 on 2 ranks: shards of 32 and 31 rows; Adam."""
-    from symgrad.optim import Adam
-    from symgrad.training import train
+    from symgrad.runtime.optim import Adam
+    from symgrad.runtime.training import train
 
     m = _load("mlp_digits")
     tr, _ = _digits(m, 512)
@@ -98,8 +98,8 @@ def case_uneven(folder: Path, comm):
 
 
 def case_sum(folder: Path, comm):
-    from symgrad.optim import SGD
-    from symgrad.training import train
+    from symgrad.runtime.optim import SGD
+    from symgrad.runtime.training import train
 
     m = _linsum(folder)
     rng = np.random.default_rng(0)
@@ -111,9 +111,9 @@ def case_sum(folder: Path, comm):
 
 def case_vae(folder: Path, comm):
     """Sampled eps drawn for the global batch; KL annealing (constant schedule) and a cosine lr schedule."""
-    from symgrad.optim import Adam
-    from symgrad.schedules import cosine, linear_ramp
-    from symgrad.training import train
+    from symgrad.runtime.optim import Adam
+    from symgrad.runtime.schedules import cosine, linear_ramp
+    from symgrad.runtime.training import train
 
     m = _load("vae")
     tr, _ = _digits(m, 256)
@@ -124,9 +124,9 @@ def case_vae(folder: Path, comm):
 
 def case_clip(folder: Path, comm):
     """Clipping active on every step (norm 0.05), on the global gradient; step-decay lr schedule."""
-    from symgrad.optim import SGD
-    from symgrad.schedules import step_decay
-    from symgrad.training import train
+    from symgrad.runtime.optim import SGD
+    from symgrad.runtime.schedules import step_decay
+    from symgrad.runtime.training import train
 
     m = _load("mlp_digits")
     tr, _ = _digits(m, 512)
@@ -144,8 +144,8 @@ def worker_equal(folder: Path) -> None:
     """Every case with 2 ranks; then a 2-rank checkpoint/resume; each rank saves what it got."""
     from mpi4py import MPI
 
-    from symgrad.optim import SGD
-    from symgrad.training import train
+    from symgrad.runtime.optim import SGD
+    from symgrad.runtime.training import train
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
@@ -169,8 +169,8 @@ def worker_equal(folder: Path) -> None:
 
 def case_bn(folder: Path, comm):
     """BatchNorm (batch_mean): each rank normalises with its own shard's statistics (DDP without SyncBatchNorm)."""
-    from symgrad.optim import SGD
-    from symgrad.training import train
+    from symgrad.runtime.optim import SGD
+    from symgrad.runtime.training import train
 
     m = _load("mlp_bn_digits")
     tr, _ = _digits(m, 256)
@@ -191,8 +191,8 @@ def worker_fail(folder: Path) -> None:
     from mpi4py import MPI
 
     from symgrad.errors import SymgradError
-    from symgrad.optim import SGD
-    from symgrad.training import train
+    from symgrad.runtime.optim import SGD
+    from symgrad.runtime.training import train
 
     comm = MPI.COMM_WORLD
     rank = comm.Get_rank()
@@ -248,8 +248,8 @@ def worker_abort(folder: Path) -> None:
     """An error on one rank outside any step's reduction: the last resort, `comm.Abort`, ends the job."""
     from mpi4py import MPI
 
-    import symgrad.training as train_mod
-    from symgrad.optim import SGD
+    import symgrad.runtime.training as train_mod
+    from symgrad.runtime.optim import SGD
 
     comm = MPI.COMM_WORLD
     m = _load("linreg")
@@ -268,10 +268,10 @@ def worker_disagree(folder: Path) -> None:
     """Rank 1 differs from rank 0 in one setting at a time: every attempt is refused before the first step."""
     from mpi4py import MPI
 
-    from symgrad.distributed import DistributedError
-    from symgrad.optim import SGD, Adam
-    from symgrad.schedules import cosine
-    from symgrad.training import train
+    from symgrad.runtime.distributed import DistributedError
+    from symgrad.runtime.optim import SGD, Adam
+    from symgrad.runtime.schedules import cosine
+    from symgrad.runtime.training import train
 
     comm = MPI.COMM_WORLD
     one = comm.Get_rank() == 1
@@ -309,8 +309,8 @@ def worker_outside(folder: Path) -> None:
     """After a `train(comm=...)`, rank 1 raises outside any symgrad call while rank 0 waits in a barrier."""
     from mpi4py import MPI
 
-    from symgrad.optim import SGD
-    from symgrad.training import train
+    from symgrad.runtime.optim import SGD
+    from symgrad.runtime.training import train
 
     comm = MPI.COMM_WORLD
     m = _load("linreg")
@@ -502,8 +502,8 @@ def test_cli_under_mpiexec_prints_and_writes_on_rank_0_only(tmp_path):
     assert proc.stdout.count("2 MPI ranks") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.npz"]
     # the same as one process
-    from symgrad.optim import Adam
-    from symgrad.training import train
+    from symgrad.runtime.optim import Adam
+    from symgrad.runtime.training import train
 
     m = _load("mlp_digits")
     tr, _ = _digits(m, 10**6)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from symgrad import schedules
-from symgrad.optim import SGD, Adam, make_optimizer, update
+from symgrad.runtime import schedules
+from symgrad.runtime.optim import SGD, Adam, make_optimizer, update
 
 sys.path.insert(0, str(Path(__file__).parent))
 import handmade_linreg  # noqa: E402
@@ -111,7 +111,7 @@ def test_schedules_equal_their_formulas():
 
 
 def test_schedule_multiplies_base_lr_in_kernel_inputs():
-    from symgrad.training import Trainer
+    from symgrad.runtime.training import Trainer
 
     tr = Trainer(handmade_linreg, SGD(0.5), schedule=schedules.step_decay(2, 0.1))
     np.testing.assert_allclose(tr.lrs(0, 5), [0.5, 0.5, 0.05, 0.05, 0.005])
@@ -127,7 +127,7 @@ def test_schedule_multiplies_base_lr_in_kernel_inputs():
 
 
 def test_clipping_bounds_the_step_norm():
-    from symgrad.training import Trainer
+    from symgrad.runtime.training import Trainer
 
     rng = np.random.default_rng(3)
     batch = {"x": rng.normal(size=(8, 3)) * 100, "y": rng.normal(size=8) * 100}

@@ -9,7 +9,7 @@ from fdcheck import assert_gradient
 
 import symgrad
 from symgrad.errors import SpecError
-from symgrad.graph import build_program
+from symgrad.ir.graph import build_program
 
 SPEC = """
 name: pad

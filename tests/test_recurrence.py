@@ -11,9 +11,9 @@ import pytest
 from fdcheck import assert_gradient
 
 import symgrad
-from symgrad.codegen import render_module
+from symgrad.backends.base import render_module
 from symgrad.errors import SpecError
-from symgrad.graph import build_program
+from symgrad.ir.graph import build_program
 
 ELMAN = """
 name: elman
@@ -147,7 +147,7 @@ def test_bad_recurrences_are_one_line_errors(tmp_path, stmts, msg):
 
 
 def test_cuda_refuses_a_recurrence_in_one_line(tmp_path):
-    from symgrad.cuda_codegen import render_cuda_module
+    from symgrad.backends.cuda.codegen import render_cuda_module
 
     path = tmp_path / "elman.yaml"
     path.write_text(textwrap.dedent(ELMAN))
@@ -158,7 +158,7 @@ def test_cuda_refuses_a_recurrence_in_one_line(tmp_path):
 @pytest.mark.parametrize("text, ref", [(ELMAN, _elman), (GRU, _gru)], ids=["elman", "gru"])
 def test_reference_evaluator_runs_recurrences(tmp_path, text, ref):
     """The independent evaluator (symgrad check) reads a recurrence as written: step by step from its init."""
-    from symgrad.reference import build_reference, reference_loss
+    from symgrad.checks.reference import build_reference, reference_loss
 
     path = tmp_path / "rec.yaml"
     path.write_text(text)

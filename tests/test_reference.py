@@ -1,4 +1,4 @@
-"""The reference evaluator (symgrad.reference) against values written by hand with NumPy, and `symgrad check`'s
+"""The reference evaluator (symgrad.checks.reference) against values written by hand with NumPy, and `symgrad check`'s
 use of it: a loss that differs from the reference fails the check and names the first statement that differs."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from symgrad.checking import loss_check, rel_error
-from symgrad.reference import build_reference, reference_loss, reference_statements
+from symgrad.checks.gradcheck import loss_check, rel_error
+from symgrad.checks.reference import build_reference, reference_loss, reference_statements
 
 RNG = np.random.default_rng(7)
 
@@ -117,7 +117,7 @@ loss: r**2
 
 
 def test_loss_check_names_the_first_differing_statement(tmp_path):
-    from symgrad.loader import load
+    from symgrad.runtime.loader import load
 
     path = _spec(tmp_path, LINREG)
     module = load(path)
@@ -139,7 +139,7 @@ def test_loss_check_names_the_first_differing_statement(tmp_path):
 
 
 def test_cli_check_prints_the_loss_line(tmp_path):
-    from symgrad.cli import main
+    from symgrad.cli.main import main
 
     path = _spec(tmp_path, LINREG)
     out = CliRunner().invoke(main, ["check", path])
@@ -148,7 +148,7 @@ def test_cli_check_prints_the_loss_line(tmp_path):
 
 
 def test_cli_check_fails_on_a_nonfinite_loss(tmp_path):
-    from symgrad.cli import main
+    from symgrad.cli.main import main
 
     path = _spec(tmp_path, "name: nanloss\nparams: {w: {shape: [], init: 1.0}}\nloss: w**2 + log(w - 5)\n")
     out = CliRunner().invoke(main, ["check", path])

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 import symgrad
-from symgrad import sampling
 from symgrad.errors import SpecError
-from symgrad.spec import load_spec
+from symgrad.frontend.spec import load_spec
+from symgrad.runtime import sampling
 
 
 @pytest.mark.parametrize("kind, mean, var", [

@@ -1,5 +1,5 @@
 """Forms people write by hand, at points where float64 evaluated as written overflows or loses every digit, against
-the reference evaluated exactly (mpmath, 400 digits, enough for 1 - sigmoid(800): symgrad.reference's `digits`).
+the reference evaluated exactly (mpmath, 400 digits, enough for 1 - sigmoid(800): symgrad.checks.reference's `digits`).
 The compiled loss must be finite and right to 1e-9, its gradient right to 1e-6 against central differences of the
 exact reference.
 
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from known_failing import KNOWN_FAILING
 
-from symgrad.reference import build_reference, reference_loss
+from symgrad.checks.reference import build_reference, reference_loss
 
 DIGITS = 400
 
@@ -79,7 +79,7 @@ def _cases():
 
 @pytest.mark.parametrize(("text", "params", "batch"), _cases())
 def test_stable_form(text: str, params: dict, batch: dict, tmp_path: Path):
-    from symgrad.loader import load
+    from symgrad.runtime.loader import load
 
     path = tmp_path / "s.yaml"
     path.write_text(text, encoding="utf-8")

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from symgrad import schedules
 from symgrad.errors import DataError, TrainingDiverged, UsageError
-from symgrad.optim import SGD, Adam
-from symgrad.training import Trainer, train
+from symgrad.runtime import schedules
+from symgrad.runtime.optim import SGD, Adam
+from symgrad.runtime.training import Trainer, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 import handmade_concave  # noqa: E402
@@ -310,12 +310,13 @@ def test_classifier_accuracy_is_reported():
 
 
 def test_public_train_stays_callable_after_submodule_import():
-    """`import symgrad.training` must not shadow the public `symgrad.train` function (it once was `symgrad.train`)."""
+    """`import symgrad.runtime.training` must not shadow the public `symgrad.train` function
+    (it once was `symgrad.train`)."""
     import importlib
 
     import symgrad
 
-    importlib.import_module("symgrad.training")
-    importlib.import_module("symgrad.cli")
+    importlib.import_module("symgrad.runtime.training")
+    importlib.import_module("symgrad.cli.main")
     assert callable(symgrad.train) and callable(symgrad.Trainer)
-    assert symgrad.train.__module__ == "symgrad.training"
+    assert symgrad.train.__module__ == "symgrad.runtime.training"

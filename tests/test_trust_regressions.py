@@ -15,10 +15,10 @@ import pytest
 from fdcheck import assert_gradient
 
 import symgrad
-from symgrad.cli import cpu_only
+from symgrad.cli.main import cpu_only
 from symgrad.errors import SpecError
-from symgrad.graph import build_program
-from symgrad.names import RESERVED
+from symgrad.ir.graph import build_program
+from symgrad.lang.names import RESERVED
 
 B = 4
 
@@ -269,7 +269,7 @@ def test_private_names_are_refused_in_expressions(tmp_path, loss):
 
 
 def _generated_sources():
-    from symgrad.cuda_codegen import render_cuda_module
+    from symgrad.backends.cuda.codegen import render_cuda_module
 
     root = Path(__file__).parent.parent
     for f in sorted((root / "generated").glob("*.py")):
@@ -324,8 +324,8 @@ HOST_NAMES = ["n", "i", "t0", "kind", "total", "theta_d", "grad_d", "state_d", "
 def test_spec_names_never_collide_with_names_generated_functions_bind(tmp_path):
     """Inputs named like every non-private name the CUDA host code once used (`n`, `total`, `theta_d`, ...):
     no generated function (CPU or CUDA) rebinds one of its spec-name parameters, and both modules compile."""
-    from symgrad.codegen import render_module
-    from symgrad.cuda_codegen import render_cuda_module
+    from symgrad.backends.base import render_module
+    from symgrad.backends.cuda.codegen import render_cuda_module
 
     inputs = ", ".join(f"{n}: [D]" for n in HOST_NAMES)
     total = " + ".join(f"sum({n} * w)" for n in HOST_NAMES)

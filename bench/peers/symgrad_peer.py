@@ -9,7 +9,7 @@ import numpy as np
 
 import symgrad
 from bench.workloads import ADAM_EPS, BETA1, BETA2, LR, Workload
-from symgrad import blas
+from symgrad.runtime import blas
 
 SPEC_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "specs")
 ADAM = 3

@@ -1,0 +1,65 @@
+"""Where Numba's on-disk cache (`cache=True`, `.nbi`/`.nbc` files) goes: the per-user symgrad cache, never the
+installed package's or a project's `__pycache__`.
+
+Why a locator and not `NUMBA_CACHE_DIR`: setting Numba's global cache directory would move the cache of every
+other library in the process too. A locator placed first in Numba's list answers only for symgrad's own modules and
+the generated modules `symgrad.load` imports; everything else keeps Numba's defaults. When the user sets
+`NUMBA_CACHE_DIR` themselves, Numba's own locator honours it and this one steps aside.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+_GENERATED: set[str] = set()
+_PACKAGE = str(Path(__file__).resolve().parents[2])  # the symgrad package: its own cached kernels
+_INSTALLED: list[bool] = []
+
+
+def cache_root() -> Path:
+    from symgrad.artifacts import cache_dir
+
+    return cache_dir() / "numba"
+
+
+def register(path: str | os.PathLike) -> None:
+    """A generated module about to be executed: its kernels cache under the user cache."""
+    _GENERATED.add(os.path.abspath(path))
+
+
+def _ours(py_file: str) -> bool:
+    path = os.path.abspath(py_file)
+    return path in _GENERATED or path.startswith(_PACKAGE + os.sep)
+
+
+def install() -> None:
+    """Put symgrad's locator first in Numba's list (idempotent). Call before any `@njit(cache=True)` of symgrad's
+    is decorated: the locator is chosen when the decorator runs."""
+    if _INSTALLED:
+        return
+    _INSTALLED.append(True)
+    from numba.core import caching, config
+
+    base = getattr(caching, "UserProvidedCacheLocator", None)
+    impl = getattr(caching, "CacheImpl", None)
+    if base is None or impl is None or not hasattr(impl, "_locator_classes"):  # pragma: no cover - other Numba
+        if not config.CACHE_DIR:
+            config.CACHE_DIR = str(cache_root())
+        return
+
+    class SymgradCacheLocator(base):
+        """Numba's user-provided-directory locator, pointed at the symgrad cache, for symgrad's files only."""
+
+        def __init__(self, py_func, py_file):
+            self._py_file = py_file
+            self._lineno = py_func.__code__.co_firstlineno
+            self._cache_path = str(cache_root() / self.get_suitable_cache_subpath(py_file))
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if config.CACHE_DIR or not _ours(py_file):
+                return None
+            return super(base, cls).from_function(py_func, py_file)
+
+    impl._locator_classes.insert(0, SymgradCacheLocator)

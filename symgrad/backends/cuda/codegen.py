@@ -1,0 +1,354 @@
+"""CUDA render stage: the same KernelIR as the CPU module, printed as `numba.cuda` kernels plus host launchers.
+
+Nothing is derived again: `build_program` -> `derive` -> `lower` are the CPU path's, and the scalar maths goes through
+`KernelPrinter` (subclassed only for the backend deltas in `codegen.BACKENDS["cuda"]`). What changes is the layout:
+
+* a `LoopNest` becomes one `@cuda.jit` kernel; its threads cover the outer loops whose bounds are fixed
+  (batch x target elements, one flat grid, index decomposition with the last loop fastest so neighbouring threads
+  touch neighbouring elements); outer loops with bounds that depend on another loop, and the inner (reduction)
+  loops, run sequentially inside each thread;
+* a `+=` whose threads do not each own a distinct target element (affine target index, or more loops than the
+  target has indices) is a scatter-add and goes through `cuda.atomic.add`;
+* a `Gemm` is one launch of the module's shared tiled matrix-product kernel (transpose and accumulate flags passed);
+* a `Fill` is a kernel over the buffer's elements.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import jinja2
+import sympy
+from sympy import Indexed, Symbol
+
+import symgrad
+from symgrad.backends.base import (
+    BACKENDS,
+    KernelPrinter,
+    KernelWriter,
+    _env,
+    _Lines,
+    _names_in,
+    _pyrepr,
+    check_names,
+    finish_module,
+    spec_metadata,
+)
+from symgrad.errors import CodegenError, SpecError
+from symgrad.ir.derive import Loop, derive
+from symgrad.ir.graph import build_program
+from symgrad.ir.lower import BATCH, BATCH_SIZE, Fill, Gemm, LoopNest, lower, stable_rewrites
+from symgrad.lang.library import BatchSum
+from symgrad.lang.primitives import helper_imports
+
+BACKEND = BACKENDS["cuda"]
+B_SYM = BATCH_SIZE
+BATCH_ESTIMATE = 256  # batch size assumed when choosing between a per-thread loop and atomics
+SEQUENTIAL_LIMIT = 4096  # a scatter-add loops inside each thread over at most this many iterations, else atomics
+
+
+class CudaPrinter(KernelPrinter):
+    """The CPU printer with the CUDA deltas: the scalar maths is printed by the very same methods."""
+
+    backend = BACKEND
+
+
+class CudaKernel:
+    """One generated `@cuda.jit` kernel and how the host launches it."""
+
+    def __init__(self, name: str, args: list[str], body: list[str], threads: str, doc: str):
+        self.name = name
+        self.args = args
+        self.body = body
+        self.threads = threads  # printed expression of the number of threads (may use _B)
+        self.doc = doc
+
+
+class CudaKernelWriter(KernelWriter):
+    """Turns KernelIR operations into CUDA kernels (module level) and launch lines (host functions)."""
+
+    printer_class = CudaPrinter
+
+    def __init__(self, ir, prefix: str, first: int = 0):
+        super().__init__(ir)
+        self.prefix = prefix
+        self.first = first
+        self.kernels: list[CudaKernel] = []
+        self.reserved |= {"cuda", "_tid", "_r", "_INF", "_consts", "_gscale", "_B"}
+        prog = ir.program
+        self.shapes: dict[str, tuple] = {}
+        for a in prog.arrays.values():
+            self.shapes[a.name] = tuple(a.shape)
+            self.shapes[prog.adjoint[a.name]] = tuple(a.shape)
+        self.array_names = [a.name for a in prog.arrays.values()] + [prog.adjoint[a.name] for a in prog.arrays.values()]
+        self.constants = list(prog.constants)
+
+    # -- operations -> launch lines -------------------------------------------------------------------------
+    def ops(self, ops: list) -> list[str]:
+        out = _Lines()
+        for op in ops:
+            if isinstance(op, Gemm):
+                self.gemm(op, out)
+            elif isinstance(op, Fill):
+                self.fill(op, out)
+            elif isinstance(op, LoopNest):
+                self.loopnest(op, out)
+            else:  # pragma: no cover - a new op kind without a writer is a bug
+                raise CodegenError(f"no CUDA writer for {type(op).__name__}")
+        return out.lines
+
+    def _full_shape(self, name: str) -> tuple:
+        """Shape as stored on the device: leading `_B` for batched arrays, (1,) for unbatched 0-d ones."""
+        shape = self.shapes[name]
+        if name in self.batched:
+            return ("_B",) + shape
+        return shape or (1,)
+
+    def gemm(self, op: Gemm, out: _Lines) -> None:
+        a_nd, b_nd, o_nd = (len(self._full_shape(n)) for n in (op.a, op.b, op.out))
+        a, b, o = op.a, op.b, op.out
+        # every operand as a matrix: a vector A is one row (1, K), a vector B one column (K, 1)
+        if a_nd == 1:
+            a = f"{a}.reshape((1, {a}.shape[0]))"
+        if b_nd == 1:
+            b = f"{b}.reshape(({b}.shape[0], 1))"
+        if o_nd == 1:
+            o = f"{o}.reshape(({o}.shape[0], 1))" if a_nd == 2 else f"{o}.reshape((1, {o}.shape[0]))"
+        if op.comment:
+            out.add(f"# {op.comment}: tiled matrix product")
+        out.add(f"_gemm({o}, {a}, {b}, {op.trans_a}, {op.trans_b}, {op.accumulate})")
+
+    def fill(self, op: Fill, out: _Lines) -> None:
+        name = op.buffer
+        shape = self.shapes[name]
+        idx = [Symbol(f"_f{k}", integer=True) for k in range(len(shape))]
+        loops = [Loop(v, sympy.Integer(0), sympy.Integer(n - 1)) for v, n in zip(idx, shape, strict=True)]
+        if name in self.batched:
+            loops = [Loop(BATCH, sympy.Integer(0), B_SYM - 1)] + loops
+        target = sympy.IndexedBase(name, real=True)[tuple(idx)] if shape else Symbol(name, real=True)
+        self.loopnest(LoopNest(loops, [], target, sympy.Float(op.value), "=", reduce="none",
+                               comment=f"{name} = {op.value}"), out)
+
+    def _loopvars(self, op: LoopNest) -> dict:
+        return self.loop_names(op.outer + op.inner)
+
+    def loopnest(self, op: LoopNest, out: _Lines) -> None:
+        loopvars = self._loopvars(op)
+        expr = stable_rewrites(op.expr)
+        init = stable_rewrites(op.init)
+        subs, reduced = sympy.cse([expr], symbols=sympy.numbered_symbols("_t"), optimizations=None)
+        expr = reduced[0]
+        locs = {}
+        for sym, _ in subs:
+            locs[sym] = f"_t{self.tmp}"
+            self.tmp += 1
+        pr = self.printer(loopvars, locs)
+        # threads: the outer loops with fixed bounds; loops with bounds that depend on another loop run inside
+        # each thread, in their order
+        rect = [lp for lp in op.outer if not ((lp.lo.free_symbols | lp.hi.free_symbols) - {B_SYM})]
+        par = list(rect)
+        inner = list(op.inner)
+        reduce = op.reduce
+        if op.mode == "+=" and not self._owned(op, par):
+            # a scatter-add: loops that are not bare target indices either move into the thread (few iterations:
+            # a deterministic sum, no atomics) or stay threads and add atomically
+            shared = [lp for lp in par if lp not in self._owned_loops(op, par)]
+            if _extent_estimate(shared) <= SEQUENTIAL_LIMIT:
+                par = [lp for lp in par if lp not in shared]
+                t_vars = op.target.free_symbols if isinstance(op.target, Indexed) else set()
+                if reduce == "none" and not any(lp.var in t_vars for lp in op.outer if lp not in par) \
+                        and not any(lp not in rect for lp in op.outer):
+                    inner = shared + inner  # target fixed per thread: accumulate in a register, write once
+                    reduce = "sum"
+        seq = [lp for lp in op.outer if lp not in par and lp not in inner]
+        body = _Lines()
+        body.depth = 1
+        if par:
+            extents = [sympy.expand(lp.hi - lp.lo + 1) for lp in par]
+            total = sympy.Mul(*extents)
+            threads = pr.doprint(total)
+            body.add("_tid = cuda.grid(1)")
+            body.add(f"if _tid >= {threads}:")
+            body.add("    return")
+            for k, (lp, ext) in enumerate(reversed(list(zip(par, extents, strict=True)))):
+                v = loopvars[lp.var]
+                lo = pr.doprint(lp.lo)
+                off = "" if lp.lo == 0 else f"{lo} + "
+                if k == len(par) - 1:
+                    body.add(f"{v} = {off}_tid")
+                else:
+                    body.add(f"{v} = {off}_tid % {pr.doprint(ext)}")
+                    body.add(f"_tid //= {pr.doprint(ext)}")
+        else:
+            threads = "1"
+        for lp in seq:
+            body.add(f"for {loopvars[lp.var]} in range({pr.doprint(lp.lo)}, {self._hi(lp, pr)}):")
+            body.depth += 1
+        target = pr.doprint(op.target)
+        write = self._writer(op, target, par, loopvars)
+        if reduce == "none":
+            for sym, value in subs:
+                body.add(f"{locs[sym]} = {pr.doprint(value)}")
+            body.add(write(pr.doprint(expr)))
+        elif reduce == "sum":
+            body.add(f"_acc = {pr.doprint(init)}" if init != 0 else "_acc = 0.0")
+            for lp in inner:
+                body.add(f"for {loopvars[lp.var]} in range({pr.doprint(lp.lo)}, {self._hi(lp, pr)}):")
+                body.depth += 1
+            for sym, value in subs:
+                body.add(f"{locs[sym]} = {pr.doprint(value)}")
+            body.add(f"_acc += {pr.doprint(expr)}")
+            body.depth -= len(inner)
+            body.add(write("_acc"))
+        else:  # lse: max-shifted, so exp never overflows
+            body.add("_m = -_INF")
+            self._inner(op, loopvars, pr, body, subs, locs, f"_m = max(_m, {pr.doprint(expr)})")
+            body.add("_acc = 0.0")
+            self._inner(op, loopvars, pr, body, subs, locs, f"_acc += math.exp({pr.doprint(expr)} - _m)")
+            body.add(write("_m + math.log(_acc)"))
+        self._emit(op.comment or "", body.lines, threads, out)
+
+    def _writer(self, op: LoopNest, target: str, par: list[Loop], loopvars: dict):
+        """`target = v`, `target += v`, or an atomic add when threads share target elements."""
+        if op.mode == "=":
+            if not self._owned(op, par):
+                raise CodegenError(f"CUDA: '=' into {target} from threads that share elements")
+            return lambda v: f"{target} = {v}"
+        if self._owned(op, par):
+            return lambda v: f"{target} += {v}"
+        base, _, rest = target.partition("[")
+        index = rest[:-1]
+        if "," not in index:
+            return lambda v: f"cuda.atomic.add({base}, {index}, {v})"
+        return lambda v: f"cuda.atomic.add({base}, ({index}), {v})"
+
+    def _owned(self, op: LoopNest, par: list[Loop]) -> bool:
+        """Does each thread own its own target element? Yes when every thread loop is a bare target index."""
+        return len(self._owned_loops(op, par)) == len(par)
+
+    def _owned_loops(self, op: LoopNest, par: list[Loop]) -> list[Loop]:
+        t = op.target
+        if isinstance(t, Indexed):
+            name = self.names.get(t.base, str(t.base))
+            idx = list(t.indices)
+        else:
+            name = self.names.get(t, str(t))
+            idx = []
+        bare = {i for i in idx if isinstance(i, Symbol)}
+        if name in self.batched:
+            bare.add(BATCH)
+        return [lp for lp in par if lp.var in bare]
+
+    def _emit(self, comment: str, body: list[str], threads: str, out: _Lines) -> None:
+        used = _names_in("\n".join(body))  # one scan per kernel, not one per array (linear in the spec)
+        args = [n for n in self.array_names if n in used]
+        pre = []
+        used_consts = [(k, c) for k, c in enumerate(self.constants) if c in used]
+        if used_consts:
+            args.append("_consts")
+            pre = [f"    {c} = _consts[{k}]" for k, c in used_consts]
+        if "_gscale" in used:
+            args.append("_gscale")
+        if "_B" in used:
+            args.append("_B")
+        name = f"_k{self.first + len(self.kernels):02d}_{self.prefix}"
+        self.kernels.append(CudaKernel(name, args, pre + body, threads, comment))
+        if comment:
+            out.add(f"# {comment}")
+        launch = "1, 1" if threads == "1" else f"_blocks({threads}), _TPB"
+        out.add(f"{name}[{launch}]({', '.join(args)})")
+
+
+def _extent_estimate(loops: list[Loop]) -> int:
+    """Iterations of rectangular loops, the batch counted as BATCH_ESTIMATE samples."""
+    n = 1
+    for lp in loops:
+        n *= int(sympy.expand(lp.hi - lp.lo + 1).subs(B_SYM, BATCH_ESTIMATE))
+    return n
+
+
+def _template_env() -> jinja2.Environment:
+    return _env("cuda")
+
+
+def render_cuda_module(spec_path: str, display_path: str | None = None) -> str:
+    """The full text of generated/<name>_cuda.py for one spec."""
+    prog = build_program(spec_path)
+    check_names(prog)
+    if prog.recurrences:
+        rec = prog.recurrences[0]
+        line = prog.arrays[rec.members[-1]].line
+        raise SpecError(f"recurrence {rec.members[-1]} runs on the CPU backend only (the CUDA writer has no step "
+                        f"loop yet); build it with --target cpu", prog.spec.path, line)
+    batch_stat = next((st for st in prog.statements if isinstance(st.body, BatchSum)), None)
+    if batch_stat is not None:
+        raise SpecError("batch statistics (batch_mean, batch_sum) run on the CPU backend only; build it with "
+                        "--target cpu", prog.spec.path, batch_stat.line)
+    d = derive(prog)
+    ir = lower(d)
+    fw = CudaKernelWriter(ir, "fwd")
+    try:
+        forward_lines = fw.ops(ir.forward_ops)
+        bw = CudaKernelWriter(ir, "bwd", first=len(fw.kernels))
+        backward_lines = bw.ops(ir.backward_ops)
+    except CodegenError:
+        raise
+    except Exception as exc:  # printer failures are bugs: one clear error, never half a file
+        raise CodegenError(f"cannot print CUDA kernels for {spec_path}: {exc}") from exc
+    params, off = [], 0
+    for a in prog.params:
+        size = 1
+        for n in a.shape:
+            size *= n
+        params.append({"name": a.name, "shape": tuple(a.shape), "offset": off, "size": size,
+                       "view_shape": tuple(a.shape) if a.shape else (1,), "init": a.init,
+                       "grad_name": prog.adjoint[a.name]})
+        off += size
+
+    def dev_shape(shape: tuple, batched: bool) -> str:
+        if batched:
+            return "(_B, " + "".join(f"{n}, " for n in shape).rstrip(", ") + ")" if shape else "(_B,)"
+        return str(tuple(shape) if shape else (1,))
+
+    from symgrad.backends.base import statement_inputs
+
+    deps = statement_inputs(prog)
+    stmts = [{"name": st.name, "user_shape": tuple(st.shape), "batched": st.batched, "inputs": deps[st.name],
+              "dev_shape": dev_shape(tuple(st.shape), st.batched)} for st in prog.statements]
+    adjoints = [{"name": b.name, "dev_shape": dev_shape(tuple(b.shape), b.batched)} for b in ir.adjoint_buffers]
+    inputs = [{"name": a.name, "shape": tuple(a.shape), "sample": a.sample} for a in prog.inputs]
+    consts = [{"name": n, "default": v} for n, (v, _) in prog.constants.items()]
+    raw = Path(spec_path).read_bytes()
+    ctx = {
+        "spec_path": display_path or spec_path,
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "version": symgrad.__version__,
+        "name": prog.spec.name,
+        "description": prog.spec.description,
+        "metadata": _pyrepr(spec_metadata(prog)),
+        "params": params,
+        "n_theta": off,
+        "inputs": inputs,
+        "input_args": "".join(f", {a['name']}" for a in inputs),
+        "consts": consts,
+        "statements": stmts,
+        "adjoints": adjoints,
+        "kernels": fw.kernels + bw.kernels,
+        "cuda_helpers": helper_imports("cuda"),  # the template's import line: every row's CUDA device form
+        "forward_lines": forward_lines,
+        "backward_lines": backward_lines,
+        "loss": prog.loss_name,
+        "loss_index": [st.name for st in prog.statements].index(prog.loss_name),
+        "grad_names": [p["grad_name"] for p in params],
+        "outputs": prog.outputs,
+        "sign": -1.0 if prog.spec.objective == "maximize" else 1.0,
+        "reduction": prog.spec.reduction,
+        "has_inputs": bool(inputs),
+        "batch_source": inputs[0]["name"] if inputs else None,
+    }
+    try:
+        text = _template_env().get_template("module.py.j2").render(**ctx)
+    except jinja2.TemplateError as exc:
+        raise CodegenError(f"template error while generating CUDA module for {spec_path}: {exc}") from exc
+    return finish_module(text, spec_path)

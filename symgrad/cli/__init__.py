@@ -1,0 +1,1 @@
+"""The `symgrad` command line (click): derive, build, check, train, predict, evaluate."""

@@ -1,0 +1,227 @@
+"""Command line: thin click commands that call the stages and map errors to exit codes (API.md).
+
+Exit status: 0 success, 1 a check failed or training diverged, 2 a usage or spec error (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from symgrad.errors import CheckFailed, SpecError, SymgradError, UsageError
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(message, err=True)
+    sys.exit(code)
+
+
+def guarded(spec_arg: str | None = None):
+    """Run a command body; a SymgradError becomes its one-line message and exit code. An unexpected exception
+    while reading a spec is reported as a spec error at line 1 rather than a traceback."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def inner(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except SymgradError as exc:
+                _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
+            except (RecursionError, MemoryError) as exc:
+                where = kwargs.get(spec_arg) if spec_arg else None
+                _fail(f"{where or '<spec>'}:1: spec is too complex to process ({type(exc).__name__})", 2)
+
+        return inner
+
+    return wrap
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="symgrad")
+def main() -> None:
+    """symgrad: derive gradients of symbolic specs, print them as LaTeX, generate Numba kernels, train."""
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--wrt", multiple=True, help="only these parameters' gradients")
+@click.option("--format", "fmt", type=click.Choice(["latex", "text"]), default="latex", show_default=True)
+@click.option("--render", type=click.Path(dir_okay=False), help="also write OUT.png (mathtext) or OUT.html")
+@guarded("spec")
+def derive(spec: str, wrt: tuple[str, ...], fmt: str, render: str | None) -> None:
+    """Print the backward pass and each parameter's gradient."""
+    from symgrad.display.derivation import render_text
+    from symgrad.ir.derive import derive as run_derive
+    from symgrad.ir.graph import build_program
+
+    if render and not render.endswith((".png", ".html")):
+        raise UsageError(f"--render must name a .png or .html file, got {render!r}")
+    d = run_derive(build_program(spec))
+    text = render_text(d, fmt, list(wrt) or None)
+    click.echo(text, nl=False)
+    if render:
+        from symgrad.display.derivation import derivation_lines
+        from symgrad.display.page import render_file
+
+        render_file(derivation_lines(d, "latex", list(wrt) or None), d.program.spec.name, render)
+        click.echo(f"wrote {render}", err=True)
+
+
+@main.command()
+@click.argument("specs", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", default="generated", show_default=True, type=click.Path(file_okay=False))
+@click.option("--target", type=click.Choice(["cpu", "cuda", "all"]), default="cpu", show_default=True)
+@click.option("--check", is_flag=True, help="regenerate in memory; exit 1 if a file on disk differs")
+@guarded()
+def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> None:
+    """Generate OUT/<name>.py from each spec (default: specs/*.yaml); prints `wrote PATH` for each file written
+    and `unchanged PATH` for one already up to date. (`symgrad.load` builds into its own cache instead; see
+    docs/api.md.)"""
+    from symgrad.frontend.spec import load_spec
+    from symgrad.runtime.loader import build_module_source, write_atomic
+
+    paths = [Path(s) for s in specs] or sorted(Path("specs").glob("*.yaml"))
+    if not paths:
+        raise UsageError("no specs given and none found under specs/")
+    rendered = []
+    owners: dict[str, Path] = {}
+    name_max = _name_max(Path(out_dir))
+    for path in paths:  # everything is generated before anything is written: a bad spec writes nothing
+        spec = load_spec(path)
+        name = spec.name
+        if name in owners:
+            raise SpecError(f"name {name!r} is also the name of {owners[name]}: both would write "
+                            f"{Path(out_dir) / (name + '.py')}; give one another name", str(path),
+                            spec.line_of.get("name", 1))
+        owners[name] = path
+        if len(f".symgrad-{name}_cuda.py.tmp12345678".encode()) > name_max:
+            raise SpecError(f"name {name[:40]!r}... is too long for a file name in {out_dir} "
+                            f"(at most {name_max} bytes there)", str(path), spec.line_of.get("name", 1))
+        text = build_module_source(path, display_path=_display(path))
+        files = [(Path(out_dir) / f"{name}.py", text)]
+        if target == "all" and cpu_only(path):
+            click.echo(f"note: {path} runs on the CPU backend only (recurrence or batch statistics): no CUDA module",
+                       err=True)
+        elif target in ("cuda", "all"):
+            from symgrad.backends.cuda.codegen import render_cuda_module
+
+            files.append((Path(out_dir) / f"{name}_cuda.py", render_cuda_module(str(path), _display(path))))
+            if target == "cuda":
+                files = files[1:]
+        rendered.extend(files)
+    if check:
+        stale = []
+        for path, text in rendered:
+            old = path.read_text(encoding="utf-8") if path.exists() else ""
+            if old != text:
+                stale.append(path)
+                diff = difflib.unified_diff(old.splitlines(True), text.splitlines(True), f"{path} (on disk)",
+                                            f"{path} (regenerated)", n=2)
+                sys.stdout.writelines(list(diff)[:200])
+        if stale:
+            raise CheckFailed(f"{len(stale)} generated file(s) differ from their specs; run `symgrad build` to update")
+        click.echo(f"{len(rendered)} generated file(s) up to date")
+        return
+    for path, text in rendered:
+        if path.is_file() and not path.is_symlink() and path.read_text(encoding="utf-8") == text:
+            click.echo(f"unchanged {path}")
+            continue
+        try:
+            write_atomic(path, text)  # fresh O_EXCL temporary + rename: never through a link, never half a file
+        except OSError as exc:
+            raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
+        click.echo(f"wrote {path}")
+
+
+def _name_max(out_dir: Path) -> int:
+    """The longest file name the output folder's filesystem takes (255 where it cannot be asked)."""
+    probe = out_dir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return os.pathconf(probe, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
+
+
+def cpu_only(path: Path) -> bool:
+    """A recurrence or a batch statistic: CPU only for now."""
+    from symgrad.ir.graph import build_program
+    from symgrad.lang.library import BatchSum
+
+    prog = build_program(str(path))
+    return bool(prog.recurrences) or any(isinstance(st.body, BatchSum) for st in prog.statements)
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return path.name
+
+
+@main.command()
+@click.argument("spec", type=click.Path(dir_okay=False))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--rtol", default=1e-5, show_default=True)
+@guarded("spec")
+def check(spec: str, seed: int, rtol: float) -> None:
+    """Compare generated gradients with float64 central differences on random inputs, and the generated loss with
+    the independent reference evaluator (naming the first statement that differs)."""
+    from symgrad.checks.gradcheck import LOSS_RTOL, gradient_check, loss_check
+    from symgrad.checks.reference import EvaluatorError
+
+    try:
+        rows = gradient_check(spec, seed=seed)
+        lc = loss_check(spec, seed=seed)
+    except SymgradError:
+        raise
+    except EvaluatorError as exc:  # e.g. a summation index that escaped its Sum while parsing
+        raise CheckFailed(f"check failed: the reference evaluator cannot evaluate this spec: {exc}") from None
+    except Exception as exc:  # a kernel must never raise (ZeroDivisionError, a name it never bound): a failed check
+        raise CheckFailed(f"check failed: {type(exc).__name__} while building or running the generated module: "
+                          f"{exc}") from None
+    worst = 0.0
+    for name, err in rows:
+        status = "ok" if err <= rtol else "MISMATCH"
+        click.echo(f"{name:<16} worst relative error {err:.2e}  {status}")
+        worst = max(worst, err)
+    status = "ok" if lc.rel_error <= LOSS_RTOL and "loss" not in lc.nonfinite else "MISMATCH"
+    click.echo(f"{'loss':<16} generated {lc.generated:.17g} reference {lc.reference:.17g} "
+               f"relative error {lc.rel_error:.2e}  {status}")
+    if lc.first_bad is not None and lc.first_bad[0]:
+        name, line, err = lc.first_bad
+        click.echo(f"{'':<16} first statement that differs: {name} ({spec}:{line}), relative error {err:.2e}")
+    elif lc.first_bad is not None:
+        click.echo(f"{'':<16} every statement agrees with the reference on its own; the loss differs (a statement "
+                   "read before it is fully written, or the reduction over the batch)")
+    for what in lc.nonfinite:
+        click.echo(f"{'':<16} {what} is not finite  MISMATCH")
+    if worst > rtol:
+        raise CheckFailed(f"gradient check failed: worst relative error {worst:.2e} > rtol {rtol:g}")
+    if not lc.ok():
+        what = ", ".join(lc.nonfinite) + " not finite" if lc.nonfinite else \
+            f"relative error {lc.rel_error:.2e} > {LOSS_RTOL:g}"
+        raise CheckFailed(f"loss check failed against the reference evaluator: {what}")
+
+
+def _register_train() -> None:
+    try:
+        from symgrad.cli.train import evaluate_command, predict_command, train_command
+    except ImportError:  # pragma: no cover - the runtime is part of the package
+        return
+    main.add_command(train_command, "train")
+    main.add_command(predict_command, "predict")
+    main.add_command(evaluate_command, "evaluate")
+
+
+_register_train()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Stage 4: loading generated modules and training them (optimizers, schedules, data, checkpoints, MPI)."""

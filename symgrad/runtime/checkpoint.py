@@ -1,0 +1,172 @@
+"""Checkpoints: written atomically, read defensively, and only resumed by the run that wrote them.
+
+A checkpoint is an `.npz` of theta, the optimizer state, the step and epoch, the RNG state, the per-epoch logs and
+`meta` (JSON): the spec's digest (`spec_digest`: a hash of what the generated module says about the model, so a
+different spec with the same name and parameter count is refused) and the run settings a bit-identical resume needs.
+`load_checkpoint` never trusts the file: a damaged or tampered one is one `UsageError` line naming the file and what
+is wrong, never a traceback; `validate` checks it against the run about to resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from symgrad.errors import UsageError
+from symgrad.runtime import npzfile
+
+FORMAT = 2  # bumped when the layout changes; older checkpoints are refused with a clear line
+REQUIRED = ("theta", "opt_state", "step", "epoch", "rng", "meta")
+
+
+def spec_digest(model: ModuleType) -> str:
+    """SHA-256 (16 hex digits) of the model as the module describes it: spec dict (sans description), layout."""
+    spec = dict(getattr(model, "SPEC", {}) or {})
+    spec.pop("description", None)
+    described = {
+        "spec": spec,
+        "params": [[n, list(s)] for n, s in getattr(model, "PARAMS", ())],
+        "inputs": [[n, list(s), smp] for n, s, smp in getattr(model, "INPUTS", ())],
+        "constants": [[n, float(v)] for n, v in getattr(model, "CONSTANTS", ())],
+        "sign": float(getattr(model, "SIGN", 1.0)),
+        "reduction": str(getattr(model, "REDUCTION", "mean")),
+    }
+    text = json.dumps(described, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: str | os.PathLike, trainer: Any, epoch: int, logs: dict[str, list], meta: dict) -> None:
+    """Write atomically (a fresh temp file in the same folder, then `os.replace`): never half a file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    arrays = {
+        "theta": trainer.theta,
+        "opt_state": trainer.opt_state,
+        "step": np.int64(trainer.step_count),
+        "epoch": np.int64(epoch),
+        "rng": np.array(json.dumps(trainer.rng.bit_generator.state)),
+        "meta": np.array(json.dumps({**meta, "format": FORMAT}, sort_keys=True)),
+    }
+    for key, values in logs.items():
+        arrays[f"log_{key}"] = np.asarray(values, dtype=np.float64)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ckpt-", suffix=".npz")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _int_scalar(raw: Mapping[str, np.ndarray], key: str, where: str) -> int:
+    value = raw[key]
+    if value.shape != () or value.dtype.kind not in "iu":
+        raise UsageError(f"{where}: {key!r} must be one integer, found {value.dtype} of shape {value.shape}")
+    out = int(value)
+    if out < 0:
+        raise UsageError(f"{where}: {key} {out} is negative")
+    return out
+
+
+def _json(raw: Mapping[str, np.ndarray], key: str, where: str) -> Any:
+    value = raw[key]
+    if value.shape != () or value.dtype.kind != "U":
+        raise UsageError(f"{where}: {key!r} must be a JSON string, found {value.dtype} of shape {value.shape}")
+    try:
+        return json.loads(str(value))
+    except ValueError as exc:
+        raise UsageError(f"{where}: {key!r} is not valid JSON ({exc})") from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint into plain values and arrays; any damage is one `UsageError` line naming the file."""
+    path = os.fspath(path)
+    where = f"checkpoint {path}"
+
+    def error(message: str) -> UsageError:
+        return UsageError(f"checkpoint {message}")
+
+    members = npzfile.inspect(path, error)
+    missing = [k for k in REQUIRED if k not in members]
+    if missing:
+        raise UsageError(f"{where}: not a symgrad checkpoint, missing {', '.join(map(repr, missing))}")
+    raw = npzfile.read(path, [m for k, m in members.items() if k in REQUIRED or k.startswith("log_")], error)
+    meta = _json(raw, "meta", where)
+    if not isinstance(meta, dict):
+        raise UsageError(f"{where}: 'meta' must be a JSON object")
+    if meta.get("format") != FORMAT:
+        raise UsageError(
+            f"{where}: written by another symgrad version (format {meta.get('format', 1)!r}, this one reads "
+            f"{FORMAT}); start afresh without --resume"
+        )
+    rng = _json(raw, "rng", where)
+    if not isinstance(rng, dict) or "bit_generator" not in rng or "state" not in rng:
+        raise UsageError(f"{where}: 'rng' is not a NumPy generator state")
+    theta, opt_state = raw["theta"], raw["opt_state"]
+    if theta.ndim != 1 or theta.dtype.kind != "f":
+        raise UsageError(f"{where}: 'theta' must be a 1-d float array, found {theta.dtype} of shape {theta.shape}")
+    if opt_state.shape != (2, theta.shape[0]) or opt_state.dtype != theta.dtype:
+        raise UsageError(
+            f"{where}: 'opt_state' must be {theta.dtype} of shape (2, {theta.shape[0]}), found "
+            f"{opt_state.dtype} of shape {opt_state.shape}"
+        )
+    if not (np.all(np.isfinite(theta)) and np.all(np.isfinite(opt_state))):
+        raise UsageError(f"{where}: the parameters or optimizer state contain NaN or infinite values")
+    logs = {}
+    for key, value in raw.items():
+        if key.startswith("log_"):
+            if value.ndim != 1 or value.dtype.kind != "f":
+                raise UsageError(f"{where}: {key!r} must be a 1-d float array")
+            logs[key[4:]] = value.tolist()
+    return {
+        "theta": theta,
+        "opt_state": opt_state,
+        "step": _int_scalar(raw, "step", where),
+        "epoch": _int_scalar(raw, "epoch", where),
+        "rng": rng,
+        "meta": meta,
+        "logs": logs,
+    }
+
+
+def validate(ck: Mapping[str, Any], path: str | os.PathLike, meta: Mapping[str, Any], *, epochs: int,
+             steps_per_epoch: int, total_steps: int) -> None:
+    """Refuse a checkpoint this run cannot continue identically: another spec or settings, an impossible position."""
+    where = f"checkpoint {os.fspath(path)}"
+    for key, mine in meta.items():
+        theirs = ck["meta"].get(key)
+        if theirs != mine:
+            what = "spec" if key == "spec" else key
+            raise UsageError(
+                f"{where} was written with {what}={theirs!r}, this run has {mine!r}: cannot resume identically"
+                + (" (a different spec, or a changed one)" if key == "spec" else "")
+            )
+    epoch, step = int(ck["epoch"]), int(ck["step"])
+    if epoch > epochs:
+        raise UsageError(f"{where} is at epoch {epoch}, past this run's {epochs} epochs")
+    low, high = (epoch - 1) * steps_per_epoch + 1, epoch * steps_per_epoch
+    if epoch == 0:
+        low = high = 0
+    if not low <= step <= high or step > total_steps:
+        raise UsageError(
+            f"{where} is at step {step} of epoch {epoch}, impossible with {steps_per_epoch} steps per epoch"
+            + (f" and {total_steps} steps" if total_steps < epochs * steps_per_epoch else "")
+        )
+    if str(ck["theta"].dtype) != str(meta.get("dtype", ck["theta"].dtype)):
+        raise UsageError(f"{where}: holds {ck['theta'].dtype} parameters, this run trains in {meta['dtype']}")
+    n_logged = len(ck["logs"].get("history", []))
+    if n_logged != epoch:
+        raise UsageError(f"{where}: {n_logged} epochs logged but it claims epoch {epoch}")
+    if math.prod(ck["theta"].shape) != int(meta.get("n_theta", ck["theta"].shape[0])):
+        raise UsageError(f"{where}: holds {ck['theta'].shape[0]} parameters, the model has {meta['n_theta']}")

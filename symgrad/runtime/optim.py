@@ -1,0 +1,232 @@
+"""Optimizer update kernels and the small optimizer objects that configure them.
+
+One compiled `update` serves every model: parameters live in one flat `theta` (docs/internals.md), so the
+generated `_train_epoch` fuses forward, backward and this update into a single compiled call per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, types
+from numba.extending import overload
+
+from symgrad.backends.cpu import jitcache
+from symgrad.errors import UsageError
+
+jitcache.install()  # before the decorators below: their .nbc cache goes to the user cache, not the package
+
+TINY = 1e-30  # optimizer state below this is flushed to 0 (see _adam_ol)
+
+SGD_KIND = 0
+MOMENTUM_KIND = 1
+NESTEROV_KIND = 2
+ADAM_KIND = 3
+KIND_NAMES = {SGD_KIND: "sgd", MOMENTUM_KIND: "momentum", NESTEROV_KIND: "nesterov", ADAM_KIND: "adam"}
+
+
+def _adam(theta, g, ms, vs, lr, b1, b2, eps, t):  # noqa: D103  (compiled through the overload below)
+    raise NotImplementedError
+
+
+@overload(_adam, jit_options={"cache": True})
+def _adam_ol(theta, g, ms, vs, lr, b1, b2, eps, t):
+    """Adam in theta's own precision: float32 parameters get float32 vector arithmetic (as PyTorch does), twice
+    the SIMD width of float64; float64 parameters keep float64 throughout."""
+    f = np.float32 if theta.dtype == types.float32 else np.float64
+
+    def impl(theta, g, ms, vs, lr, b1, b2, eps, t):
+        step = f(lr / (1.0 - b1**t))  # lr * mhat / m
+        inv_c2 = f(1.0 / (1.0 - b2**t))  # vhat / v
+        fb1, fb2, feps = f(b1), f(b2), f(eps)
+        ob1, ob2 = f(1.0 - b1), f(1.0 - b2)
+        tiny = f(TINY)
+        zero = f(0.0)
+        for i in range(theta.shape[0]):
+            gi = g[i]
+            m = fb1 * ms[i] + ob1 * gi
+            v = fb2 * vs[i] + ob2 * gi * gi
+            # a moment whose gradient stays 0 decays geometrically into subnormal numbers, which cost the
+            # CPU ~100x per operation (W2 halved its speed after 100 epochs); below TINY it is 0 for Adam anyway
+            m = m if abs(m) > tiny else zero
+            v = v if v > tiny else zero
+            ms[i] = m
+            vs[i] = v
+            theta[i] = theta[i] - step * m / (math.sqrt(v * inv_c2) + feps)
+
+    return impl
+
+
+@njit(cache=True)
+def update(theta, g, state, kind, lr, hyper, t):  # pragma: no cover - compiled
+    """Descend on `g` in place: `theta`, `g` flat; `state` (2, n) zeros at start; `t` the 1-based step.
+
+    `hyper` = [momentum, beta1, beta2, eps] (float64). Arithmetic is done in float64 and stored back in
+    theta's dtype, so float32 and float64 parameters follow the same formulas.
+    """
+    n = theta.shape[0]
+    if kind == 0:
+        for i in range(n):
+            theta[i] = theta[i] - lr * g[i]
+    elif kind == 1:
+        mu = hyper[0]
+        for i in range(n):
+            v = mu * state[0, i] + g[i]
+            v = v if abs(v) > TINY else 0.0 * v  # no subnormal velocities (see _adam_ol)
+            state[0, i] = v
+            theta[i] = theta[i] - lr * v
+    elif kind == 2:
+        mu = hyper[0]
+        for i in range(n):
+            v = mu * state[0, i] + g[i]
+            v = v if abs(v) > TINY else 0.0 * v
+            state[0, i] = v
+            theta[i] = theta[i] - lr * (g[i] + mu * v)
+    elif kind == 3:
+        _adam(theta, g, state[0], state[1], lr, hyper[1], hyper[2], hyper[3], t)
+    else:
+        raise ValueError("unknown optimizer kind")
+
+
+@njit(cache=True, inline="always")  # inlined into each caller's loop: no call per step
+def gated_step(theta, grad, state, kind, lr, hyper, t, clip_norm, total):  # pragma: no cover - compiled
+    """Everything after the gradient, in one place for every loop (CPU epoch, MPI): finiteness gate, clipping,
+    `update`. Returns False, theta and state untouched, when the loss `total` or the gradient is not finite.
+
+    The sum of squares is BLAS's dot in theta's dtype (vectorised); clipping rescales to `clip_norm` when the
+    gradient is longer (`clip_norm <= 0` disables it).
+    """
+    sq = float(np.dot(grad, grad))
+    if not (math.isfinite(total) and math.isfinite(sq)):
+        return False
+    if clip_norm > 0.0 and math.sqrt(sq) > clip_norm:
+        grad *= clip_norm / math.sqrt(sq)
+    update(theta, grad, state, kind, lr, hyper, t)
+    return True
+
+
+@njit(cache=True)
+def grad_norm_ok(g):  # pragma: no cover - compiled
+    """Return (||g||, finite?) so a step loop can stop before touching theta (internals: divergence)."""
+    s = 0.0
+    for i in range(g.shape[0]):
+        s += 1.0 * g[i] * g[i]
+    return math.sqrt(s), np.isfinite(s)
+
+
+@njit(cache=True)
+def clip_(g, clip_norm, norm):  # pragma: no cover - compiled
+    """Rescale `g` in place to norm `clip_norm` when it is longer (clip_norm <= 0 disables clipping)."""
+    if clip_norm > 0.0 and norm > clip_norm:
+        f = clip_norm / norm
+        for i in range(g.shape[0]):
+            g[i] = g[i] * f
+
+
+class OptimizerError(UsageError, ValueError):
+    """A bad optimizer argument: one line, exit 2 in the CLI; still a ValueError for callers that catch that."""
+
+
+def _number(owner: str, name: str, value: object) -> float:
+    """A real number (not a string, not a bool): `SGD("1e-3")` says so instead of failing inside a comparison."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise OptimizerError(f"{owner}: {name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(float(value)):
+        raise OptimizerError(f"{owner}: {name} must be finite, got {value!r}")
+    return float(value)
+
+
+def _hyper(momentum: float = 0.0, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8) -> np.ndarray:
+    return np.array([momentum, beta1, beta2, eps], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class SGD:
+    """Plain, heavy-ball (`momentum > 0`) or Nesterov SGD; `lr` is the base rate that schedules multiply."""
+
+    lr: float
+    momentum: float = 0.0
+    nesterov: bool = False
+
+    def __post_init__(self) -> None:
+        lr, momentum = _number("SGD", "lr", self.lr), _number("SGD", "momentum", self.momentum)
+        if not isinstance(self.nesterov, (bool, np.bool_)):
+            raise OptimizerError(f"SGD: nesterov must be True or False, got {self.nesterov!r}")
+        if not lr > 0:
+            raise OptimizerError(f"SGD: lr must be positive, got {self.lr}")
+        if not 0.0 <= momentum < 1.0:
+            raise OptimizerError(f"SGD: momentum must be in [0, 1), got {self.momentum}")
+        if self.nesterov and momentum == 0.0:
+            raise OptimizerError("SGD: nesterov=True needs momentum > 0")
+
+    @property
+    def kind(self) -> int:
+        if self.momentum == 0.0:
+            return SGD_KIND
+        return NESTEROV_KIND if self.nesterov else MOMENTUM_KIND
+
+    @property
+    def hyper(self) -> np.ndarray:
+        return _hyper(momentum=self.momentum)
+
+
+@dataclass(frozen=True)
+class Adam:
+    """Adam with bias correction (MATH.md); `lr` is the base rate that schedules multiply."""
+
+    lr: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def __post_init__(self) -> None:
+        lr = _number("Adam", "lr", self.lr)
+        b1, b2 = _number("Adam", "beta1", self.beta1), _number("Adam", "beta2", self.beta2)
+        eps = _number("Adam", "eps", self.eps)
+        if not lr > 0:
+            raise OptimizerError(f"Adam: lr must be positive, got {self.lr}")
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise OptimizerError(f"Adam: beta1 and beta2 must be in [0, 1), got {self.beta1}, {self.beta2}")
+        if not eps > 0:
+            raise OptimizerError(f"Adam: eps must be positive, got {self.eps}")
+
+    @property
+    def kind(self) -> int:
+        return ADAM_KIND
+
+    @property
+    def hyper(self) -> np.ndarray:
+        return _hyper(beta1=self.beta1, beta2=self.beta2, eps=self.eps)
+
+
+Optimizer = SGD | Adam
+
+
+def make_optimizer(name: str, lr: float | None = None) -> Optimizer:
+    """Build an optimizer from a CLI name (`sgd`, `momentum`, `nesterov`, `adam`) with sensible defaults."""
+    if not isinstance(name, str):
+        raise OptimizerError(f"optimizer must be SGD(...), Adam(...) or a name, got {type(name).__name__}")
+    name = name.strip().lower()
+    if name == "sgd":
+        return SGD(lr if lr is not None else 0.1)
+    if name == "momentum":
+        return SGD(lr if lr is not None else 0.05, momentum=0.9)
+    if name == "nesterov":
+        return SGD(lr if lr is not None else 0.05, momentum=0.9, nesterov=True)
+    if name == "adam":
+        return Adam(lr if lr is not None else 1e-3)
+    raise OptimizerError(f"unknown optimizer {name!r}: choose sgd, momentum, nesterov or adam")
+
+
+def as_optimizer(value: object) -> Optimizer:
+    """`train(optimizer=...)`: an `SGD`/`Adam` as is, or a name as the CLI takes it (default learning rate)."""
+    if isinstance(value, (SGD, Adam)):
+        return value
+    if isinstance(value, str):
+        return make_optimizer(value)
+    raise OptimizerError(
+        f"optimizer must be symgrad.SGD(...), symgrad.Adam(...) or one of 'sgd', 'momentum', 'nesterov', 'adam'; "
+        f"got {type(value).__name__}"
+    )

@@ -1,0 +1,392 @@
+"""The step engine: `Trainer` (one flat parameter vector, one compiled call per step or per chunk of steps).
+
+`runtime.training.train` runs epochs on it, `runtime.distributed.DistributedTrainer` splits its steps across MPI
+ranks; both import this module, neither imports the other's caller (no import circle).
+
+Divergence: a compiled call stops at the first step whose loss or gradient is not finite, leaving theta at the
+parameters that produced it. The trainer then rolls back to the *last parameters whose loss was finite* (those of
+the step before) by restoring the snapshot taken at the start of the call and re-running the steps before it on
+the same inputs (deterministic, so bit-identical). The last step of every call runs in a call of its own, after a
+snapshot, so a failure at the first step of the next call goes back to that snapshot without keeping any inputs.
+While training goes well this costs two theta copies and one extra compiled call per chunk of steps.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from symgrad.errors import DataError, TrainingDiverged, UsageError
+from symgrad.runtime import blas, sampling
+from symgrad.runtime.optim import Optimizer, as_optimizer
+
+
+def _shape_str(shape: tuple, lead: tuple[str, ...] = ("N",)) -> str:
+    dims = [*lead, *(str(d) for d in shape)]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def _params_dtype(params: Mapping[str, Any]) -> np.dtype:
+    """float32 only when the given parameters are float32; float64 otherwise (the API's default)."""
+    for value in params.values():
+        if np.asarray(value).dtype == np.float32:
+            return np.dtype(np.float32)
+        break
+    return np.dtype(np.float64)
+
+
+def check_arrays(
+    model: ModuleType,
+    data: Mapping[str, Any] | None,
+    dtype: np.dtype,
+    *,
+    what: str = "data",
+    lead: tuple[str, ...] = ("N",),
+) -> tuple[dict[str, np.ndarray], tuple[int, ...] | None]:
+    """Validate arrays against the spec's inputs and cast them to `dtype` once.
+
+    Returns the cast arrays and their common leading shape (None when no array was given). Every failure is a
+    `DataError` naming the array and the expected shape.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise DataError(f"{what} must be a dict of arrays (one per input), got {type(data).__name__}")
+    inputs = {name: (tuple(shape), sample) for name, shape, sample in model.INPUTS}
+    for name in data:
+        if name not in inputs:
+            known = ", ".join(inputs) or "none"
+            raise DataError(f"{what}: unknown array {name!r}; the spec's inputs are: {known}")
+    out: dict[str, np.ndarray] = {}
+    first: str | None = None
+    leading: tuple[int, ...] | None = None
+    for name, (shape, sample) in inputs.items():
+        expected = _shape_str(shape, lead)
+        if name not in data:
+            if sample is None:
+                raise DataError(f"{what}: missing input {name!r}, expected an array of shape {expected}")
+            continue
+        arr = np.asarray(data[name])
+        if arr.dtype.kind not in "biuf":
+            raise DataError(
+                f"{what}[{name!r}] has non-numeric dtype {arr.dtype}; expected numbers of shape {expected}"
+            )
+        if arr.ndim != len(lead) + len(shape) or arr.shape[len(lead) :] != shape:
+            raise DataError(f"{what}[{name!r}] has shape {arr.shape}, expected {expected}")
+        if leading is None:
+            first, leading = name, arr.shape[: len(lead)]
+        elif arr.shape[: len(lead)] != leading:
+            raise DataError(
+                f"{what}[{name!r}] has leading shape {arr.shape[: len(lead)]} but {what}[{first!r}] has "
+                f"{leading}; every input needs the same number of samples, shape {expected}"
+            )
+        cast = np.ascontiguousarray(arr, dtype=dtype)
+        if not np.all(np.isfinite(cast)):
+            raise DataError(f"{what}[{name!r}] contains NaN or infinite values (after casting to {dtype})")
+        out[name] = cast
+    if leading is not None and min(leading, default=1) == 0:
+        raise DataError(f"{what}: the arrays are empty, expected shape {_shape_str(inputs[first][0], lead)}")
+    return out, leading
+
+
+def _split_schedule(schedule: Any, const_names: list[str]) -> tuple[Callable | None, dict[str, Callable]]:
+    """`schedule=` is one lr-multiplier schedule or a dict {"lr": ..., constant name: absolute schedule}."""
+    if schedule is None:
+        return None, {}
+    if callable(schedule):
+        return schedule, {}
+    if not isinstance(schedule, Mapping):
+        raise UsageError(
+            "schedule must be a callable step -> value or a dict of them keyed by 'lr' or constant names"
+        )
+    lr = schedule.get("lr")
+    consts: dict[str, Callable] = {}
+    for key, sched in schedule.items():
+        if not callable(sched):
+            raise UsageError(f"schedule[{key!r}] is not callable")
+        if key == "lr":
+            continue
+        if key not in const_names:
+            known = ", ".join(const_names) or "none"
+            raise UsageError(
+                f"schedule: {key!r} is neither 'lr' nor a constant of the spec (constants: {known})"
+            )
+        consts[key] = sched
+    return lr, consts
+
+
+def diverged_message(step: int, kept: int, where: str = "") -> str:
+    """The one line of a divergence: the failing step and which parameters were kept."""
+    if kept + 1 < step:
+        keep = f"kept the parameters of step {kept + 1}, the last whose loss was finite"
+    else:
+        keep = "kept the starting parameters (no step had a finite loss)"
+    return f"training diverged at step {step}{where}: non-finite loss or gradient; {keep}"
+
+
+class Trainer:
+    """Stateful training loop over one flat parameter vector: the step API that `train` is built on."""
+
+    def __init__(
+        self,
+        model: ModuleType,
+        optimizer: Optimizer,
+        *,
+        params: Mapping[str, Any] | None = None,
+        seed: int = 0,
+        constants: Mapping[str, float] | None = None,
+        clip_norm: float | None = None,
+        schedule: Any = None,
+        n_samples: int | None = None,
+    ):
+        """`n_samples` (an extension) is the training-set size N for `reduction: sum`'s N/B gradient scale."""
+        self.model = model
+        self.optimizer = as_optimizer(optimizer)
+        if params is None:
+            params = model.init_params(seed)
+        self.dtype = _params_dtype(params)
+        try:
+            self.theta = np.ascontiguousarray(model.flatten(dict(params), self.dtype))
+        except KeyError as exc:
+            raise UsageError(f"params: missing parameter {exc}") from None
+        if self.theta.shape != (model.N_THETA,):
+            raise UsageError(
+                f"params flatten to {self.theta.shape[0]} numbers, the model has {model.N_THETA}"
+            )
+        self.grad = np.zeros_like(self.theta)
+        self.opt_state = np.zeros((2, model.N_THETA), self.dtype)
+        self.step_count = 0
+        self._before_last: tuple | None = None  # (theta, opt_state, step) before the last step of the last call
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        try:
+            self._consts = np.asarray(model.consts_vector(dict(constants) if constants else None), np.float64)
+        except (KeyError, ValueError) as exc:
+            raise UsageError(f"constants: {exc}") from None
+        self.const_names = [name for name, _ in model.CONSTANTS]
+        if clip_norm is not None and (
+            isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float, np.integer, np.floating))
+        ):
+            raise UsageError(f"clip_norm must be a positive number, got {type(clip_norm).__name__} {clip_norm!r}")
+        if clip_norm is not None and not clip_norm > 0:
+            raise UsageError(f"clip_norm must be positive, got {clip_norm}")
+        self.clip_norm = clip_norm
+        self.lr_schedule, self.const_schedules = _split_schedule(schedule, self.const_names)
+        self.n_samples = n_samples
+        self._sampled = [(name, tuple(shape)) for name, shape, sample in model.INPUTS if sample is not None]
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """Views into the flat theta: they change as training proceeds (copy them to keep a snapshot)."""
+        return self.model.unflatten(self.theta)
+
+    def params_copy(self) -> dict[str, np.ndarray]:
+        return {k: np.array(v, copy=True) for k, v in self.model.unflatten(self.theta).items()}
+
+    def lrs(self, t0: int, n: int) -> np.ndarray:
+        """Learning rate of each of the steps t0 .. t0+n-1 (0-based): base lr times the schedule."""
+        base = float(self.optimizer.lr)
+        if self.lr_schedule is None:
+            return np.full(n, base)
+        return np.array([base * float(self.lr_schedule(t)) for t in range(t0, t0 + n)], dtype=np.float64)
+
+    def consts_steps(self, t0: int, n: int) -> np.ndarray:
+        """Constants vector of each step: defaults, then `constants=`, then absolute constant schedules."""
+        out = np.tile(self._consts, (n, 1))
+        for name, sched in self.const_schedules.items():
+            col = self.const_names.index(name)
+            out[:, col] = [float(sched(t)) for t in range(t0, t0 + n)]
+        return np.ascontiguousarray(out)
+
+    def constants_at(self, t: int) -> dict[str, float]:
+        """The constants in effect at step t, as a dict (for `forward`/`loss` calls)."""
+        vec = self.consts_steps(t, 1)[0]
+        return {name: float(vec[i]) for i, name in enumerate(self.const_names)}  # vec may be padded
+
+    def gscale(self, batch_size: int) -> float:
+        sign = float(self.model.SIGN)
+        if self.model.REDUCTION == "sum":
+            n = self.n_samples if self.n_samples is not None else batch_size
+            return sign * n / batch_size
+        return sign / batch_size
+
+    def objective(self, loss_sum: np.ndarray | float, batch_size: int) -> Any:
+        """Batch objective from the kernel's loss sum: what `model.loss` would return for the batch."""
+        return loss_sum if self.model.REDUCTION == "sum" else loss_sum / batch_size
+
+    def _inputs(
+        self, batches: dict[str, np.ndarray], n_steps: int, batch_size: int
+    ) -> tuple[np.ndarray, ...]:
+        """Positional kernel inputs in INPUTS order, drawing sampled inputs the batches do not supply."""
+        args = []
+        for name, shape, sample in self.model.INPUTS:
+            if name in batches:
+                args.append(batches[name])
+            else:  # only sampled inputs reach here (check_arrays enforces the rest)
+                args.append(sampling.draw(self.rng, sample, (n_steps, batch_size, *shape), self.dtype))
+        return tuple(args)
+
+    def _train_epoch_call(self, t0: int, n_steps: int, batch_size: int, inputs: tuple):
+        clip = float(self.clip_norm) if self.clip_norm is not None else 0.0
+        return self.model._train_epoch(
+            self.theta,
+            self.grad,
+            self.opt_state,
+            int(self.optimizer.kind),
+            self.optimizer.hyper,
+            t0,
+            self.lrs(t0, n_steps),
+            self.consts_steps(t0, n_steps),
+            clip,
+            self.gscale(batch_size),
+            *inputs,
+        )
+
+    def _call(self, t0: int, n: int, batch_size: int, inputs: tuple) -> tuple[np.ndarray, int]:
+        """Steps t0 .. t0+n-1 in one compiled call on the first n rows of `inputs`; (losses, steps done)."""
+        if n == 0:
+            return np.zeros(0), 0
+        with blas.limit(blas.threads_for(int(self.theta.size), batch_size)):
+            losses, done = _interruptible(self, lambda: self._train_epoch_call(t0, n, batch_size,
+                                                                               tuple(a[:n] for a in inputs)))
+        return np.asarray(losses[: int(done)], np.float64), int(done)
+
+    def _run(self, batches: dict[str, np.ndarray], n_steps: int, batch_size: int) -> np.ndarray:
+        """Run n_steps; the last one in a call of its own, so the parameters before it are kept for a rollback."""
+        t0 = self.step_count
+        inputs = self._inputs(batches, n_steps, batch_size)
+        start = (self.theta.copy(), self.opt_state.copy())
+        losses, done = self._call(t0, n_steps - 1, batch_size, inputs)
+        before_last = None
+        if done == n_steps - 1:
+            before_last = (self.theta.copy(), self.opt_state.copy(), t0 + done)
+            last, n_last = self._call(t0 + done, 1, batch_size, tuple(a[done:] for a in inputs))
+            losses, done = np.concatenate([losses, last]), done + n_last
+        self.step_count = t0 + done
+        objectives = np.asarray(self.objective(losses, batch_size))
+        if done < n_steps:
+            step = t0 + done + 1
+            self._roll_back(start, t0, done, batch_size, inputs)
+            exc = TrainingDiverged(diverged_message(step, self.step_count), step=step, params=self.params_copy())
+            exc.objectives = objectives  # steps that completed before the failure
+            raise exc
+        self._before_last = before_last
+        return objectives
+
+    def _roll_back(self, start, t0: int, done: int, batch_size: int, inputs: tuple) -> None:
+        """After step t0 + done + 1 failed (theta untouched by it): back to the parameters of the step before."""
+        if done >= 1:  # restore the snapshot of this call's start and replay: deterministic, bit for bit
+            self.theta[:] = start[0]
+            self.opt_state[:] = start[1]
+            self.step_count = t0
+            _, redone = self._call(t0, done - 1, batch_size, inputs)
+            if redone != done - 1:  # pragma: no cover - the same steps succeeded a moment ago
+                raise RuntimeError("replaying finished steps did not reproduce them")
+            self.step_count = t0 + redone
+        elif self._before_last is not None and self._before_last[2] + 1 == t0:  # the first step of this call
+            self.theta[:] = self._before_last[0]
+            self.opt_state[:] = self._before_last[1]
+            self.step_count = self._before_last[2]
+        # else: the very first step (or the first after a restore) failed; theta is the starting point
+
+    def run_epoch(
+        self, batches: Mapping[str, Any] | None = None, *, n_steps: int | None = None
+    ) -> np.ndarray:
+        """Run every batch in one compiled call; `batches[name]` has shape (n_batches, batch_size, ...).
+
+        Returns the per-step batch objectives. A spec with no data inputs needs `n_steps=`.
+        """
+        arrays, leading = check_arrays(
+            self.model, batches, self.dtype, what="batches", lead=("n_batches", "batch_size")
+        )
+        if leading is None:
+            if n_steps is None:
+                raise UsageError("run_epoch: no batches given, pass n_steps= for a spec without data inputs")
+            return self._run({}, n_steps, 1)
+        if n_steps is not None and n_steps != leading[0]:
+            raise UsageError(f"run_epoch: n_steps={n_steps} but the batches hold {leading[0]}")
+        return self._run(arrays, leading[0], leading[1])
+
+    def step(self, batch: Mapping[str, Any] | None = None) -> float:
+        """One compiled forward/backward/update; returns the batch objective before the update."""
+        arrays, leading = check_arrays(self.model, batch, self.dtype, what="batch", lead=("B",))
+        if leading is None:
+            return float(self._run({}, 1, 1)[0])
+        return float(self._run({k: v[None] for k, v in arrays.items()}, 1, leading[0])[0])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Copies of everything needed to continue bit-identically: params, optimizer state, step, RNG."""
+        return {
+            "params": self.params_copy(),
+            "theta": self.theta.copy(),
+            "opt_state": self.opt_state.copy(),
+            "step": self.step_count,
+            "rng": self.rng.bit_generator.state,
+        }
+
+    def load_state_dict(self, d: Mapping[str, Any]) -> None:
+        """Restore a `state_dict()` (or a checkpoint's arrays)."""
+        if "theta" in d:
+            theta = np.asarray(d["theta"])
+        else:
+            theta = self.model.flatten(dict(d["params"]), self.dtype)
+        if theta.shape != self.theta.shape:
+            raise UsageError(f"state has {theta.shape[0]} parameters, the model has {self.theta.shape[0]}")
+        opt_state = np.asarray(d["opt_state"])
+        if opt_state.shape != self.opt_state.shape:
+            raise UsageError(f"optimizer state has shape {opt_state.shape}, expected {self.opt_state.shape}")
+        self.theta[:] = theta
+        self.opt_state[:] = opt_state
+        self.step_count = int(d["step"])
+        self._before_last = None
+        rng_state = d["rng"]
+        if isinstance(rng_state, (str, np.ndarray)):
+            rng_state = json.loads(str(rng_state))
+        self.rng.bit_generator.state = rng_state
+
+
+def _interruptible(trainer: Any, call: Callable[[], Any]) -> Any:
+    """Run one compiled call so that Ctrl-C stops it promptly (issue 12: a 5-deep sum ignored SIGINT).
+
+    Python runs signal handlers only between bytecodes, and a Numba kernel is one long call. So the call runs in a
+    daemon thread (the kernels are compiled `nogil=True`) while the main thread waits in short, interruptible
+    joins. On KeyboardInterrupt the trainer gets back the parameters and optimizer state from before the call
+    (the abandoned kernel finishes writing into arrays nobody reads; at exit the daemon thread is dropped), and
+    the interrupt propagates. Off the main thread, where no SIGINT arrives, the call runs directly; so does a call
+    whose predecessor took under 20 ms (Python sees Ctrl-C between such calls, and tiny steps skip the thread).
+    """
+    import threading
+
+    last = getattr(trainer, "_last_call_s", None)
+    if threading.current_thread() is not threading.main_thread() or (last is not None and last < 0.02):
+        t0 = time.perf_counter()
+        out = call()
+        trainer._last_call_s = time.perf_counter() - t0
+        return out
+    t0 = time.perf_counter()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["out"] = call()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["exc"] = exc
+
+    theta, state = trainer.theta.copy(), trainer.opt_state.copy()
+    worker = threading.Thread(target=run, name="symgrad-kernel", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        trainer.theta, trainer.opt_state, trainer.grad = theta, state, np.zeros_like(trainer.grad)
+        raise
+    trainer._last_call_s = time.perf_counter() - t0
+    if "exc" in box:
+        raise box["exc"]
+    return box["out"]
