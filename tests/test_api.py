@@ -87,7 +87,7 @@ def test_the_documented_parameters_only_call_on_a_real_spec():
         ({"batch_size": 0}, "batch_size must be a positive integer"),
         ({"schedule": 3}, "schedule must be a callable"),
         ({"constants": {"nope": 1.0}}, "unknown constant 'nope'"),
-        ({"device": "tpu"}, "device must be 'cpu' or 'cuda'"),
+        ({"device": "tpu"}, "device must be one of 'cpu', 'cuda'"),
     ],
 )
 def test_train_arguments_are_one_clear_line(kwargs, needle):

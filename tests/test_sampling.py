@@ -8,7 +8,7 @@ import pytest
 import symgrad
 from symgrad.errors import SpecError
 from symgrad.frontend.spec import load_spec
-from symgrad.runtime import sampling
+from symgrad.lang import sampling
 
 
 @pytest.mark.parametrize("kind, mean, var", [

@@ -7,6 +7,7 @@ The printer owns the maths (STYLE.md 3): scalar bodies, stable primitives, index
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from pathlib import Path
@@ -19,26 +20,35 @@ from sympy.printing.pycode import PythonCodePrinter
 import symgrad
 from symgrad.backends import codetext
 from symgrad.errors import CodegenError, SpecError
-from symgrad.ir.derive import Loop, derive
-from symgrad.ir.graph import Program, build_program
-from symgrad.ir.lower import BATCH, BATCH_SIZE, GSCALE, Fill, Gemm, KernelIR, LoopNest, TimeLoop, lower, stable_rewrites
+from symgrad.ir.derive import Loop
+from symgrad.ir.graph import Program
+from symgrad.ir.lower import (
+    BATCH,
+    BATCH_SIZE,
+    GSCALE,
+    Fill,
+    Gemm,
+    KernelIR,
+    LoopNest,
+    Reduce,
+    TimeLoop,
+    stable_rewrites,
+)
+from symgrad.ir.pipeline import Compiled
 from symgrad.lang.names import RESERVED
 from symgrad.lang.primitives import helper_imports, helper_name, row_of
 
 BACKENDS_DIR = Path(__file__).parent  # each backend's templates: backends/<name>/templates/
 
-BACKENDS = {
-    # helpers: the module that holds the stable primitives; witness: the array whose dtype picks float32 fast paths
-    "cpu": {"name": "cpu", "math": "math", "decorator": "@njit(cache=True, fastmath=False)", "helpers": "_mf.",
-            "witness": "_theta"},
-    "cuda": {"name": "cuda", "math": "math", "decorator": "@cuda.jit(device=True)"},
-}
-
-
 class KernelPrinter(PythonCodePrinter):
     """Prints scalar SymPy bodies as Numba-compilable Python: reads as array indexing, primitives as helpers."""
 
-    backend = BACKENDS["cpu"]
+    # A backend's printer differs only in these deltas (a subclass sets them): which column of the primitives table
+    # it prints, the prefix of its helper module, and the array whose dtype picks float32 fast paths (None: no
+    # dtype-aware helpers).
+    backend_name = "cpu"
+    helper_prefix = "_mf."
+    witness: str | None = "_theta"
 
     def __init__(self, names: dict, batched: set, scalars0d: set, loopvars: dict, locals_: dict | None = None):
         super().__init__({"fully_qualified_modules": True, "standard": "python3"})
@@ -107,15 +117,15 @@ class KernelPrinter(PythonCodePrinter):
     def _print_primitive(self, row, expr) -> str | None:
         """A call of a row of the primitives table with this backend's numeric form; None: SymPy's own printer.
         On the CPU, a row with a float32 fast path takes the witness array as a last argument."""
-        witness = self.backend.get("witness")
-        name = helper_name(row, self.backend["name"], dtype_aware=bool(witness))
+        witness = self.witness
+        name = helper_name(row, self.backend_name, dtype_aware=bool(witness))
         if name is None:
             return None
         args = expr.args[:row.arity] if isinstance(row.arity, int) else expr.args  # Heaviside(x, 1/2): x only
         printed = [self._print(a) for a in args]
         if witness and name == row.cpu32:
             printed.append(witness)
-        prefix = "" if "." in name else self.backend.get("helpers", "")
+        prefix = "" if "." in name else self.helper_prefix
         return f"{prefix}{name}({', '.join(printed)})"
 
     def _print_Piecewise(self, expr):
@@ -310,7 +320,7 @@ class KernelWriter:
             return None  # write-after-read: an earlier nest still reads what this one writes
         if name in writes and not (own and writes[name] == (idx, True)):
             return None
-        if renamed.reduce != "none":
+        if renamed.reduce != Reduce.NONE:
             return None if any(lp.var in ren for lp in renamed.inner) else renamed
         return renamed
 
@@ -391,11 +401,11 @@ class KernelWriter:
             locs[sym] = tname
         pr = self.printer(loopvars, locs)
         target = pr.doprint(op.target)
-        if op.reduce == "none":
+        if op.reduce == Reduce.NONE:
             for sym, value in subs:
                 out.add(f"{locs[sym]} = {pr.doprint(value)}")
             out.add(f"{target} {op.mode} {pr.doprint(expr)}")
-        elif op.reduce == "sum":
+        elif op.reduce == Reduce.SUM:
             out.add(f"_acc = {pr.doprint(init)}" if init != 0 else "_acc = 0.0")
             for lp in op.inner:
                 out.add(f"for {loopvars[lp.var]} in range({pr.doprint(lp.lo)}, {self._hi(lp, pr)}):")
@@ -499,20 +509,9 @@ def _init_text(init: tuple) -> str:
     return f"{kind}({', '.join(repr(a) for a in args)})" if args else kind
 
 
-def render_module(spec_path: str, display_path: str | None = None) -> str:
-    """The full text of generated/<name>.py for one spec."""
-    prog = build_program(spec_path)
-    check_names(prog)
-    d = derive(prog)
-    ir = lower(d)
-    w = KernelWriter(ir)
-    try:
-        forward_lines = w.ops(ir.forward_ops)
-        backward_lines = w.ops(ir.backward_ops)
-    except Exception as exc:  # printer failures are bugs: one clear error, never half a file
-        raise CodegenError(f"cannot print kernels for {spec_path}: {exc}") from exc
-    offsets, off = [], 0
-    params = []
+def param_layout(prog: Program) -> tuple[list[dict], int]:
+    """Each parameter's slice of the flat vector theta (declaration order), and theta's length."""
+    params, off = [], 0
     for a in prog.params:
         size = 1
         for n in a.shape:
@@ -520,39 +519,26 @@ def render_module(spec_path: str, display_path: str | None = None) -> str:
         params.append({"name": a.name, "shape": tuple(a.shape), "offset": off, "size": size,
                        "view_shape": tuple(a.shape) if a.shape else (1,), "init": a.init,
                        "grad_name": prog.adjoint[a.name]})
-        offsets.append(off)
         off += size
-    fwd_text = "\n".join(x for x in forward_lines if not x.lstrip().startswith("#"))
-    bwd_text = "\n".join(x for x in backward_lines if not x.lstrip().startswith("#"))
-    fwd_names, bwd_names = _names_in(fwd_text), _names_in(bwd_text)
-    for p in params:
-        p["in_forward"] = p["name"] in fwd_names
-        p["in_backward"] = p["name"] in bwd_names
-    deps = statement_inputs(prog)
-    stmts = [{"name": st.name, "shape": st.shape or (1,), "user_shape": tuple(st.shape), "batched": st.batched,
-              "inputs": deps[st.name]} for st in prog.statements]
-    adjoints = [{"name": b.name, "shape": b.shape or (1,), "user_shape": tuple(b.shape), "batched": b.batched}
-                for b in ir.adjoint_buffers]
+    return params, off
+
+
+def module_context(c: Compiled, display_path: str | None, description: str) -> dict:
+    """The render context every backend's module template shares: provenance, SPEC, the flat layout, inputs, loss."""
+    prog = c.program
+    params, n_theta = param_layout(prog)
     inputs = [{"name": a.name, "shape": tuple(a.shape), "sample": a.sample} for a in prog.inputs]
-    consts = [{"name": n, "index": k, "default": v, "in_forward": n in fwd_names, "in_backward": n in bwd_names}
-              for k, (n, (v, _)) in enumerate(prog.constants.items())]
-    raw = Path(spec_path).read_bytes()
-    ctx = {
-        "spec_path": display_path or spec_path,
-        "sha256": hashlib.sha256(raw).hexdigest(),
+    return {
+        "spec_path": display_path or c.spec_path,
+        "sha256": hashlib.sha256(Path(c.spec_path).read_bytes()).hexdigest(),
         "version": symgrad.__version__,
         "name": prog.spec.name,
-        "description": _docwrap(f"{prog.spec.name}: {prog.spec.description.strip() or 'generated by symgrad'}"),
+        "description": description,
         "metadata": _pyrepr(spec_metadata(prog)),
         "params": params,
-        "n_theta": off,
+        "n_theta": n_theta,
         "inputs": inputs,
         "input_args": "".join(f", {a['name']}" for a in inputs),
-        "consts": consts,
-        "statements": stmts,
-        "adjoints": adjoints,
-        "forward_lines": forward_lines,
-        "backward_lines": backward_lines,
         "loss": prog.loss_name,
         "outputs": prog.outputs,
         "sign": -1.0 if prog.spec.objective == "maximize" else 1.0,
@@ -560,11 +546,26 @@ def render_module(spec_path: str, display_path: str | None = None) -> str:
         "has_inputs": bool(inputs),
         "batch_source": inputs[0]["name"] if inputs else None,
     }
+
+
+def render_template(backend: str, ctx: dict, spec_path: str) -> str:
+    """Lay the module out with the backend's `module.py.j2`, then compile-check and stamp it."""
     try:
-        text = _env("cpu").get_template("module.py.j2").render(**ctx)
+        text = _env(backend).get_template("module.py.j2").render(**ctx)
     except jinja2.TemplateError as exc:
-        raise CodegenError(f"template error while generating {spec_path}: {exc}") from exc
+        raise CodegenError(f"template error while generating the {backend} module for {spec_path}: {exc}") from exc
     return finish_module(text, spec_path)
+
+
+@contextlib.contextmanager
+def printer_errors(spec_path: str, backend: str):
+    """A printer failure is a bug: one clear error, never half a file."""
+    try:
+        yield
+    except CodegenError:
+        raise
+    except Exception as exc:
+        raise CodegenError(f"cannot print {backend} kernels for {spec_path}: {exc}") from exc
 
 
 def statement_inputs(prog) -> dict[str, tuple[str, ...]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from symgrad import backends
 from symgrad.errors import CheckFailed, SpecError, SymgradError, UsageError
 
 
@@ -75,16 +76,20 @@ def derive(spec: str, wrt: tuple[str, ...], fmt: str, render: str | None) -> Non
 @main.command()
 @click.argument("specs", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", default="generated", show_default=True, type=click.Path(file_okay=False))
-@click.option("--target", type=click.Choice(["cpu", "cuda", "all"]), default="cpu", show_default=True)
+@click.option("--target", type=click.Choice([*backends.names(), "all"]), default="cpu", show_default=True,
+              help="backend to generate for (all: every backend that can build the spec)")
 @click.option("--check", is_flag=True, help="regenerate in memory; exit 1 if a file on disk differs")
 @guarded()
 def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> None:
     """Generate OUT/<name>.py from each spec (default: specs/*.yaml); prints `wrote PATH` for each file written
     and `unchanged PATH` for one already up to date. (`symgrad.load` builds into its own cache instead; see
     docs/api.md.)"""
+    from symgrad.artifacts import write_atomic
     from symgrad.frontend.spec import load_spec
-    from symgrad.runtime.loader import build_module_source, write_atomic
+    from symgrad.ir.graph import build_program
 
+    targets = [backends.get(t) for t in (backends.names() if target == "all" else (target,))]
+    longest_suffix = max((backends.get(n).suffix for n in backends.names()), key=len)  # names fit every backend
     paths = [Path(s) for s in specs] or sorted(Path("specs").glob("*.yaml"))
     if not paths:
         raise UsageError("no specs given and none found under specs/")
@@ -99,21 +104,15 @@ def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> Non
                             f"{Path(out_dir) / (name + '.py')}; give one another name", str(path),
                             spec.line_of.get("name", 1))
         owners[name] = path
-        if len(f".symgrad-{name}_cuda.py.tmp12345678".encode()) > name_max:
+        if len(f".symgrad-{name}{longest_suffix}.py.tmp12345678".encode()) > name_max:
             raise SpecError(f"name {name[:40]!r}... is too long for a file name in {out_dir} "
                             f"(at most {name_max} bytes there)", str(path), spec.line_of.get("name", 1))
-        text = build_module_source(path, display_path=_display(path))
-        files = [(Path(out_dir) / f"{name}.py", text)]
-        if target == "all" and cpu_only(path):
-            click.echo(f"note: {path} runs on the CPU backend only (recurrence or batch statistics): no CUDA module",
-                       err=True)
-        elif target in ("cuda", "all"):
-            from symgrad.backends.cuda.codegen import render_cuda_module
-
-            files.append((Path(out_dir) / f"{name}_cuda.py", render_cuda_module(str(path), _display(path))))
-            if target == "cuda":
-                files = files[1:]
-        rendered.extend(files)
+        for backend in targets:
+            refused = backend.unsupported(build_program(str(path))) if target == "all" else None
+            if refused is not None:
+                click.echo(f"note: {path}: no {backend.name} module: {refused[0]}", err=True)
+                continue
+            rendered.append((Path(out_dir) / f"{name}{backend.suffix}.py", backend.render(path, _display(path))))
     if check:
         stale = []
         for path, text in rendered:
@@ -150,12 +149,11 @@ def _name_max(out_dir: Path) -> int:
 
 
 def cpu_only(path: Path) -> bool:
-    """A recurrence or a batch statistic: CPU only for now."""
+    """Can only the CPU backend build this spec (a recurrence or a batch statistic, today)?"""
     from symgrad.ir.graph import build_program
-    from symgrad.lang.library import BatchSum
 
     prog = build_program(str(path))
-    return bool(prog.recurrences) or any(isinstance(st.body, BatchSum) for st in prog.statements)
+    return any(backends.get(n).unsupported(prog) is not None for n in backends.names() if n != "cpu")
 
 
 def _display(path: Path) -> str:

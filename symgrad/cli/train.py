@@ -17,6 +17,7 @@ from types import ModuleType
 import click
 import numpy as np
 
+from symgrad import backends
 from symgrad.errors import DataError, SymgradError, TrainingDiverged, UsageError
 
 DATA_HELP = """\b
@@ -315,10 +316,7 @@ def _run(spec: str, data: str, epochs: int, batch_size: int, optimizer: str, lr:
     root = is_root(comm)
     echo = click.echo if root else _silent
 
-    if device == "cuda":
-        from symgrad.backends.cuda.device import require_cuda
-
-        require_cuda()  # one clear line naming what is missing, before any data is read
+    backends.get(device, "--device").check_device()  # one clear line naming what is missing, before data is read
     def prepare():  # in one collective: under mpiexec every rank learns of any rank's error, printed once
         try:
             opt = make_optimizer(optimizer, lr)
@@ -487,7 +485,7 @@ class _MpiSafeCommand(click.Command):
     help="Write a checkpoint here at each epoch end.",
 )
 @click.option("--clip-norm", type=float, default=None, help="Clip each step's gradient to this norm.")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(backends.names()), default="cpu", show_default=True)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def train_command(spec: str, data: str, epochs: int, batch_size: int, optimizer: str, lr: float | None, seed: int,
                   out: str | None, plot: str | None, log: str | None, val_split: float | None, dtype: str,

@@ -46,7 +46,7 @@ class ArrayDecl:
     shape: tuple[Text, ...]  # dim names or integer literals, resolved later
     line: int
     init: Text | None = None  # params only
-    sample: str | None = None  # inputs only: None or a kind of runtime.sampling ("normal", "bernoulli(0.8)", ...)
+    sample: str | None = None  # inputs only: None or a kind of lang.sampling ("normal", "bernoulli(0.8)", ...)
 
 
 @dataclass
@@ -323,7 +323,7 @@ def _read(r: _Reader, root: yaml.Node, path: str, sha: str) -> Spec:
             raise r.fail(key, f"input {iname} needs a shape")
         sample = None
         if "sample" in fields:
-            from symgrad.runtime import sampling
+            from symgrad.lang import sampling
 
             text = r.string(fields["sample"][1], f"sample of {iname}").value
             sample = sampling.parse(text)

@@ -19,7 +19,7 @@ import sympy
 from sympy import Indexed, IndexedBase, Symbol
 
 from symgrad.errors import SpecError
-from symgrad.ir.graph import Program, Statement
+from symgrad.ir.graph import ArrayKind, Program, Statement
 from symgrad.lang.library import BatchSum, LogSumExp, Sum, relu, step
 
 
@@ -230,11 +230,11 @@ def combined_equations(d: Derivation) -> list[AdjointEquation]:
                 limits = [(ren[lp.var], lp.lo.xreplace(ren), lp.hi.xreplace(ren)) for lp in reversed(rest)]
                 expr = Sum(expr, *limits)
             src = next(st for st in prog.statements if st.name == c.source)
-            if arr.kind == "stmt" and not arr.batched and (src.batched or isinstance(src.body, BatchSum)):
+            if arr.kind == ArrayKind.STMT and not arr.batched and (src.batched or isinstance(src.body, BatchSum)):
                 expr = BatchSum(expr)  # a per-batch value's adjoint gathers every sample's part
             rhs_terms.append(expr)
         rhs = sympy.Add(*rhs_terms) if rhs_terms else None
-        equations.append(AdjointEquation(name, tuple(canon), rhs, scatter, arr.kind == "param"))
+        equations.append(AdjointEquation(name, tuple(canon), rhs, scatter, arr.kind == ArrayKind.PARAM))
     return equations
 
 

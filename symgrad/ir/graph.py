@@ -13,6 +13,7 @@ import itertools
 import math
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 
 import sympy
 from sympy import Indexed, Integer, Symbol
@@ -38,6 +39,25 @@ MAX_ELEMENTS = 2**31  # per array and sample: beyond this no buffer can be alloc
 _FUNC_SIG = re.compile(rf"^\s*({_NAME})\s*\(\s*({_NAME}(\s*,\s*{_NAME})*)?\s*\)\s*$")
 
 
+class TextEnum(str, Enum):
+    """An enum whose members are their text: they compare, hash, print and format as the string they name, so the
+    IR is typed while messages and generated code read as before."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+class ArrayKind(TextEnum):
+    """What an array of a program is: data the batch supplies, a trained parameter, or a statement's value."""
+
+    INPUT = "input"
+    PARAM = "param"
+    STMT = "stmt"
+
+
 @dataclass
 class Array:
     """An input, param or statement value: its shape (per sample) and SymPy handle."""
@@ -45,7 +65,7 @@ class Array:
     name: str
     shape: tuple[int, ...]
     base: object
-    kind: str  # input | param | stmt
+    kind: ArrayKind
     batched: bool
     line: int
     init: tuple | None = None  # params: (kind, args)
@@ -94,11 +114,11 @@ class Program:
 
     @property
     def params(self) -> list[Array]:
-        return [a for a in self.arrays.values() if a.kind == "param"]
+        return [a for a in self.arrays.values() if a.kind == ArrayKind.PARAM]
 
     @property
     def inputs(self) -> list[Array]:
-        return [a for a in self.arrays.values() if a.kind == "input"]
+        return [a for a in self.arrays.values() if a.kind == ArrayKind.INPUT]
 
 
 def build_program(spec_or_path: Spec | str) -> Program:
@@ -168,12 +188,13 @@ class _GraphBuilder:
         for name, decl in s.inputs.items():
             self.declare(name, decl.line)
             shape = self.shape(decl.shape, name)
-            self.arrays[name] = Array(name, shape, make_base(name, shape), "input", True, decl.line, sample=decl.sample)
+            self.arrays[name] = Array(name, shape, make_base(name, shape), ArrayKind.INPUT, True, decl.line,
+                                      sample=decl.sample)
         for name, decl in s.params.items():
             self.declare(name, decl.line)
             shape = self.shape(decl.shape, name)
             init = self.parse_init(decl.init, name)
-            self.arrays[name] = Array(name, shape, make_base(name, shape), "param", False, decl.line, init=init)
+            self.arrays[name] = Array(name, shape, make_base(name, shape), ArrayKind.PARAM, False, decl.line, init=init)
         functions = self.parse_functions()
         self.functions = functions
         self.constants = constants
@@ -193,7 +214,7 @@ class _GraphBuilder:
         self.add_statement(loss_name, (), (), body.expr, s.loss.line)
         outputs = []
         for out in s.outputs or []:
-            if out.value not in self.arrays or self.arrays[out.value].kind != "stmt":
+            if out.value not in self.arrays or self.arrays[out.value].kind != ArrayKind.STMT:
                 raise self.err(f"output {out.value!r} is not a forward statement", out.line)
             outputs.append(out.value)
         if s.outputs is None:
@@ -243,8 +264,8 @@ class _GraphBuilder:
             if len(shape) < 1:
                 raise self.err(f"recurrence {name} needs a time axis", decl.line)
             init = self.parse_state_init(decl.init, name, shape[1:])
-            arr = Array(name, shape, make_base(name, shape), "stmt", False, decl.line)
-            self.arrays[name] = Array(name, shape, arr.base, "stmt", False, -1)
+            arr = Array(name, shape, make_base(name, shape), ArrayKind.STMT, False, decl.line)
+            self.arrays[name] = Array(name, shape, arr.base, ArrayKind.STMT, False, -1)
             out[name] = (init, decl.line, arr)
         return out
 
@@ -259,7 +280,8 @@ class _GraphBuilder:
             return num
         if isinstance(node, ast.Name) and node.id in self.spec.constants and not shape:
             return node.id
-        if isinstance(node, ast.Name) and node.id in self.arrays and self.arrays[node.id].kind in ("param", "input"):
+        if isinstance(node, ast.Name) and node.id in self.arrays \
+                and self.arrays[node.id].kind in (ArrayKind.PARAM, ArrayKind.INPUT):
             if self.arrays[node.id].shape != shape:
                 raise self.err(f"init {node.id} of {name} has shape {list(self.arrays[node.id].shape)}, but one "
                                f"step of {name} has shape {list(shape)}", t.line)
@@ -544,7 +566,7 @@ class _GraphBuilder:
             bounds[sym] = (Integer(0), Integer(n - 1))
         body = self.normalize(logsumexp_rewrite(body), bounds, line)
         base = make_base(name, shape)
-        self.arrays[name] = Array(name, tuple(shape), base, "stmt", False, line)
+        self.arrays[name] = Array(name, tuple(shape), base, ArrayKind.STMT, False, line)
         self.statements.append(Statement(name, tuple(indices), tuple(shape), body, line, hidden=hidden, bounds=bounds))
 
     # -- normal form -----------------------------------------------------------------------------------

@@ -15,13 +15,28 @@ import sympy
 from sympy import Indexed, Symbol
 
 from symgrad.ir.derive import Contribution, Derivation, Loop
-from symgrad.ir.graph import Program, Statement
+from symgrad.ir.graph import ArrayKind, Program, Statement, TextEnum
 from symgrad.lang import primitives
 from symgrad.lang.library import BATCH_SIZE, BatchSum, LogSumExp
 
 # Compiler symbols start with "_", which no spec name can (an index named b or B, a constant named gscale)
 BATCH = Symbol("_b", integer=True)
 GSCALE = Symbol("_gscale", real=True)
+
+
+class Mode(TextEnum):
+    """How a loop nest writes its target (printed as is)."""
+
+    ASSIGN = "="
+    ACCUMULATE = "+="
+
+
+class Reduce(TextEnum):
+    """What a loop nest's inner loops compute into the accumulator."""
+
+    SUM = "sum"
+    LSE = "lse"  # log-sum-exp, max-shifted
+    NONE = "none"  # no inner loops: the value is written directly
 
 
 @dataclass
@@ -54,8 +69,8 @@ class LoopNest:
     inner: list[Loop]
     target: object  # sympy read of the target (Indexed with code-level indices) or Symbol
     expr: sympy.Expr
-    mode: str  # "=" or "+="
-    reduce: str = "sum"  # "sum" | "lse" | "none"
+    mode: Mode
+    reduce: Reduce = Reduce.SUM
     init: sympy.Expr = sympy.S.Zero
     comment: str = ""
 
@@ -74,9 +89,12 @@ class TimeLoop:
     var: Symbol
     size: int
     reverse: bool
-    ops: list = field(default_factory=list)
+    ops: list[Op] = field(default_factory=list)
     guards: list = field(default_factory=list)
     comment: str = ""
+
+
+Op = Gemm | LoopNest | Fill | TimeLoop  # the op list every backend's writer implements (KernelWriter.ops)
 
 
 @dataclass
@@ -84,8 +102,8 @@ class KernelIR:
     program: Program
     forward_buffers: list[Buffer]
     adjoint_buffers: list[Buffer]
-    forward_ops: list = field(default_factory=list)
-    backward_ops: list = field(default_factory=list)
+    forward_ops: list[Op] = field(default_factory=list)
+    backward_ops: list[Op] = field(default_factory=list)
 
 
 def lower(d: Derivation) -> KernelIR:
@@ -93,7 +111,7 @@ def lower(d: Derivation) -> KernelIR:
     fwd_bufs = [Buffer(st.name, st.shape, st.batched) for st in prog.statements]
     adj_bufs = [Buffer(d.adjoint_bases[name].name if hasattr(d.adjoint_bases[name], "name") else str(
         d.adjoint_bases[name]), prog.arrays[name].shape, prog.arrays[name].batched)
-        for name in _adjoint_order(d) if prog.arrays[name].kind == "stmt" and name != prog.loss_name]
+        for name in _adjoint_order(d) if prog.arrays[name].kind == ArrayKind.STMT and name != prog.loss_name]
     ir = KernelIR(prog, fwd_bufs, adj_bufs)
     member = {n: rec for rec in prog.recurrences for n in rec.members}
     hoisted = {n: rec for rec in prog.recurrences for n in rec.hoisted}
@@ -161,14 +179,14 @@ def _in_step(loop: TimeLoop, op, t: Symbol, outside: list) -> None:
         raise TypeError(f"unexpected {type(op).__name__} inside a recurrence")
     ren = {t: loop.var}
     mode = op.mode
-    if mode == "=" and loop.reverse:
+    if mode == Mode.ASSIGN and loop.reverse:
         name = str(op.target.base if isinstance(op.target, Indexed) else op.target)
         outside.append(Fill(name))
-        mode = "+="
+        mode = Mode.ACCUMULATE
     outer = [Loop(lp.var, lp.lo.xreplace(ren), lp.hi.xreplace(ren)) for lp in op.outer if lp.var != t]
     inner = [Loop(lp.var, lp.lo.xreplace(ren), lp.hi.xreplace(ren)) for lp in op.inner if lp.var != t]
-    if op.reduce != "none" and any(lp.var == t for lp in op.inner) and mode == "=":
-        mode = "+="  # pragma: no cover - forward reductions never run over their own step index
+    if op.reduce != Reduce.NONE and any(lp.var == t for lp in op.inner) and mode == Mode.ASSIGN:
+        mode = Mode.ACCUMULATE  # pragma: no cover - forward reductions never run over their own step index
     target = op.target.xreplace(ren)
     new = LoopNest(outer, inner, target, op.expr.xreplace(ren), mode, op.reduce,
                    op.init.xreplace(ren) if isinstance(op.init, sympy.Basic) else op.init, op.comment)
@@ -191,10 +209,10 @@ def _lower_statement(st: Statement, prog: Program, gemm: bool = True) -> list:
         outer = [Loop(BATCH, sympy.Integer(0), BATCH_SIZE - 1)] + outer
     if isinstance(st.body, BatchSum):  # one value per mini-batch: the batch is the reduction's loop
         inner = [Loop(BATCH, sympy.Integer(0), BATCH_SIZE - 1)]
-        return [LoopNest(outer, inner, target, st.body.args[0], "=", reduce="sum", comment=_comment(st))]
+        return [LoopNest(outer, inner, target, st.body.args[0], Mode.ASSIGN, reduce=Reduce.SUM, comment=_comment(st))]
     if isinstance(st.body, LogSumExp):
         inner = _limits(st.body.limits)
-        return [LoopNest(outer, inner, target, st.body.function, "=", reduce="lse", comment=_comment(st))]
+        return [LoopNest(outer, inner, target, st.body.function, Mode.ASSIGN, reduce=Reduce.LSE, comment=_comment(st))]
     e0_terms, sums = [], []
     for term in sympy.Add.make_args(st.body):
         (sums if isinstance(term, sympy.Sum) else e0_terms).append(term)
@@ -207,16 +225,16 @@ def _lower_statement(st: Statement, prog: Program, gemm: bool = True) -> list:
             gemm.comment = _comment(st)
             ops.append(gemm)
             if e0 != 0:
-                ops.append(LoopNest(outer, [], target, e0, "+=", reduce="none"))
+                ops.append(LoopNest(outer, [], target, e0, Mode.ACCUMULATE, reduce=Reduce.NONE))
             return ops
     if not sums:
-        return [LoopNest(outer, [], target, e0, "=", reduce="none", comment=_comment(st))]
+        return [LoopNest(outer, [], target, e0, Mode.ASSIGN, reduce=Reduce.NONE, comment=_comment(st))]
     if len(sums) == 1:
-        return [LoopNest(outer, _limits(sums[0].limits), target, sums[0].function, "=", init=e0,
+        return [LoopNest(outer, _limits(sums[0].limits), target, sums[0].function, Mode.ASSIGN, init=e0,
                          comment=_comment(st))]
-    ops.append(LoopNest(outer, [], target, e0, "=", reduce="none", comment=_comment(st)))
+    ops.append(LoopNest(outer, [], target, e0, Mode.ASSIGN, reduce=Reduce.NONE, comment=_comment(st)))
     for s in sums:
-        ops.append(LoopNest(outer, _limits(s.limits), target, s.function, "+="))
+        ops.append(LoopNest(outer, _limits(s.limits), target, s.function, Mode.ACCUMULATE))
     return ops
 
 
@@ -324,7 +342,7 @@ def _lower_contribution(c: Contribution, st: Statement, d: Derivation, written: 
     written.add(target_name)
     adj_base = sympy.IndexedBase(target_name, real=True) if arr.shape else Symbol(target_name, real=True)
     target = adj_base[tuple(c.index)] if c.index else adj_base
-    mode = "=" if (first and full) else "+="
+    mode = Mode.ASSIGN if (first and full) else Mode.ACCUMULATE
     if plain and full:
         t_loops = [lp for lp in loops if lp.var in t_idx]
         r_loops = [lp for lp in loops if lp.var not in t_idx]
@@ -333,14 +351,15 @@ def _lower_contribution(c: Contribution, st: Statement, d: Derivation, written: 
             # a sum over the batch only (bias gradients): batch outermost keeps every read row-contiguous
             if first:
                 ops.append(Fill(target_name))
-            ops.append(LoopNest(r_loops + t_loops, [], target, expr, "+=", reduce="none",
+            ops.append(LoopNest(r_loops + t_loops, [], target, expr, Mode.ACCUMULATE, reduce=Reduce.NONE,
                                 comment=f"d {st.name} / d {c.target}"))
             return ops
         if movable:
-            ops.append(LoopNest(t_loops, r_loops, target, expr, mode, reduce="sum" if r_loops else "none",
+            ops.append(LoopNest(t_loops, r_loops, target, expr, mode, reduce=Reduce.SUM if r_loops else Reduce.NONE,
                                 comment=f"d {st.name} / d {c.target}"))
             return ops
-    ops.append(LoopNest(loops, [], target, expr, "+=", reduce="none", comment=f"d {st.name} / d {c.target}"))
+    ops.append(LoopNest(loops, [], target, expr, Mode.ACCUMULATE, reduce=Reduce.NONE,
+                        comment=f"d {st.name} / d {c.target}"))
     return ops
 
 

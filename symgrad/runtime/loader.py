@@ -17,12 +17,11 @@ import importlib.util
 import logging
 import re
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import symgrad
+from symgrad import backends
 from symgrad.artifacts import (  # noqa: F401  (re-exported: the loader's public helpers)
     cache_dir,
     compiler_digest,
@@ -39,36 +38,8 @@ _STAMP = re.compile(r"^# Body sha256 ([0-9a-f]{64}), generator ([0-9a-f]{12})\. 
 
 
 def build_module_source(spec_path: str | Path, display_path: str | None = None) -> str:
-    from symgrad.backends.base import render_module
-
-    return render_module(str(spec_path), display_path)
-
-
-def _build_cuda_source(spec_path: str | Path, display_path: str | None = None) -> str:
-    from symgrad.backends.cuda.codegen import render_cuda_module
-
-    return render_cuda_module(str(spec_path), display_path)
-
-
-def _check_cuda() -> None:
-    from symgrad.backends.cuda.device import require_cuda
-
-    require_cuda()
-
-
-@dataclass(frozen=True)
-class Backend:
-    """One row of the backend table the loader asks: module-name suffix, source builder, device check."""
-
-    suffix: str
-    build: Callable[..., str]
-    check: Callable[[], None] | None = None
-
-
-BACKENDS: dict[str, Backend] = {
-    "cpu": Backend("", build_module_source),
-    "cuda": Backend("_cuda", _build_cuda_source, _check_cuda),
-}
+    """The CPU module's text (`symgrad build`'s output for one spec)."""
+    return backends.get("cpu").render(spec_path, display_path)
 
 
 def header_matches(module_path: Path, sha: str) -> bool:
@@ -107,12 +78,10 @@ def load(spec_path: str | Path, target: str = "cpu", check_device: bool = True) 
     (`check_device=False` loads it anyway: the kernels compile on first use). The module's `__spec_path__` says
     which file was imported (the committed `generated/<name>.py` or the cache, see the module docstring); a build
     is logged at INFO level on the `symgrad` logger."""
-    backend = BACKENDS.get(target)
-    if backend is None:
-        raise UsageError(f"target must be one of {', '.join(map(repr, BACKENDS))}, got {target!r}")
-    if backend.check is not None and check_device:
-        backend.check()
-    return load_generated(spec_path, backend.suffix, backend.build)
+    backend = backends.get(target)
+    if check_device:
+        backend.check_device()
+    return load_generated(spec_path, backend.suffix, backend.render)
 
 
 def load_cuda(spec_path: str | Path, check_device: bool = True) -> ModuleType:

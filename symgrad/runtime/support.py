@@ -11,7 +11,7 @@ import math
 import numpy as np
 
 from symgrad.errors import DataError
-from symgrad.runtime import sampling
+from symgrad.lang import sampling
 
 
 def init_params(inits, params, seed: int = 0, dtype=np.float64) -> dict[str, np.ndarray]:

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from symgrad.errors import DataError, TrainingDiverged, UsageError
-from symgrad.runtime import blas, sampling
+from symgrad.lang import sampling
+from symgrad.runtime import blas
 from symgrad.runtime.optim import Optimizer, as_optimizer
 
 

@@ -38,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
+from symgrad import backends
 from symgrad.errors import TrainingDiverged, UsageError
-from symgrad.runtime import sampling
+from symgrad.lang import sampling
 from symgrad.runtime.checkpoint import load_checkpoint, save_checkpoint, spec_digest, validate
 from symgrad.runtime.optim import Optimizer, as_optimizer
 from symgrad.runtime.trainer import Trainer, _params_dtype, check_arrays, diverged_message
@@ -249,8 +250,7 @@ def train(
     """
 
     def run(hooks: Any) -> TrainResult:
-        if device not in ("cpu", "cuda"):
-            raise UsageError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        backends.get(device, "device")  # one UsageError naming the registered backends
         cfg = _Run(
             optimizer=as_optimizer(optimizer),
             batch_size=_positive_int("batch_size", DEFAULT_BATCH_SIZE if batch_size is None else batch_size),
@@ -277,10 +277,10 @@ def train(
         if cfg.resume and cfg.checkpoint is None:
             raise UsageError("train: resume=True needs checkpoint=PATH")
         m = model
-        if device == "cuda":  # the CUDA twin honours the same private contract, so the runner is unchanged
-            from symgrad.runtime.loader import as_cuda
+        if device != "cpu":  # another backend's twin honours the same private contract: the runner is unchanged
+            from symgrad.runtime.loader import as_target
 
-            m = as_cuda(model)
+            m = as_target(model, device)
         return _fit(m, data, cfg, hooks)
 
     if comm is None:

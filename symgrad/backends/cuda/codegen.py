@@ -1,7 +1,7 @@
 """CUDA render stage: the same KernelIR as the CPU module, printed as `numba.cuda` kernels plus host launchers.
 
 Nothing is derived again: `build_program` -> `derive` -> `lower` are the CPU path's, and the scalar maths goes through
-`KernelPrinter` (subclassed only for the backend deltas in `codegen.BACKENDS["cuda"]`). What changes is the layout:
+`KernelPrinter` (subclassed only for the backend deltas: `CudaPrinter`). What changes is the layout:
 
 * a `LoopNest` becomes one `@cuda.jit` kernel; its threads cover the outer loops whose bounds are fixed
   (batch x target elements, one flat grid, index decomposition with the last loop fastest so neighbouring threads
@@ -15,34 +15,28 @@ Nothing is derived again: `build_program` -> `derive` -> `lower` are the CPU pat
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
-import jinja2
 import sympy
 from sympy import Indexed, Symbol
 
-import symgrad
 from symgrad.backends.base import (
-    BACKENDS,
     KernelPrinter,
     KernelWriter,
-    _env,
     _Lines,
     _names_in,
-    _pyrepr,
     check_names,
-    finish_module,
-    spec_metadata,
+    module_context,
+    printer_errors,
+    render_template,
+    statement_inputs,
 )
 from symgrad.errors import CodegenError, SpecError
-from symgrad.ir.derive import Loop, derive
-from symgrad.ir.graph import build_program
-from symgrad.ir.lower import BATCH, BATCH_SIZE, Fill, Gemm, LoopNest, lower, stable_rewrites
+from symgrad.ir.derive import Loop
+from symgrad.ir.graph import Program, build_program
+from symgrad.ir.lower import BATCH, BATCH_SIZE, Fill, Gemm, LoopNest, Mode, Reduce, stable_rewrites
+from symgrad.ir.pipeline import compile_program
 from symgrad.lang.library import BatchSum
 from symgrad.lang.primitives import helper_imports
 
-BACKEND = BACKENDS["cuda"]
 B_SYM = BATCH_SIZE
 BATCH_ESTIMATE = 256  # batch size assumed when choosing between a per-thread loop and atomics
 SEQUENTIAL_LIMIT = 4096  # a scatter-add loops inside each thread over at most this many iterations, else atomics
@@ -51,7 +45,9 @@ SEQUENTIAL_LIMIT = 4096  # a scatter-add loops inside each thread over at most t
 class CudaPrinter(KernelPrinter):
     """The CPU printer with the CUDA deltas: the scalar maths is printed by the very same methods."""
 
-    backend = BACKEND
+    backend_name = "cuda"
+    helper_prefix = ""  # device helpers are imported by name
+    witness = None
 
 
 class CudaKernel:
@@ -127,7 +123,7 @@ class CudaKernelWriter(KernelWriter):
         if name in self.batched:
             loops = [Loop(BATCH, sympy.Integer(0), B_SYM - 1)] + loops
         target = sympy.IndexedBase(name, real=True)[tuple(idx)] if shape else Symbol(name, real=True)
-        self.loopnest(LoopNest(loops, [], target, sympy.Float(op.value), "=", reduce="none",
+        self.loopnest(LoopNest(loops, [], target, sympy.Float(op.value), Mode.ASSIGN, reduce=Reduce.NONE,
                                comment=f"{name} = {op.value}"), out)
 
     def _loopvars(self, op: LoopNest) -> dict:
@@ -150,17 +146,17 @@ class CudaKernelWriter(KernelWriter):
         par = list(rect)
         inner = list(op.inner)
         reduce = op.reduce
-        if op.mode == "+=" and not self._owned(op, par):
+        if op.mode == Mode.ACCUMULATE and not self._owned(op, par):
             # a scatter-add: loops that are not bare target indices either move into the thread (few iterations:
             # a deterministic sum, no atomics) or stay threads and add atomically
             shared = [lp for lp in par if lp not in self._owned_loops(op, par)]
             if _extent_estimate(shared) <= SEQUENTIAL_LIMIT:
                 par = [lp for lp in par if lp not in shared]
                 t_vars = op.target.free_symbols if isinstance(op.target, Indexed) else set()
-                if reduce == "none" and not any(lp.var in t_vars for lp in op.outer if lp not in par) \
+                if reduce == Reduce.NONE and not any(lp.var in t_vars for lp in op.outer if lp not in par) \
                         and not any(lp not in rect for lp in op.outer):
                     inner = shared + inner  # target fixed per thread: accumulate in a register, write once
-                    reduce = "sum"
+                    reduce = Reduce.SUM
         seq = [lp for lp in op.outer if lp not in par and lp not in inner]
         body = _Lines()
         body.depth = 1
@@ -187,11 +183,11 @@ class CudaKernelWriter(KernelWriter):
             body.depth += 1
         target = pr.doprint(op.target)
         write = self._writer(op, target, par, loopvars)
-        if reduce == "none":
+        if reduce == Reduce.NONE:
             for sym, value in subs:
                 body.add(f"{locs[sym]} = {pr.doprint(value)}")
             body.add(write(pr.doprint(expr)))
-        elif reduce == "sum":
+        elif reduce == Reduce.SUM:
             body.add(f"_acc = {pr.doprint(init)}" if init != 0 else "_acc = 0.0")
             for lp in inner:
                 body.add(f"for {loopvars[lp.var]} in range({pr.doprint(lp.lo)}, {self._hi(lp, pr)}):")
@@ -211,7 +207,7 @@ class CudaKernelWriter(KernelWriter):
 
     def _writer(self, op: LoopNest, target: str, par: list[Loop], loopvars: dict):
         """`target = v`, `target += v`, or an atomic add when threads share target elements."""
-        if op.mode == "=":
+        if op.mode == Mode.ASSIGN:
             if not self._owned(op, par):
                 raise CodegenError(f"CUDA: '=' into {target} from threads that share elements")
             return lambda v: f"{target} = {v}"
@@ -268,87 +264,53 @@ def _extent_estimate(loops: list[Loop]) -> int:
     return n
 
 
-def _template_env() -> jinja2.Environment:
-    return _env("cuda")
+def unsupported(prog: Program) -> tuple[str, int] | None:
+    """Why this backend cannot build the program (message, spec line), or None: what `build --target all` skips."""
+    if prog.recurrences:
+        rec = prog.recurrences[0]
+        return (f"recurrence {rec.members[-1]} runs on the CPU backend only (the CUDA writer has no step loop yet); "
+                f"build it with --target cpu", prog.arrays[rec.members[-1]].line)
+    batch_stat = next((st for st in prog.statements if isinstance(st.body, BatchSum)), None)
+    if batch_stat is not None:
+        return ("batch statistics (batch_mean, batch_sum) run on the CPU backend only; build it with --target cpu",
+                batch_stat.line)
+    return None
 
 
 def render_cuda_module(spec_path: str, display_path: str | None = None) -> str:
     """The full text of generated/<name>_cuda.py for one spec."""
     prog = build_program(spec_path)
     check_names(prog)
-    if prog.recurrences:
-        rec = prog.recurrences[0]
-        line = prog.arrays[rec.members[-1]].line
-        raise SpecError(f"recurrence {rec.members[-1]} runs on the CPU backend only (the CUDA writer has no step "
-                        f"loop yet); build it with --target cpu", prog.spec.path, line)
-    batch_stat = next((st for st in prog.statements if isinstance(st.body, BatchSum)), None)
-    if batch_stat is not None:
-        raise SpecError("batch statistics (batch_mean, batch_sum) run on the CPU backend only; build it with "
-                        "--target cpu", prog.spec.path, batch_stat.line)
-    d = derive(prog)
-    ir = lower(d)
-    fw = CudaKernelWriter(ir, "fwd")
-    try:
+    refused = unsupported(prog)
+    if refused is not None:
+        raise SpecError(refused[0], prog.spec.path, refused[1])
+    c = compile_program(prog, spec_path)
+    ir = c.ir
+    with printer_errors(spec_path, "CUDA"):
+        fw = CudaKernelWriter(ir, "fwd")
         forward_lines = fw.ops(ir.forward_ops)
         bw = CudaKernelWriter(ir, "bwd", first=len(fw.kernels))
         backward_lines = bw.ops(ir.backward_ops)
-    except CodegenError:
-        raise
-    except Exception as exc:  # printer failures are bugs: one clear error, never half a file
-        raise CodegenError(f"cannot print CUDA kernels for {spec_path}: {exc}") from exc
-    params, off = [], 0
-    for a in prog.params:
-        size = 1
-        for n in a.shape:
-            size *= n
-        params.append({"name": a.name, "shape": tuple(a.shape), "offset": off, "size": size,
-                       "view_shape": tuple(a.shape) if a.shape else (1,), "init": a.init,
-                       "grad_name": prog.adjoint[a.name]})
-        off += size
 
     def dev_shape(shape: tuple, batched: bool) -> str:
         if batched:
             return "(_B, " + "".join(f"{n}, " for n in shape).rstrip(", ") + ")" if shape else "(_B,)"
         return str(tuple(shape) if shape else (1,))
 
-    from symgrad.backends.base import statement_inputs
-
     deps = statement_inputs(prog)
-    stmts = [{"name": st.name, "user_shape": tuple(st.shape), "batched": st.batched, "inputs": deps[st.name],
-              "dev_shape": dev_shape(tuple(st.shape), st.batched)} for st in prog.statements]
-    adjoints = [{"name": b.name, "dev_shape": dev_shape(tuple(b.shape), b.batched)} for b in ir.adjoint_buffers]
-    inputs = [{"name": a.name, "shape": tuple(a.shape), "sample": a.sample} for a in prog.inputs]
-    consts = [{"name": n, "default": v} for n, (v, _) in prog.constants.items()]
-    raw = Path(spec_path).read_bytes()
-    ctx = {
-        "spec_path": display_path or spec_path,
-        "sha256": hashlib.sha256(raw).hexdigest(),
-        "version": symgrad.__version__,
-        "name": prog.spec.name,
-        "description": prog.spec.description,
-        "metadata": _pyrepr(spec_metadata(prog)),
-        "params": params,
-        "n_theta": off,
-        "inputs": inputs,
-        "input_args": "".join(f", {a['name']}" for a in inputs),
-        "consts": consts,
-        "statements": stmts,
-        "adjoints": adjoints,
+    ctx = module_context(c, display_path, prog.spec.description)
+    ctx.update({
+        "consts": [{"name": n, "default": v} for n, (v, _) in prog.constants.items()],
+        "statements": [{"name": st.name, "user_shape": tuple(st.shape), "batched": st.batched,
+                        "inputs": deps[st.name], "dev_shape": dev_shape(tuple(st.shape), st.batched)}
+                       for st in prog.statements],
+        "adjoints": [{"name": b.name, "dev_shape": dev_shape(tuple(b.shape), b.batched)}
+                     for b in ir.adjoint_buffers],
         "kernels": fw.kernels + bw.kernels,
         "cuda_helpers": helper_imports("cuda"),  # the template's import line: every row's CUDA device form
         "forward_lines": forward_lines,
         "backward_lines": backward_lines,
-        "loss": prog.loss_name,
         "loss_index": [st.name for st in prog.statements].index(prog.loss_name),
-        "grad_names": [p["grad_name"] for p in params],
-        "outputs": prog.outputs,
-        "sign": -1.0 if prog.spec.objective == "maximize" else 1.0,
-        "reduction": prog.spec.reduction,
-        "has_inputs": bool(inputs),
-        "batch_source": inputs[0]["name"] if inputs else None,
-    }
-    try:
-        text = _template_env().get_template("module.py.j2").render(**ctx)
-    except jinja2.TemplateError as exc:
-        raise CodegenError(f"template error while generating CUDA module for {spec_path}: {exc}") from exc
-    return finish_module(text, spec_path)
+        "grad_names": [p["grad_name"] for p in ctx["params"]],
+    })
+    return render_template("cuda", ctx, spec_path)
