@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import textwrap
 
-from symgrad.backends.base import render_module
+from symgrad.backends.cpu.codegen import render as render_module
 
 HEAD = """
 dims: {Z: 4, H: 5, D: 6}

@@ -11,7 +11,7 @@ import pytest
 from fdcheck import assert_gradient
 
 import symgrad
-from symgrad.backends.base import render_module
+from symgrad.backends.cpu.codegen import render as render_module
 from symgrad.errors import SpecError
 from symgrad.ir.graph import build_program
 

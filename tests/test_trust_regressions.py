@@ -324,7 +324,7 @@ HOST_NAMES = ["n", "i", "t0", "kind", "total", "theta_d", "grad_d", "state_d", "
 def test_spec_names_never_collide_with_names_generated_functions_bind(tmp_path):
     """Inputs named like every non-private name the CUDA host code once used (`n`, `total`, `theta_d`, ...):
     no generated function (CPU or CUDA) rebinds one of its spec-name parameters, and both modules compile."""
-    from symgrad.backends.base import render_module
+    from symgrad.backends.cpu.codegen import render as render_module
     from symgrad.backends.cuda.codegen import render_cuda_module
 
     inputs = ", ".join(f"{n}: [D]" for n in HOST_NAMES)

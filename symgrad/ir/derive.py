@@ -19,7 +19,7 @@ import sympy
 from sympy import Indexed, IndexedBase, Symbol
 
 from symgrad.errors import SpecError
-from symgrad.ir.graph import ArrayKind, Program, Statement
+from symgrad.ir.graph import ArrayKind, Program, Statement, split_body
 from symgrad.lang.library import BatchSum, LogSumExp, Sum, relu, step
 
 
@@ -117,30 +117,32 @@ def _out_read(st: Statement, d: Derivation):
 def _statement_adjoints(st: Statement, d: Derivation) -> list[Contribution]:
     out_bar = d.adjoint_read(st.name, st.indices)
     out_val = _out_read(st, d)
-    outer = [Loop(i, sympy.Integer(0), sympy.Integer(n - 1)) for i, n in zip(st.indices, st.shape, strict=True)]
+    outer = index_loops(st)
     contributions: list[Contribution] = []
     if isinstance(st.body, LogSumExp):
-        loops = outer + _limit_loops(st.body.limits)
+        loops = outer + limit_loops(st.body.limits)
         g = st.body.function
         weight = sympy.exp(g - out_val)
         contributions += _pieces(g, out_bar * weight, loops, st, d, reuse=None)
         return contributions
     if isinstance(st.body, BatchSum):  # every sample's summand gets out_bar (lower loops over the batch)
         return _pieces(st.body.args[0], out_bar, outer, st, d, reuse=None)
-    e0_terms, sums = [], []
-    for term in sympy.Add.make_args(st.body):
-        (sums if isinstance(term, sympy.Sum) else e0_terms).append(term)
-    e0 = sympy.Add(*e0_terms)
+    e0, sums = split_body(st.body)
     if e0 != 0:
         contributions += _pieces(e0, out_bar, outer, st, d, reuse=(st.body, out_val) if not sums else None)
     for term in sums:
-        contributions += _pieces(term.function, out_bar, outer + _limit_loops(term.limits), st, d, reuse=None)
+        contributions += _pieces(term.function, out_bar, outer + limit_loops(term.limits), st, d, reuse=None)
     return contributions
 
 
-def _limit_loops(limits) -> list[Loop]:
-    # SymPy stores limits innermost first.
+def limit_loops(limits) -> list[Loop]:
+    """A Sum's limits as loops, outermost first (SymPy stores limits innermost first)."""
     return [Loop(v, lo, hi) for v, lo, hi in reversed(limits)]
+
+
+def index_loops(st: Statement) -> list[Loop]:
+    """One loop per index of a statement's target, over its whole axis."""
+    return [Loop(i, sympy.Integer(0), sympy.Integer(n - 1)) for i, n in zip(st.indices, st.shape, strict=True)]
 
 
 def _pieces(piece: sympy.Expr, seed: sympy.Expr, loops: list[Loop], st: Statement, d: Derivation,

@@ -120,6 +120,26 @@ class Program:
     def inputs(self) -> list[Array]:
         return [a for a in self.arrays.values() if a.kind == ArrayKind.INPUT]
 
+    def array_of(self, read) -> Array | None:
+        """The array a read refers to (see `array_of`)."""
+        return array_of(self.arrays, read)
+
+
+def array_of(arrays: dict[str, Array], read) -> Array | None:
+    """The array an `Indexed` read or a bare base refers to, or None (a loop index, a constant). Looked up by name,
+    then confirmed by identity: a scan per read was quadratic, and a name alone could be a bound index's."""
+    base = read.base if isinstance(read, Indexed) else read
+    a = arrays.get(getattr(base, "name", str(base)))
+    return a if a is not None and a.base == base else None
+
+
+def split_body(body: sympy.Expr) -> tuple[sympy.Expr, list[sympy.Sum]]:
+    """A normal-form body `E0 + Σ_t Sum_{J_t}(g_t)` as (E0, [Sum_1, ...]): what derive and lower both walk."""
+    e0_terms, sums = [], []
+    for term in sympy.Add.make_args(body):
+        (sums if isinstance(term, sympy.Sum) else e0_terms).append(term)
+    return sympy.Add(*e0_terms), sums
+
 
 def build_program(spec_or_path: Spec | str) -> Program:
     spec = spec_or_path if isinstance(spec_or_path, Spec) else load_spec(spec_or_path)
@@ -243,8 +263,7 @@ class _GraphBuilder:
         return prog
 
     def base_array(self, base) -> Array | None:
-        a = self.arrays.get(getattr(base, "name", str(base)))  # by name: a scan per read was quadratic
-        return a if a is not None and a.base == base else None
+        return array_of(self.arrays, base)
 
     # -- recurrences -----------------------------------------------------------------------------------
     def declare_carried(self) -> dict:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import sympy
 from sympy import Indexed, Symbol
 
-from symgrad.ir.derive import Contribution, Derivation, Loop
-from symgrad.ir.graph import ArrayKind, Program, Statement, TextEnum
+from symgrad.ir.derive import Contribution, Derivation, Loop, index_loops, limit_loops
+from symgrad.ir.graph import ArrayKind, Program, Statement, TextEnum, split_body
 from symgrad.lang import primitives
 from symgrad.lang.library import BATCH_SIZE, BatchSum, LogSumExp
 
@@ -204,22 +204,19 @@ def _adjoint_order(d: Derivation) -> list[str]:
 def _lower_statement(st: Statement, prog: Program, gemm: bool = True) -> list:
     base = prog.arrays[st.name].base
     target = base[st.indices] if st.indices else base
-    outer = [Loop(i, sympy.Integer(0), sympy.Integer(n - 1)) for i, n in zip(st.indices, st.shape, strict=True)]
+    outer = index_loops(st)
     if st.batched:
         outer = [Loop(BATCH, sympy.Integer(0), BATCH_SIZE - 1)] + outer
     if isinstance(st.body, BatchSum):  # one value per mini-batch: the batch is the reduction's loop
         inner = [Loop(BATCH, sympy.Integer(0), BATCH_SIZE - 1)]
         return [LoopNest(outer, inner, target, st.body.args[0], Mode.ASSIGN, reduce=Reduce.SUM, comment=_comment(st))]
     if isinstance(st.body, LogSumExp):
-        inner = _limits(st.body.limits)
+        inner = limit_loops(st.body.limits)
         return [LoopNest(outer, inner, target, st.body.function, Mode.ASSIGN, reduce=Reduce.LSE, comment=_comment(st))]
-    e0_terms, sums = [], []
-    for term in sympy.Add.make_args(st.body):
-        (sums if isinstance(term, sympy.Sum) else e0_terms).append(term)
-    e0 = sympy.Add(*e0_terms)
+    e0, sums = split_body(st.body)
     ops: list = []
     if len(sums) == 1 and gemm:
-        gemm = _match_gemm(st.name, st.indices, st.batched, sums[0].function, _limits(sums[0].limits), prog,
+        gemm = _match_gemm(st.name, st.indices, st.batched, sums[0].function, limit_loops(sums[0].limits), prog,
                            accumulate=False)
         if gemm is not None:
             gemm.comment = _comment(st)
@@ -230,27 +227,17 @@ def _lower_statement(st: Statement, prog: Program, gemm: bool = True) -> list:
     if not sums:
         return [LoopNest(outer, [], target, e0, Mode.ASSIGN, reduce=Reduce.NONE, comment=_comment(st))]
     if len(sums) == 1:
-        return [LoopNest(outer, _limits(sums[0].limits), target, sums[0].function, Mode.ASSIGN, init=e0,
+        return [LoopNest(outer, limit_loops(sums[0].limits), target, sums[0].function, Mode.ASSIGN, init=e0,
                          comment=_comment(st))]
     ops.append(LoopNest(outer, [], target, e0, Mode.ASSIGN, reduce=Reduce.NONE, comment=_comment(st)))
     for s in sums:
-        ops.append(LoopNest(outer, _limits(s.limits), target, s.function, Mode.ACCUMULATE))
+        ops.append(LoopNest(outer, limit_loops(s.limits), target, s.function, Mode.ACCUMULATE))
     return ops
 
 
 def _comment(st: Statement) -> str:
     label = "stored " if st.hidden else ""
     return f"{label}{st.name}" + (f"[{', '.join(map(str, st.indices))}]" if st.indices else "")
-
-
-def _limits(limits) -> list[Loop]:
-    return [Loop(v, lo, hi) for v, lo, hi in reversed(limits)]
-
-
-def _array_of(read, prog: Program):
-    base = read.base if isinstance(read, Indexed) else read
-    a = prog.arrays.get(getattr(base, "name", str(base)))  # by name: a scan per read was quadratic
-    return a if a is not None and a.base == base else None
 
 
 def _match_gemm(out_name: str, out_idx: tuple, out_batched: bool, g: sympy.Expr, inner: list[Loop],
@@ -302,7 +289,7 @@ def _operand(read, prog: Program):
     """A read usable as a BLAS operand: (code name, index tuple incl. batch, batched, sizes)."""
     if not isinstance(read, Indexed):
         return None
-    arr = _array_of(read, prog)
+    arr = prog.array_of(read)
     if arr is None:
         return None
     idx = tuple(read.indices)

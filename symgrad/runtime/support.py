@@ -7,6 +7,9 @@ about the model.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -78,41 +81,90 @@ def consts_vector(constants_layout, constants: dict | None) -> np.ndarray:
     return np.array([values[n] for n, _ in constants_layout] or [0.0], dtype=np.float64)
 
 
+def _shape_str(shape: tuple, lead: tuple[str, ...] = ("N",)) -> str:
+    dims = [*lead, *(str(d) for d in shape)]
+    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+
+def check_arrays(
+    model: ModuleType,
+    data: Mapping[str, Any] | None,
+    dtype: np.dtype,
+    *,
+    what: str = "data",
+    lead: tuple[str, ...] = ("N",),
+    optional: frozenset[str] | set[str] = frozenset(),
+    strict: bool = True,
+) -> tuple[dict[str, np.ndarray], tuple[int, ...] | None]:
+    """Validate arrays against the spec's inputs and cast them to `dtype` once: the one input check of the
+    trainer, the runner and a generated module's public functions.
+
+    Returns the cast arrays and their common leading shape (None when no array was given). Every failure is a
+    `DataError` naming the array and the expected shape. Sampled inputs and those in `optional` may be missing.
+    `strict` (training data) also refuses unknown names, NaN/inf and empty arrays; a module's `forward`/`loss`
+    take any batch a NumPy function would.
+    """
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise DataError(f"{what} must be a dict of arrays (one per input), got {type(data).__name__}")
+    inputs = {name: (tuple(shape), sample) for name, shape, sample in model.INPUTS}
+    for name in data if strict else ():
+        if name not in inputs:
+            known = ", ".join(inputs) or "none"
+            raise DataError(f"{what}: unknown array {name!r}; the spec's inputs are: {known}")
+    out: dict[str, np.ndarray] = {}
+    first: str | None = None
+    leading: tuple[int, ...] | None = None
+    for name, (shape, sample) in inputs.items():
+        expected = _shape_str(shape, lead)
+        if name not in data:
+            if sample is None and name not in optional:
+                raise DataError(f"{what}: missing input {name!r}, expected an array of shape {expected}")
+            continue
+        arr = np.asarray(data[name])
+        if arr.dtype.kind not in "biuf":
+            raise DataError(
+                f"{what}[{name!r}] has non-numeric dtype {arr.dtype}; expected numbers of shape {expected}"
+            )
+        if arr.ndim != len(lead) + len(shape) or arr.shape[len(lead) :] != shape:
+            raise DataError(f"{what}[{name!r}] has shape {arr.shape}, expected {expected}")
+        if leading is None:
+            first, leading = name, arr.shape[: len(lead)]
+        elif arr.shape[: len(lead)] != leading:
+            raise DataError(
+                f"{what}[{name!r}] has leading shape {arr.shape[: len(lead)]} but {what}[{first!r}] has "
+                f"{leading}; every input needs the same number of samples, shape {expected}"
+            )
+        cast = np.ascontiguousarray(arr, dtype=dtype)
+        if strict and not np.all(np.isfinite(cast)):
+            raise DataError(f"{what}[{name!r}] contains NaN or infinite values (after casting to {dtype})")
+        out[name] = cast
+    if strict and leading is not None and min(leading, default=1) == 0:
+        raise DataError(f"{what}: the arrays are empty, expected shape {_shape_str(inputs[first][0], lead)}")
+    return out, leading
+
+
 PLACEHOLDER = 0.5  # fills an input no requested output reads (finite, and no common singularity sits at 0.5)
 
 
 def batch_arrays(module, batch: dict | None, dtype, rng: np.random.Generator | None = None,
                  required: set[str] | None = None) -> tuple:
-    """Check a batch against the spec's inputs and return the kernel's positional arrays in theta's dtype.
-    An input outside `required` (None: all) may be missing; it is filled with a placeholder the results never
-    read, so `forward` needs no labels."""
+    """Check a batch against the spec's inputs (`check_arrays`) and return the kernel's positional arrays in
+    theta's dtype. An input outside `required` (None: all) may be missing; it is filled with a placeholder the
+    results never read, so `forward` needs no labels."""
     if not module.INPUTS:
         if batch:
             raise DataError(f"spec {module.SPEC['name']!r} has no inputs, but a batch was given")
         return ()
-    batch = batch or {}
-    sizes = {}
+    optional = set() if required is None else {name for name, _, _ in module.INPUTS if name not in required}
+    checked, leading = check_arrays(module, batch, dtype, what="batch", lead=("B",), optional=optional, strict=False)
+    n = leading[0] if leading is not None else 1
+    rng = rng or np.random.default_rng(0)
     arrays = []
     for name, shape, sample in module.INPUTS:
-        if name not in batch:
-            if sample is not None or (required is not None and name not in required):
-                continue
-            raise DataError(f"batch is missing input {name!r} (expected shape (B, {', '.join(map(str, shape))}))"
-                            if shape else f"batch is missing input {name!r} (expected shape (B,))")
-        value = np.asarray(batch[name])
-        if value.dtype.kind not in "fiub":
-            raise DataError(f"input {name!r} must be numeric, got dtype {value.dtype}")
-        if value.shape[1:] != tuple(shape) or value.ndim != len(shape) + 1:
-            expected = "(B" + "".join(f", {n}" for n in shape) + ")"
-            raise DataError(f"input {name!r} has shape {value.shape}, expected {expected}")
-        sizes[name] = value.shape[0]
-    if len(set(sizes.values())) > 1:
-        raise DataError(f"inputs disagree on the batch size: {sizes}")
-    n = next(iter(sizes.values())) if sizes else 1
-    rng = rng or np.random.default_rng(0)
-    for name, shape, sample in module.INPUTS:
-        if name in batch:
-            arrays.append(np.ascontiguousarray(batch[name], dtype=dtype))
+        if name in checked:
+            arrays.append(checked[name])
         elif sample is None:
             arrays.append(np.full((n, *shape), PLACEHOLDER, dtype=dtype))
         else:

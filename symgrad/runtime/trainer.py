@@ -21,15 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from symgrad.errors import DataError, TrainingDiverged, UsageError
+from symgrad.errors import TrainingDiverged, UsageError
 from symgrad.lang import sampling
 from symgrad.runtime import blas
 from symgrad.runtime.optim import Optimizer, as_optimizer
-
-
-def _shape_str(shape: tuple, lead: tuple[str, ...] = ("N",)) -> str:
-    dims = [*lead, *(str(d) for d in shape)]
-    return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+from symgrad.runtime.support import check_arrays
 
 
 def _params_dtype(params: Mapping[str, Any]) -> np.dtype:
@@ -39,60 +35,6 @@ def _params_dtype(params: Mapping[str, Any]) -> np.dtype:
             return np.dtype(np.float32)
         break
     return np.dtype(np.float64)
-
-
-def check_arrays(
-    model: ModuleType,
-    data: Mapping[str, Any] | None,
-    dtype: np.dtype,
-    *,
-    what: str = "data",
-    lead: tuple[str, ...] = ("N",),
-) -> tuple[dict[str, np.ndarray], tuple[int, ...] | None]:
-    """Validate arrays against the spec's inputs and cast them to `dtype` once.
-
-    Returns the cast arrays and their common leading shape (None when no array was given). Every failure is a
-    `DataError` naming the array and the expected shape.
-    """
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise DataError(f"{what} must be a dict of arrays (one per input), got {type(data).__name__}")
-    inputs = {name: (tuple(shape), sample) for name, shape, sample in model.INPUTS}
-    for name in data:
-        if name not in inputs:
-            known = ", ".join(inputs) or "none"
-            raise DataError(f"{what}: unknown array {name!r}; the spec's inputs are: {known}")
-    out: dict[str, np.ndarray] = {}
-    first: str | None = None
-    leading: tuple[int, ...] | None = None
-    for name, (shape, sample) in inputs.items():
-        expected = _shape_str(shape, lead)
-        if name not in data:
-            if sample is None:
-                raise DataError(f"{what}: missing input {name!r}, expected an array of shape {expected}")
-            continue
-        arr = np.asarray(data[name])
-        if arr.dtype.kind not in "biuf":
-            raise DataError(
-                f"{what}[{name!r}] has non-numeric dtype {arr.dtype}; expected numbers of shape {expected}"
-            )
-        if arr.ndim != len(lead) + len(shape) or arr.shape[len(lead) :] != shape:
-            raise DataError(f"{what}[{name!r}] has shape {arr.shape}, expected {expected}")
-        if leading is None:
-            first, leading = name, arr.shape[: len(lead)]
-        elif arr.shape[: len(lead)] != leading:
-            raise DataError(
-                f"{what}[{name!r}] has leading shape {arr.shape[: len(lead)]} but {what}[{first!r}] has "
-                f"{leading}; every input needs the same number of samples, shape {expected}"
-            )
-        cast = np.ascontiguousarray(arr, dtype=dtype)
-        if not np.all(np.isfinite(cast)):
-            raise DataError(f"{what}[{name!r}] contains NaN or infinite values (after casting to {dtype})")
-        out[name] = cast
-    if leading is not None and min(leading, default=1) == 0:
-        raise DataError(f"{what}: the arrays are empty, expected shape {_shape_str(inputs[first][0], lead)}")
-    return out, leading
 
 
 def _split_schedule(schedule: Any, const_names: list[str]) -> tuple[Callable | None, dict[str, Callable]]:

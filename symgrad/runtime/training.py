@@ -43,7 +43,8 @@ from symgrad.errors import TrainingDiverged, UsageError
 from symgrad.lang import sampling
 from symgrad.runtime.checkpoint import load_checkpoint, save_checkpoint, spec_digest, validate
 from symgrad.runtime.optim import Optimizer, as_optimizer
-from symgrad.runtime.trainer import Trainer, _params_dtype, check_arrays, diverged_message
+from symgrad.runtime.support import check_arrays
+from symgrad.runtime.trainer import Trainer, _params_dtype, diverged_message
 
 CHUNK_BYTES = 64 * 2**20  # gathered mini-batches per compiled call: bounds memory on large data sets
 DEFAULT_BATCH_SIZE = 64
