@@ -385,45 +385,59 @@ class KernelWriter:
         return names
 
     def _body(self, op: LoopNest, loopvars: dict, out: _Lines) -> None:
+        expr, init, subs, locs, pr = self.prepare(op, loopvars, name_reads=True)
+        target = pr.doprint(op.target)
+        self.reduction(op, op.reduce, list(op.inner), expr, init, subs, locs, pr, loopvars, out,
+                       lambda v: f"{target} {op.mode} {v}")
+
+    # -- shared by every backend's writer: one body's numeric rewrites, CSE and the reduction around it --------
+    NEG_INF = "-math.inf"  # the start of a max-shifted log-sum-exp, as the kernel spells it
+
+    def prepare(self, op: LoopNest, loopvars: dict, name_reads: bool = False):
+        """The body ready to print: stable rewrites, common subexpressions as `_t<n>` locals (and, when
+        `name_reads`, a long body's array reads as locals too, loaded once), and a printer that knows them."""
         expr = stable_rewrites(op.expr)
         init = stable_rewrites(op.init)
         subs, reduced = sympy.cse([expr], symbols=sympy.numbered_symbols("_t"), optimizations=None)
         expr = reduced[0]
-        if len(sympy.sstr(expr)) > 90:  # long bodies read better (and load once) with their reads named
+        if name_reads and len(sympy.sstr(expr)) > 90:  # long bodies read better (and load once) with reads named
             reads = sorted(expr.atoms(Indexed), key=sympy.default_sort_key)
             named = {r: Symbol(f"_r{n}") for n, r in enumerate(reads)}
             subs = list(subs) + [(named[r], r) for r in reads]
             expr = expr.xreplace(named)
         locs = {}
         for sym, _ in subs:
-            tname = f"_t{self.tmp}"
+            locs[sym] = f"_t{self.tmp}"
             self.tmp += 1
-            locs[sym] = tname
-        pr = self.printer(loopvars, locs)
-        target = pr.doprint(op.target)
-        if op.reduce == Reduce.NONE:
+        return expr, init, subs, locs, self.printer(loopvars, locs)
+
+    def reduction(self, op: LoopNest, reduce: Reduce, inner: list, expr, init, subs, locs, pr, loopvars: dict,
+                  out: _Lines, write) -> None:
+        """Write `expr` into the target through `write(value_text)`: directly, as a sum over `inner`, or as a
+        max-shifted log-sum-exp over the op's inner loops (exp never overflows)."""
+        if reduce == Reduce.NONE:
             for sym, value in subs:
                 out.add(f"{locs[sym]} = {pr.doprint(value)}")
-            out.add(f"{target} {op.mode} {pr.doprint(expr)}")
-        elif op.reduce == Reduce.SUM:
+            out.add(write(pr.doprint(expr)))
+        elif reduce == Reduce.SUM:
             out.add(f"_acc = {pr.doprint(init)}" if init != 0 else "_acc = 0.0")
-            for lp in op.inner:
+            for lp in inner:
                 out.add(f"for {loopvars[lp.var]} in range({pr.doprint(lp.lo)}, {self._hi(lp, pr)}):")
                 out.depth += 1
             for sym, value in subs:
                 out.add(f"{locs[sym]} = {pr.doprint(value)}")
             out.add(f"_acc += {pr.doprint(expr)}")
-            out.depth -= len(op.inner)
-            out.add(f"{target} {op.mode} _acc")
-        else:  # lse: max-shifted, so exp never overflows
-            out.add("_m = -math.inf")
+            out.depth -= len(inner)
+            out.add(write("_acc"))
+        else:
+            out.add(f"_m = {self.NEG_INF}")
             self._inner(op, loopvars, pr, out, subs, locs, f"_m = max(_m, {pr.doprint(expr)})")
             out.add("_acc = 0.0")
             shifted = pr.doprint(sympy.exp(sympy.Symbol("_SHIFTED")))
             self._inner(op, loopvars, pr, out, subs, locs,
                         f"_acc += {shifted.replace('_SHIFTED', f'{pr.doprint(expr)} - _m')}")
             logacc = pr.doprint(sympy.log(sympy.Symbol("_ACC", positive=True)))
-            out.add(f"{target} = _m + {logacc.replace('_ACC', '_acc')}")
+            out.add(write(f"_m + {logacc.replace('_ACC', '_acc')}"))
 
     def _inner(self, op, loopvars, pr, out, subs, locs, line):
         for lp in op.inner:

@@ -32,7 +32,7 @@ from symgrad.backends.base import (
 from symgrad.errors import CodegenError, SpecError
 from symgrad.ir.derive import Loop
 from symgrad.ir.graph import Program, build_program
-from symgrad.ir.lower import BATCH, BATCH_SIZE, Fill, Gemm, LoopNest, Mode, Reduce, stable_rewrites
+from symgrad.ir.lower import BATCH, BATCH_SIZE, Fill, Gemm, LoopNest, Mode, Reduce
 from symgrad.ir.pipeline import compile_program
 from symgrad.lang.library import BatchSum
 from symgrad.lang.primitives import helper_imports
@@ -65,6 +65,7 @@ class CudaKernelWriter(KernelWriter):
     """Turns KernelIR operations into CUDA kernels (module level) and launch lines (host functions)."""
 
     printer_class = CudaPrinter
+    NEG_INF = "-_INF"
 
     def __init__(self, ir, prefix: str, first: int = 0):
         super().__init__(ir)
@@ -131,15 +132,7 @@ class CudaKernelWriter(KernelWriter):
 
     def loopnest(self, op: LoopNest, out: _Lines) -> None:
         loopvars = self._loopvars(op)
-        expr = stable_rewrites(op.expr)
-        init = stable_rewrites(op.init)
-        subs, reduced = sympy.cse([expr], symbols=sympy.numbered_symbols("_t"), optimizations=None)
-        expr = reduced[0]
-        locs = {}
-        for sym, _ in subs:
-            locs[sym] = f"_t{self.tmp}"
-            self.tmp += 1
-        pr = self.printer(loopvars, locs)
+        expr, init, subs, locs, pr = self.prepare(op, loopvars)
         # threads: the outer loops with fixed bounds; loops with bounds that depend on another loop run inside
         # each thread, in their order
         rect = [lp for lp in op.outer if not ((lp.lo.free_symbols | lp.hi.free_symbols) - {B_SYM})]
@@ -183,26 +176,7 @@ class CudaKernelWriter(KernelWriter):
             body.depth += 1
         target = pr.doprint(op.target)
         write = self._writer(op, target, par, loopvars)
-        if reduce == Reduce.NONE:
-            for sym, value in subs:
-                body.add(f"{locs[sym]} = {pr.doprint(value)}")
-            body.add(write(pr.doprint(expr)))
-        elif reduce == Reduce.SUM:
-            body.add(f"_acc = {pr.doprint(init)}" if init != 0 else "_acc = 0.0")
-            for lp in inner:
-                body.add(f"for {loopvars[lp.var]} in range({pr.doprint(lp.lo)}, {self._hi(lp, pr)}):")
-                body.depth += 1
-            for sym, value in subs:
-                body.add(f"{locs[sym]} = {pr.doprint(value)}")
-            body.add(f"_acc += {pr.doprint(expr)}")
-            body.depth -= len(inner)
-            body.add(write("_acc"))
-        else:  # lse: max-shifted, so exp never overflows
-            body.add("_m = -_INF")
-            self._inner(op, loopvars, pr, body, subs, locs, f"_m = max(_m, {pr.doprint(expr)})")
-            body.add("_acc = 0.0")
-            self._inner(op, loopvars, pr, body, subs, locs, f"_acc += math.exp({pr.doprint(expr)} - _m)")
-            body.add(write("_m + math.log(_acc)"))
+        self.reduction(op, reduce, inner, expr, init, subs, locs, pr, loopvars, body, write)
         self._emit(op.comment or "", body.lines, threads, out)
 
     def _writer(self, op: LoopNest, target: str, par: list[Loop], loopvars: dict):
