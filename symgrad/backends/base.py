@@ -459,7 +459,7 @@ def _env(backend: str) -> jinja2.Environment:
         undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
         autoescape=False)
     env.filters["pytuple"] = pytuple
-    env.filters.update(codetext.FILTERS)  # the one path for spec text into code (symgrad/codetext.py)
+    env.filters.update(codetext.FILTERS)  # the one path for spec text into code (symgrad/backends/codetext.py)
     return env
 
 

@@ -2,12 +2,12 @@
 
 Why it exists: `symgrad check` used to difference the *generated* loss, so a wrong loss (a hoisted statement that
 clobbers another, a misprinted constant) passed unnoticed. This module shares only the parser with the compiler
-(`spec.py` for the YAML, `exprs.py` for expression text -> SymPy); nothing of the graph stage (hoisting, normal
-form), the derivation, the lowering or the printers is used. Each statement's SymPy body is evaluated by a recursive
-walk over the expression tree, vectorised over the batch and over the statement's indices with NumPy broadcasting:
-every open index owns one axis, a `Sum` adds a trailing axis over the union of its bounds and masks what its
-(possibly triangular) bounds exclude, then reduces it. Slow for big models, obviously right for small ones.
-"""
+(`frontend/spec.py` for the YAML, `frontend/exprs.py` for expression text -> SymPy); nothing of the graph stage
+(hoisting, normal form), the derivation, the lowering or the printers is used. Each statement's SymPy body is
+evaluated by a recursive walk over the expression tree, vectorised over the batch and over the statement's indices
+with NumPy broadcasting: every open index owns one axis, a `Sum` adds a trailing axis over the union of its bounds
+and masks what its (possibly triangular) bounds exclude, then reduces it. Slow for big models, obviously right for
+small ones."""
 
 from __future__ import annotations
 

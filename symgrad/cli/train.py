@@ -1,4 +1,5 @@
-"""`symgrad train`, `symgrad predict`, `symgrad evaluate`: thin click commands over the runtime (cli.py registers them).
+"""`symgrad train`, `symgrad predict`, `symgrad evaluate`: thin click commands over the runtime (cli/main.py registers
+them).
 
 Naming in the output is fixed so that a person can tell the sets apart: `train` (the data trained on), `val` (the
 `--val-split` fraction held out of it, seen every epoch), `test` (the file's `<input>_test` arrays). Without

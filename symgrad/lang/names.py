@@ -7,7 +7,7 @@ Generated code uses three kinds of names:
   come from `NameAllocator.take`, which is seeded with every identifier the spec text contains, and reserves each
   name the moment it hands it out (two nested hoists can never both get `s_L`);
 - names the compiler makes *private* (`_b`, `_B`, `_t0`, `_acc`, `_theta`, ...): they start with `_`, which no spec
-  name may (spec.py and exprs.py refuse it), so they are out of reach by construction.
+  name may (frontend/spec.py and frontend/exprs.py refuse it), so they are out of reach by construction.
 
 `RESERVED` is what a spec name must never be, because generated kernels read it as a global (modules, builtins)
 or Python forbids it; `tests/test_names.py` checks every generated module reads no other global.

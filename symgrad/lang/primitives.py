@@ -2,10 +2,11 @@
 
 A row holds everything about one function: its spec name and arity, its SymPy semantics (a class made from the row's
 derivative and LaTeX, or SymPy's own function), a high-precision reference (mpmath, for tests), the name of its
-numeric form on each backend, and the numeric rewrites that produce it. The parser (exprs.py) builds a row's SymPy
-callable; the printers (codegen.py, cuda_codegen.py) print a row's call through `helper_name`; mathfns.py and
-cuda_mathfns.py hold the numeric forms; the CUDA template imports `helper_imports("cuda")`; tests/test_primitives.py
-proves every backend implements every row and runs an all-primitives spec on each. Recipe: docs/architecture.md.
+numeric form on each backend, and the numeric rewrites that produce it. The parser (frontend/exprs.py) builds a
+row's SymPy callable; the printers (backends/base.py, backends/cuda/codegen.py) print a row's call through
+`helper_name`; backends/cpu/mathfns.py and backends/cuda/mathfns.py hold the numeric forms; the CUDA template
+imports `helper_imports("cuda")`; tests/test_primitives.py proves every backend implements every row and runs an
+all-primitives spec on each. Recipe: docs/architecture.md.
 
 Helper names per backend: `None` means SymPy's own printer (a Python builtin such as `abs`/`max`, or a power such as
 `math.sqrt`); `"math.x"` is printed as is; any other name is a function of the backend's helper module (CPU:
