@@ -186,9 +186,10 @@ def test_forward_matches_cpu(tmp_path_factory):
 
 
 @device_only
+@pytest.mark.parametrize("clip", [0.0, 0.5])
 @pytest.mark.parametrize("kind", [0, 1, 2, 3])
-def test_every_optimizer_kind_clipping_and_divergence(kind, tmp_path_factory):
-    """Three steps of each optimizer with clipping on linreg; then a poisoned batch stops the device loop."""
+def test_every_optimizer_kind_clipping_and_divergence(kind, clip, tmp_path_factory):
+    """Three steps of each optimizer, clipping off and on, on linreg; then a poisoned batch stops the device loop."""
     spec = "specs/linreg.yaml"
     cpu, gpu = _modules(spec, tmp_path_factory.mktemp("cuda"))
     rng = np.random.default_rng(kind)
@@ -202,7 +203,7 @@ def test_every_optimizer_kind_clipping_and_divergence(kind, tmp_path_factory):
         theta = mod.flatten({"w": np.array(0.5), "b": np.array(-0.2)}, np.float64)
         state = np.zeros((2, mod.N_THETA))
         grad = np.zeros_like(theta)
-        losses, n_done = mod._train_epoch(theta, grad, state, kind, hyper, 0, lrs, np.zeros((3, 1)), 0.5, 0.25,
+        losses, n_done = mod._train_epoch(theta, grad, state, kind, hyper, 0, lrs, np.zeros((3, 1)), clip, 0.25,
                                           x, y)
         out.append((theta, state, losses, int(n_done)))
     (t1, s1, l1, n1), (t2, s2, l2, n2) = out
@@ -210,6 +211,47 @@ def test_every_optimizer_kind_clipping_and_divergence(kind, tmp_path_factory):
     _close(t1, t2, f"kind {kind} theta")
     _close(s1, s2, f"kind {kind} state")
     _close(l1[:n1], l2[:n2], f"kind {kind} losses")
+
+
+@device_only
+@pytest.mark.parametrize("kind", [1, 2, 3])
+def test_tiny_optimizer_state_is_flushed_on_both(kind, tmp_path_factory):
+    """State that decays below stepmath.TINY under a zero gradient becomes exactly 0 on CPU and device alike (the
+    CUDA update once kept it, drifting into subnormals the CPU flushes: issue 15)."""
+    cpu, gpu = _modules("specs/quadratic.yaml", tmp_path_factory.mktemp("cuda"))
+    hyper = np.array([0.9, 0.9, 0.999, 1e-8])
+    for mod in (cpu, gpu):
+        theta = np.zeros(mod.N_THETA)  # the bowl's minimum: the gradient is exactly 0
+        state = np.empty((2, mod.N_THETA))
+        state[0], state[1] = 1.05e-30, 0.5e-30  # one step of decay takes both below TINY = 1e-30
+        grad = np.zeros_like(theta)
+        consts = np.tile(mod.consts_vector(None), (1, 1))
+        _, n_done = mod._train_epoch(theta, grad, state, kind, hyper, 0, np.array([0.1]), consts, 0.0, 1.0)
+        assert int(n_done) == 1
+        assert (state[0] == 0.0).all(), f"{mod.TARGET}: {state[0]}"
+        if kind == 3:
+            assert (state[1] == 0.0).all(), f"{mod.TARGET}: {state[1]}"
+        assert (theta == 0.0).all()
+
+
+@device_only
+@pytest.mark.parametrize("kind", [0, 3])
+def test_float32_steps_agree(kind, tmp_path_factory):
+    """float32 parameters: the CPU does Adam in float32, the device in float64; they agree to float32 rounding."""
+    cpu, gpu = _modules("specs/linreg.yaml", tmp_path_factory.mktemp("cuda"))
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 4)).astype(np.float32)
+    y = (3.0 * x + 1.0).astype(np.float32)
+    out = []
+    for mod in (cpu, gpu):
+        theta = mod.flatten({"w": np.array(0.5), "b": np.array(-0.2)}, np.float32)
+        state = np.zeros((2, mod.N_THETA), np.float32)
+        grad = np.zeros_like(theta)
+        mod._train_epoch(theta, grad, state, kind, np.array([0.0, 0.9, 0.999, 1e-8]), 0, np.array([0.1, 0.05, 0.02]),
+                         np.zeros((3, 1)), 1.0, 0.25, x, y)
+        assert theta.dtype == np.float32
+        out.append(theta.astype(np.float64))
+    np.testing.assert_allclose(out[0], out[1], rtol=2e-6, atol=2e-7)
 
 
 @device_only

@@ -13,18 +13,21 @@ import numpy as np
 from numba import njit, types
 from numba.extending import overload
 
+from symgrad.backends import stepmath
 from symgrad.backends.cpu import jitcache
+from symgrad.backends.stepmath import ADAM_KIND, MOMENTUM_KIND, NESTEROV_KIND, SGD_KIND, TINY
 from symgrad.errors import UsageError
 
 jitcache.install()  # before the decorators below: their .nbc cache goes to the user cache, not the package
 
-TINY = 1e-30  # optimizer state below this is flushed to 0 (see _adam_ol)
-
-SGD_KIND = 0
-MOMENTUM_KIND = 1
-NESTEROV_KIND = 2
-ADAM_KIND = 3
-KIND_NAMES = {SGD_KIND: "sgd", MOMENTUM_KIND: "momentum", NESTEROV_KIND: "nesterov", ADAM_KIND: "adam"}
+# The arithmetic of a step lives in symgrad.backends.stepmath, shared with the CUDA update kernel; here it is
+# compiled for the CPU and inlined into the loops (no call per element).
+_step_ok = njit(inline="always", cache=True)(stepmath.step_ok)
+_clip_scale = njit(inline="always", cache=True)(stepmath.clip_scale)
+_sgd = njit(inline="always", cache=True)(stepmath.sgd)
+_momentum = njit(inline="always", cache=True)(stepmath.momentum)
+_nesterov = njit(inline="always", cache=True)(stepmath.nesterov)
+_adam_el = njit(inline="always", cache=True)(stepmath.adam)
 
 
 def _adam(theta, g, ms, vs, lr, b1, b2, eps, t):  # noqa: D103  (compiled through the overload below)
@@ -45,16 +48,10 @@ def _adam_ol(theta, g, ms, vs, lr, b1, b2, eps, t):
         tiny = f(TINY)
         zero = f(0.0)
         for i in range(theta.shape[0]):
-            gi = g[i]
-            m = fb1 * ms[i] + ob1 * gi
-            v = fb2 * vs[i] + ob2 * gi * gi
-            # a moment whose gradient stays 0 decays geometrically into subnormal numbers, which cost the
-            # CPU ~100x per operation (W2 halved its speed after 100 epochs); below TINY it is 0 for Adam anyway
-            m = m if abs(m) > tiny else zero
-            v = v if v > tiny else zero
+            th, m, v = _adam_el(theta[i], g[i], ms[i], vs[i], step, inv_c2, fb1, fb2, ob1, ob2, feps, tiny, zero)
             ms[i] = m
             vs[i] = v
-            theta[i] = theta[i] - step * m / (math.sqrt(v * inv_c2) + feps)
+            theta[i] = th
 
     return impl
 
@@ -63,28 +60,26 @@ def _adam_ol(theta, g, ms, vs, lr, b1, b2, eps, t):
 def update(theta, g, state, kind, lr, hyper, t):  # pragma: no cover - compiled
     """Descend on `g` in place: `theta`, `g` flat; `state` (2, n) zeros at start; `t` the 1-based step.
 
-    `hyper` = [momentum, beta1, beta2, eps] (float64). Arithmetic is done in float64 and stored back in
-    theta's dtype, so float32 and float64 parameters follow the same formulas.
+    `hyper` = [momentum, beta1, beta2, eps] (float64). SGD and momentum do their arithmetic in float64 and store
+    it back in theta's dtype; Adam works in theta's dtype (see `_adam_ol`).
     """
     n = theta.shape[0]
-    if kind == 0:
+    if kind == SGD_KIND:
         for i in range(n):
-            theta[i] = theta[i] - lr * g[i]
-    elif kind == 1:
+            theta[i] = _sgd(theta[i], g[i], lr)
+    elif kind == MOMENTUM_KIND:
         mu = hyper[0]
         for i in range(n):
-            v = mu * state[0, i] + g[i]
-            v = v if abs(v) > TINY else 0.0 * v  # no subnormal velocities (see _adam_ol)
+            th, v = _momentum(theta[i], g[i], state[0, i], lr, mu)
             state[0, i] = v
-            theta[i] = theta[i] - lr * v
-    elif kind == 2:
+            theta[i] = th
+    elif kind == NESTEROV_KIND:
         mu = hyper[0]
         for i in range(n):
-            v = mu * state[0, i] + g[i]
-            v = v if abs(v) > TINY else 0.0 * v
+            th, v = _nesterov(theta[i], g[i], state[0, i], lr, mu)
             state[0, i] = v
-            theta[i] = theta[i] - lr * (g[i] + mu * v)
-    elif kind == 3:
+            theta[i] = th
+    elif kind == ADAM_KIND:
         _adam(theta, g, state[0], state[1], lr, hyper[1], hyper[2], hyper[3], t)
     else:
         raise ValueError("unknown optimizer kind")
@@ -92,17 +87,19 @@ def update(theta, g, state, kind, lr, hyper, t):  # pragma: no cover - compiled
 
 @njit(cache=True, inline="always")  # inlined into each caller's loop: no call per step
 def gated_step(theta, grad, state, kind, lr, hyper, t, clip_norm, total):  # pragma: no cover - compiled
-    """Everything after the gradient, in one place for every loop (CPU epoch, MPI): finiteness gate, clipping,
-    `update`. Returns False, theta and state untouched, when the loss `total` or the gradient is not finite.
+    """Everything after the gradient, in one place for every CPU loop (the fused epoch, MPI): finiteness gate,
+    clipping, `update`. Returns False, theta and state untouched, when the loss `total` or the gradient is not
+    finite. The CUDA update kernel runs the same stepmath functions per element.
 
     The sum of squares is BLAS's dot in theta's dtype (vectorised); clipping rescales to `clip_norm` when the
     gradient is longer (`clip_norm <= 0` disables it).
     """
     sq = float(np.dot(grad, grad))
-    if not (math.isfinite(total) and math.isfinite(sq)):
+    if not _step_ok(total, sq):
         return False
-    if clip_norm > 0.0 and math.sqrt(sq) > clip_norm:
-        grad *= clip_norm / math.sqrt(sq)
+    scale = _clip_scale(sq, clip_norm)
+    if scale != 1.0:
+        grad *= scale
     update(theta, grad, state, kind, lr, hyper, t)
     return True
 

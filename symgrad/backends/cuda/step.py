@@ -1,4 +1,17 @@
-{# Kernels every CUDA module carries, whatever its spec: matrix product, reductions, optimizer update. #}
+"""The kernels every generated CUDA module shares, whatever its spec: matrix product, reductions, the step.
+
+Generated CUDA modules import these (compiled once per process for each argument type), so they are written and
+tested once instead of pasted into every module. The update kernel's arithmetic is symgrad.backends.stepmath, the
+same functions the CPU runtime inlines into its loops: gate, clipping, update rules and the flush of tiny state.
+Nothing here reaches generated text.
+"""
+
+from __future__ import annotations
+
+from numba import config, cuda, float32, float64
+
+from symgrad.backends import stepmath
+
 _INF = float("inf")  # a module constant: frozen into kernels on every numba version
 _TPB = 128  # threads per block of the elementwise and loop-nest kernels
 _TM = 64  # matrix-product tile: 64 x 64 outputs per block, 16 x 16 threads, 4 x 4 outputs per thread
@@ -138,49 +151,55 @@ def _sumsq(g, out, i):
         cuda.atomic.add(out, i, sh[0])
 
 
+_step_ok = cuda.jit(device=True)(stepmath.step_ok)
+_clip_scale = cuda.jit(device=True)(stepmath.clip_scale)
+_sgd = cuda.jit(device=True)(stepmath.sgd)
+_momentum = cuda.jit(device=True)(stepmath.momentum)
+_nesterov = cuda.jit(device=True)(stepmath.nesterov)
+_adam = cuda.jit(device=True)(stepmath.adam)
+
+
 @cuda.jit
 def _update_k(theta, g, state, kind, lrs, hyper, t0, i, clip_norm, losses, sq, status):
-    """Step i's update, fused: divergence gate, clipping and the maths of symgrad.runtime.optim.update (kinds 0-3).
+    """Step i's update, fused: divergence gate, clipping and the rules of symgrad.backends.stepmath (kinds 0-3).
 
     status[0] holds the first step whose loss or gradient was not finite (n when none): from then on theta and
-    state are left alone, as the CPU `_train_epoch` stops there.
+    state are left alone, as the CPU `_train_epoch` stops there. The arithmetic is float64 whatever theta's
+    dtype (a GPU has the registers); the CPU does float32 Adam in float32, so float32 runs agree to rounding.
     """
     j = cuda.grid(1)
     if status[0] < i:
         return
-    total = losses[i]
-    s = sq[i]
-    if not (math.isfinite(total) and math.isfinite(s)):
+    if not _step_ok(losses[i], sq[i]):
         if j == 0:
             status[0] = i
         return
-    scale = clip_norm / math.sqrt(s) if clip_norm > 0.0 and math.sqrt(s) > clip_norm else 1.0
+    scale = _clip_scale(sq[i], clip_norm)
     lr = lrs[i]
     t = t0 + i + 1
     mu = hyper[0]
     b1 = hyper[1]
     b2 = hyper[2]
-    c1 = 1.0 - b1**t
-    c2 = 1.0 - b2**t
+    step = lr / (1.0 - b1**t)
+    inv_c2 = 1.0 / (1.0 - b2**t)
     stride = cuda.gridsize(1)
     while j < theta.shape[0]:
         if scale != 1.0:
             g[j] = g[j] * scale
-        if kind == 0:
-            theta[j] = theta[j] - lr * g[j]
-        elif kind == 1:
-            v = mu * state[0, j] + g[j]
+        if kind == stepmath.SGD_KIND:
+            theta[j] = _sgd(theta[j], g[j], lr)
+        elif kind == stepmath.MOMENTUM_KIND:
+            th, v = _momentum(theta[j], g[j], state[0, j], lr, mu)
             state[0, j] = v
-            theta[j] = theta[j] - lr * v
-        elif kind == 2:
-            v = mu * state[0, j] + g[j]
+            theta[j] = th
+        elif kind == stepmath.NESTEROV_KIND:
+            th, v = _nesterov(theta[j], g[j], state[0, j], lr, mu)
             state[0, j] = v
-            theta[j] = theta[j] - lr * (g[j] + mu * v)
+            theta[j] = th
         else:
-            gi = 1.0 * g[j]
-            m = b1 * state[0, j] + (1.0 - b1) * gi
-            v = b2 * state[1, j] + (1.0 - b2) * gi * gi
+            th, m, v = _adam(1.0 * theta[j], 1.0 * g[j], 1.0 * state[0, j], 1.0 * state[1, j], step, inv_c2, b1, b2,
+                             1.0 - b1, 1.0 - b2, hyper[3], stepmath.TINY, 0.0)
             state[0, j] = m
             state[1, j] = v
-            theta[j] = theta[j] - lr * (m / c1) / (math.sqrt(v / c2) + hyper[3])
+            theta[j] = th
         j += stride
