@@ -231,6 +231,7 @@ class DistributedTrainer(Trainer):
         self.allreduce_calls = 0
         self.failed_ranks: list[int] = []
         self._good: tuple[np.ndarray, np.ndarray, int] | None = None  # params, state, step of the last finite loss
+        self._ws: np.ndarray | None = None
 
     def shard(self, batch_size: int) -> tuple[int, int]:
         """This rank's rows [lo, hi) of a global batch: contiguous blocks, sizes differing by at most one."""
@@ -243,7 +244,21 @@ class DistributedTrainer(Trainer):
         if shard and shard[0].shape[0] == 0:
             self.grad[:] = 0.0
             return 0.0
-        return float(self.model._loss_grad(self.theta, self.grad, consts, gscale, *shard))
+        ws = self._workspace(shard[0].shape[0] if shard else 1)
+        if ws is None:  # a module without a workspace contract (the CUDA twin): it allocates its own
+            return float(self.model._loss_grad(self.theta, self.grad, consts, gscale, *shard))
+        return float(self.model._loss_grad(self.theta, self.grad, consts, gscale, *shard, ws))
+
+    def _workspace(self, rows: int) -> np.ndarray | None:
+        """The kernels' scratch for a shard of `rows` samples, made once and reused every step (no allocation
+        per step: fresh buffers cost page faults)."""
+        per_fixed = getattr(self.model, "_WS", None)
+        if per_fixed is None:
+            return None
+        size = rows * per_fixed[0] + per_fixed[1]
+        if self._ws is None or self._ws.shape[0] < size:
+            self._ws = np.empty(size, self.dtype)
+        return self._ws[:size]
 
     def _run(self, batches: dict[str, np.ndarray], n_steps: int, batch_size: int) -> np.ndarray:
         from mpi4py import MPI

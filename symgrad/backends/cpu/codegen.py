@@ -20,6 +20,44 @@ from symgrad.backends.base import (
 from symgrad.ir.graph import build_program
 from symgrad.ir.pipeline import compile_program
 
+_ALIGN = 16  # workspace slots start on multiples of 16 elements (64 bytes in float32): SIMD- and BLAS-friendly
+
+
+def _ceil(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+def _offset(per_sample: int, fixed: int) -> str:
+    """`_B * per_sample + fixed`, printed without zero terms."""
+    terms = [("_B" if per_sample == 1 else f"_B * {per_sample}")] if per_sample else []
+    terms += [str(fixed)] if fixed else []
+    return " + ".join(terms) or "0"
+
+
+def workspace(buffers: list[dict]) -> tuple[int, int]:
+    """Give each buffer its slot in one flat workspace (`ws`: the slice text, `alloc_shape`: its shape) and return
+    the workspace's size as (per sample, fixed): `_B * per + fixed` elements.
+
+    Why: the training loop allocates the workspace once per `_train_epoch` call and every step reuses it; fresh
+    arrays per step cost page faults (W3: 187 -> 230 steps/s when the allocator stopped returning memory).
+    """
+    per = fixed = 0
+    for b in buffers:
+        size = 1
+        for d in b["user_shape"] if b["batched"] else b["shape"]:
+            size *= int(d)
+        lo = (per, fixed)
+        if b["batched"]:
+            per += _ceil(size)
+            hi = (lo[0] + size, lo[1])
+            b["alloc_shape"] = "(_B, " + ", ".join(str(d) for d in b["user_shape"]) + ")"
+        else:
+            fixed += _ceil(size)
+            hi = (lo[0], lo[1] + size)
+            b["alloc_shape"] = str(tuple(b["shape"]))
+        b["ws"] = f"{_offset(*lo)}:{_offset(*hi)}"
+    return per, fixed
+
 
 def render(spec_path: str, display_path: str | None = None) -> str:
     """The full text of generated/<name>.py for one spec."""
@@ -40,13 +78,20 @@ def render(spec_path: str, display_path: str | None = None) -> str:
         p["in_forward"] = p["name"] in fwd_names
         p["in_backward"] = p["name"] in bwd_names
     deps = statement_inputs(prog)
+    statements = [{"name": st.name, "shape": st.shape or (1,), "user_shape": tuple(st.shape), "batched": st.batched,
+                   "inputs": deps[st.name]} for st in prog.statements]
+    adjoints = [{"name": b.name, "shape": b.shape or (1,), "user_shape": tuple(b.shape), "batched": b.batched}
+                for b in ir.adjoint_buffers]
+    ws_forward = workspace(statements)
+    ws_all = workspace(statements + adjoints)
     ctx.update({
         "consts": [{"name": n, "index": k, "default": v, "in_forward": n in fwd_names, "in_backward": n in bwd_names}
                    for k, (n, (v, _)) in enumerate(prog.constants.items())],
-        "statements": [{"name": st.name, "shape": st.shape or (1,), "user_shape": tuple(st.shape),
-                        "batched": st.batched, "inputs": deps[st.name]} for st in prog.statements],
-        "adjoints": [{"name": b.name, "shape": b.shape or (1,), "user_shape": tuple(b.shape), "batched": b.batched}
-                     for b in ir.adjoint_buffers],
+        "statements": statements,
+        "adjoints": adjoints,
+        "ws_forward": _offset(*ws_forward),
+        "ws_all": _offset(*ws_all),
+        "ws_size": ws_all,
         "forward_lines": forward_lines,
         "backward_lines": backward_lines,
     })
