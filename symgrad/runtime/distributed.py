@@ -160,10 +160,16 @@ def raised_on_all_ranks(exc: BaseException) -> bool:
     return bool(getattr(exc, "all_ranks", False))
 
 
+ABORT_GRACE_S = 0.5
+
+
 def abort(comm: Any, message: str) -> None:
     """Print one line and end every rank of the job: the only way out when the others may be blocked."""
     sys.stderr.write(f"symgrad: {message}; aborting all {comm.Get_size()} ranks\n")
     sys.stderr.flush()
+    # MPICH's launcher tears the job down on Abort and can drop what a rank wrote just before it (seen: 1 run in
+    # 4 of tests/test_mpi.py lost the whole message and traceback); give its stdio forwarding a moment first
+    time.sleep(ABORT_GRACE_S)
     comm.Abort(1)
 
 
