@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
 
 class SymgradError(Exception):
     """Base class: every error symgrad raises on purpose. `exit_code` is what the CLI exits with."""
@@ -53,6 +58,12 @@ class TrainingDiverged(SymgradError):
     """A step produced a non-finite loss or gradient. `params` holds the last good parameters."""
 
     exit_code = 1
+
+    # Set by the trainer that raises it, not by __init__: the batch objectives of the steps that completed and,
+    # from the distributed trainer, the ranks whose values were not finite and the message's "where" part.
+    objectives: np.ndarray
+    ranks: list[int]
+    where: str
 
     def __init__(self, message: str, step: int, epoch: int | None = None, params: dict | None = None,
                  result: object | None = None):

@@ -300,7 +300,7 @@ class KernelWriter:
         head = group[0]
         if len(op.outer) != len(head.outer):
             return None
-        ren = {}
+        ren: dict = {}
         for a, b in zip(op.outer, head.outer, strict=True):
             if a.lo.xreplace(ren) != b.lo or a.hi.xreplace(ren) != b.hi:
                 return None
@@ -516,7 +516,8 @@ def spec_metadata(prog: Program) -> dict:
     }
 
 
-def _init_text(init: tuple) -> str:
+def _init_text(init: tuple | None) -> str:
+    assert init is not None  # every param has one (the graph parses it, zeros by default)
     kind, args = init
     if kind == "constant":
         return repr(args[0])

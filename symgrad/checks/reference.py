@@ -12,6 +12,7 @@ small ones."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def build_reference(spec: Spec | str | Path) -> RefModel:
 
     statements: list[RefStatement] = []
     names = [d.lhs.value.split("[")[0].strip() for d in spec.forward]
-    carried = {}
+    carried: dict[str, float | str] = {}  # a number, or the name of the array it starts from
     for decl in spec.forward:  # recurrences: readable at an earlier step before (and while) they are defined
         if decl.init is not None:
             name = decl.lhs.value.split("[")[0].strip()
@@ -129,10 +130,10 @@ def build_reference(spec: Spec | str | Path) -> RefModel:
         refs[name] = ArrayRef(name, shp, make_base(name, shp))
     # the documented name of the loss statement (docs/spec.md): L, or L2, L3, ... when the spec uses that name
     taken = set(refs) | set(spec.dims) | set(spec.constants) | _identifiers_of(spec)
-    loss_name, n = "L", 1
+    loss_name, suffix = "L", 1
     while loss_name in taken:
-        n += 1
-        loss_name = f"L{n}"
+        suffix += 1
+        loss_name = f"L{suffix}"
     value, _ = build(spec.loss.value, set(), None, None, None)
     if value.axes or value.named:
         raise EvaluatorError("the loss is not a scalar per sample")
@@ -315,6 +316,8 @@ class _Evaluator:
         self.mp = mp
         self.batch = batch  # the mini-batch's size: what batch_sum sums over and |B| stands for
         self.carried: dict = {}  # recurrence -> its init
+        self.unary: dict
+        self.prims: dict
         self.unary, self.prims = (_mp_tables() if mp else (_UNARY, _PRIMS))
 
     def value(self, e, env: dict, ndim: int):
@@ -339,12 +342,12 @@ class _Evaluator:
         if isinstance(e, LogSumExp):
             return self.reduce(e.function, list(e.limits), env, ndim, "lse")
         if isinstance(e, sympy.Piecewise):
-            out = np.nan
+            out: np.ndarray | float = np.nan
             for value, cond in reversed(e.args):
                 out = np.where(self.value(cond, env, ndim), self.value(value, env, ndim), out)
             return out
         if isinstance(e, sympy.Max | sympy.Min):
-            fn = np.maximum if isinstance(e, sympy.Max) else np.minimum
+            fn: Callable = np.maximum if isinstance(e, sympy.Max) else np.minimum
             return _fold(fn, [self.value(a, env, ndim) for a in e.args])
         if e.func in _RELATIONS:
             return _RELATIONS[e.func](self.value(e.args[0], env, ndim), self.value(e.args[1], env, ndim))

@@ -145,7 +145,7 @@ def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
     from symgrad.runtime.loader import write_atomic
 
     buf = io.BytesIO()
-    np.savez(buf, **arrays)
+    np.savez(buf, **arrays)  # type: ignore[arg-type]  # mypy checks **dict against allow_pickle: bool too
     try:
         write_atomic(Path(path if str(path).endswith(".npz") else f"{path}.npz"), buf.getvalue())
     except OSError as exc:
@@ -196,7 +196,7 @@ def _parse_schedules(items: tuple[str, ...], model: ModuleType, total_steps: int
         try:
             nums = [float(a) for a in args]
             if kind == "cosine" and len(nums) <= 1:
-                sched = S.cosine(max(1, total_steps), *nums)
+                sched: S.Schedule = S.cosine(max(1, total_steps), *nums)
             elif kind == "step_decay" and len(nums) in (1, 2):
                 sched = S.step_decay(int(nums[0]), *nums[1:])
             elif kind == "inverse_time" and len(nums) == 1:
@@ -243,7 +243,8 @@ class _Log:
     """`--log metrics.csv`: one row per epoch, written as it ends (so a long run can be watched)."""
 
     def __init__(self, path: str | None, word: str, held: str | None) -> None:
-        self.path, self.rows = path, []
+        self.path = path
+        self.rows: list[list] = []
         self.columns = ["epoch", "steps", word, "acc"] + ([f"{held}_{word}", f"{held}_acc"] if held else [])
 
     def add(self, info) -> None:

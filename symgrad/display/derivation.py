@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import sympy
 from sympy import Indexed, Symbol
@@ -178,7 +179,7 @@ def equations(d: _Internal, wrt: list[str] | None = None) -> list[Equation]:
     prog = d.program
     eqs = combined_equations(d)
     inline = _inline_lse_adjoints(eqs, prog, d)
-    nodes = []
+    nodes: list[dict[str, Any]] = []  # target, lines, eq, reads
     for eq in eqs:
         if d.adjoint_bases[eq.target] in inline:
             continue  # a stored logsumexp's adjoint, shown inline where it is used
@@ -216,8 +217,8 @@ def equations(d: _Internal, wrt: list[str] | None = None) -> list[Equation]:
         if wrt and p.name not in wrt:
             continue
         node = by_target.get(p.name)
-        eq = node["eq"] if node else None
-        idx = list(eq.index) if eq is not None else [Symbol(c, integer=True) for c in "ijklmn"[:len(p.shape)]]
+        p_eq = node["eq"] if node else None
+        idx = list(p_eq.index) if p_eq is not None else [Symbol(c, integer=True) for c in "ijklmn"[:len(p.shape)]]
         bar = d.adjoint_bases.get(p.name, sympy.IndexedBase(f"{p.name}_bar", real=True) if p.shape
                                   else Symbol(f"{p.name}_bar", real=True))
         lhs = bar[tuple(idx)] if idx else bar
@@ -340,14 +341,18 @@ class Derivation:
                 return e.eq
         raise KeyError(f"{name!r} is not a parameter of {self.name} (or not in wrt)")
 
+    def _derivation(self) -> _Internal:
+        assert self._internal is not None, "a Derivation is made by symgrad.derive(), which sets _internal"
+        return self._internal
+
     def lines(self, fmt: str = "latex") -> list[tuple[str, str]]:
-        return [(e.section, text) for e, text in _formatted(self._internal, self.equations, fmt)]
+        return [(e.section, text) for e, text in _formatted(self._derivation(), self.equations, fmt)]
 
     def latex(self) -> str:
-        return render_text(self._internal, "latex", self.wrt)
+        return render_text(self._derivation(), "latex", self.wrt)
 
     def text(self) -> str:
-        return render_text(self._internal, "text", self.wrt)
+        return render_text(self._derivation(), "text", self.wrt)
 
     def __str__(self) -> str:
         return self.text()

@@ -215,7 +215,8 @@ def _png(lines: list[tuple[str, str]], out: str, name: str, width_in: float = 10
 
     dpi, fontsize, indent = 110, 12, 0.3
     scratch = plt.figure(figsize=(width_in, 2), dpi=dpi)
-    renderer = scratch.canvas.get_renderer()
+    # the canvas is Agg's (matplotlib.use above), which has get_renderer; the stubs type it as FigureCanvasBase
+    renderer = scratch.canvas.get_renderer()  # type: ignore[attr-defined]
 
     def size(text: str, **kw) -> tuple[float, float]:
         t = scratch.text(0, 0, text, fontsize=fontsize, **kw)

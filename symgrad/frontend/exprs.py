@@ -69,7 +69,7 @@ class ArrayRef:
 
     name: str
     shape: tuple[int, ...]
-    base: object  # IndexedBase, or Symbol for a 0-d array
+    base: sympy.Basic  # IndexedBase, or Symbol for a 0-d array
 
 
 @dataclass
@@ -409,7 +409,7 @@ class Builder:
             return self.elementwise(lambda *a: _apply(fn, a), args, f"{name}(...)")
         raise ExprError(f"unknown function {name!r}")
 
-    def reduction(self, name: str, args: list[ast.AST]) -> TExpr:
+    def reduction(self, name: str, args: list[ast.expr]) -> TExpr:
         if not args:
             raise ExprError(f"{name}(...) needs an expression to sum")
         s = self.scope
@@ -452,8 +452,8 @@ class Builder:
         out = self._bind(body, limits)
         if name == "mean":
             count = 1
-            for a in args[1:]:
-                count *= s.ranges[a.id]
+            for index, _, _ in limits:  # the index names of args[1:]
+                count *= s.ranges[index]
             out = TExpr(out.expr / count, out.axes, out.named)
         return out
 
@@ -462,11 +462,13 @@ class Builder:
         if not node.keywords:
             return None
         kw = node.keywords[0]
+        assert isinstance(node.func, ast.Name)  # _Call refuses any other callee first
         if len(node.keywords) != 1 or kw.arg != "axis":
             raise ExprError(f"{node.func.id}(...) takes no keyword arguments except axis=")
         v = kw.value
-        neg = isinstance(v, ast.UnaryOp) and isinstance(v.op, ast.USub)
-        v = v.operand if neg else v
+        neg = False
+        if isinstance(v, ast.UnaryOp) and isinstance(v.op, ast.USub):
+            neg, v = True, v.operand
         if not (isinstance(v, ast.Constant) and isinstance(v.value, int) and not isinstance(v.value, bool)):
             raise ExprError(f"axis= of {node.func.id} must be an integer literal such as axis=-1")
         return -v.value if neg else v.value
@@ -502,9 +504,11 @@ class Builder:
         return out
 
     def _reduce_axis(self, x: TExpr) -> tuple[sympy.Expr, list]:
-        if len(x.axes) <= self.axis:
+        axis = self.axis
+        assert axis is not None  # called only inside an axis= call
+        if len(x.axes) <= axis:
             raise ExprError("a reduction along axis= met an argument with fewer axes")
-        sym, n = x.axes[self.axis]
+        sym, n = x.axes[axis]
         d = sympy.Dummy(sym.name, integer=True)
         self.scope.bounds[d] = (Integer(0), Integer(n - 1))
         return x.expr.xreplace({sym: d}), [(d, 0, n - 1)]
@@ -527,7 +531,7 @@ class Builder:
         # SymPy lists limits innermost first; ours are written outermost first.
         return TExpr(Sum(expr, *reversed(sym_limits)), body.axes, frozenset(named))
 
-    def piecewise(self, args: list[ast.AST]) -> TExpr:
+    def piecewise(self, args: list[ast.expr]) -> TExpr:
         pieces = []
         for a in args:
             if not (isinstance(a, ast.Tuple) and len(a.elts) == 2):

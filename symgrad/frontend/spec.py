@@ -345,7 +345,7 @@ def _read(r: _Reader, root: yaml.Node, path: str, sha: str) -> Spec:
                 raise r.fail(knode, f"unknown key {k!r} in param {pname} (expected shape, init)")
         if "shape" not in fields:
             raise r.fail(key, f"param {pname} needs a shape")
-        init = Text("zeros", line)
+        init: Text | None = Text("zeros", line)
         if "init" in fields:
             init = r.string(fields["init"][1], f"init of {pname}", allow_numbers=True)
         params[pname] = ArrayDecl(pname, _shape(r, fields["shape"][1], pname), line, init=init)

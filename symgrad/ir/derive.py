@@ -45,7 +45,7 @@ class Contribution:
 class Derivation:
     program: Program
     needs_grad: set[str]
-    adjoint_bases: dict[str, object]  # array name -> IndexedBase / Symbol of its adjoint
+    adjoint_bases: dict[str, sympy.Basic]  # array name -> IndexedBase / Symbol of its adjoint
     steps: list[tuple[Statement, list[Contribution]]]  # reverse order of the forward statements
 
     def adjoint_read(self, name: str, index: tuple = ()) -> sympy.Expr:

@@ -64,7 +64,7 @@ class Array:
 
     name: str
     shape: tuple[int, ...]
-    base: object
+    base: sympy.Basic  # IndexedBase, or Symbol for a 0-d array
     kind: ArrayKind
     batched: bool
     line: int
@@ -135,7 +135,8 @@ def array_of(arrays: dict[str, Array], read) -> Array | None:
 
 def split_body(body: sympy.Expr) -> tuple[sympy.Expr, list[sympy.Sum]]:
     """A normal-form body `E0 + Σ_t Sum_{J_t}(g_t)` as (E0, [Sum_1, ...]): what derive and lower both walk."""
-    e0_terms, sums = [], []
+    e0_terms: list[sympy.Expr] = []
+    sums: list[sympy.Sum] = []
     for term in sympy.Add.make_args(body):
         (sums if isinstance(term, sympy.Sum) else e0_terms).append(term)
     return sympy.Add(*e0_terms), sums
@@ -213,6 +214,7 @@ class _GraphBuilder:
         for name, decl in s.params.items():
             self.declare(name, decl.line)
             shape = self.shape(decl.shape, name)
+            assert decl.init is not None  # a param always has one (load_spec defaults it to zeros)
             init = self.parse_init(decl.init, name)
             self.arrays[name] = Array(name, shape, make_base(name, shape), ArrayKind.PARAM, False, decl.line, init=init)
         functions = self.parse_functions()
@@ -220,16 +222,16 @@ class _GraphBuilder:
         self.constants = constants
         stmt_names = [d.lhs.value.split("[")[0].strip() for d in s.forward]
         self.carried = self.declare_carried()
-        self.regions: list[list[int]] = []  # [first statement index, name of the last carried statement]
-        for pos, decl in enumerate(s.forward):
+        self.regions: list[tuple[int, str]] = []  # (first statement index, name of the last carried statement)
+        for pos, stmt_decl in enumerate(s.forward):
             self._region_start = len(self.statements)
-            self.statement(decl, set(stmt_names[pos + 1:]) - set(self.carried))
+            self.statement(stmt_decl, set(stmt_names[pos + 1:]) - set(self.carried))
         self.recurrences = self.finish_recurrences()
         loss_name = self.names.take("L")
         body = self.expression(s.loss.value, s.loss.line, set(), lhs=None, shape=None)
         if body.axes or body.named:
-            shape = [n for _, n in body.axes]
-            raise self.err(f"loss must be a scalar per sample, but it has shape {shape or 'with free indices'}; "
+            loss_shape = [n for _, n in body.axes]
+            raise self.err(f"loss must be a scalar per sample, but it has shape {loss_shape or 'with free indices'}; "
                            f"reduce it with sum(...)", s.loss.line)
         self.add_statement(loss_name, (), (), body.expr, s.loss.line)
         outputs = []
@@ -338,7 +340,7 @@ class _GraphBuilder:
                 if not syms or syms[0] != step[0]:
                     raise self.err(f"{name} reads {arr.name} at step {step[0]} - {step[1]}, so its first index "
                                    f"must be the step index {step[0]}", line)
-                self.regions.append([self._region_start, arr.name])
+                self.regions.append((self._region_start, arr.name))
             bounds = dict(self._scope.bounds)
             bounds.update({sym: (Integer(0), Integer(n - 1)) for sym, n in zip(syms, shape, strict=True)})
             lo = interval(i0, bounds)[0]
@@ -395,6 +397,7 @@ class _GraphBuilder:
                 members.append(st.name)
                 time_of[st.name] = t
             carried = {n: self.carried[n][0] for n in members if n in self.carried}
+            assert size is not None  # the span ends at a carried statement, which is not hidden
             rec = Recurrence(size, members, time_of, hoisted, carried)
             self._check_steps(rec)
             out.append(rec)
@@ -448,9 +451,11 @@ class _GraphBuilder:
             args = [_number(a) for a in node.args]
             if len(args) != 2 or any(a is None for a in args) or node.keywords:
                 raise self.err(f"init {node.func.id} of {pname} takes two numbers, e.g. {node.func.id}(0, 0.1)", t.line)
-            if node.func.id == "normal" and args[1] < 0:
+            a0, a1 = args
+            assert a0 is not None and a1 is not None  # checked just above
+            if node.func.id == "normal" and a1 < 0:
                 raise self.err(f"init normal of {pname} needs a non-negative std", t.line)
-            if node.func.id == "uniform" and args[1] < args[0]:
+            if node.func.id == "uniform" and a1 < a0:
                 raise self.err(f"init uniform of {pname} needs lo <= hi", t.line)
             return (node.func.id, tuple(args))
         raise self.err(f"unknown init {text!r} for {pname} (expected a number, {', '.join(INITS)})", t.line)
@@ -580,7 +585,8 @@ class _GraphBuilder:
     def add_statement(self, name: str, indices, shape, body, line: int, hidden: bool = False) -> None:
         if not hidden:
             self._current = name
-        bounds = dict(getattr(self, "_scope", None).bounds) if getattr(self, "_scope", None) else {}
+        scope = getattr(self, "_scope", None)
+        bounds = dict(scope.bounds) if scope else {}
         for sym, n in zip(indices, shape, strict=True):
             bounds[sym] = (Integer(0), Integer(n - 1))
         body = self.normalize(logsumexp_rewrite(body), bounds, line)
@@ -722,7 +728,7 @@ class _GraphBuilder:
         name = self.temp_name(r)
         # A Dummy index (from whole-array notation) becomes a plain index whose name nothing else in r uses.
         used = {s.name for s in r.free_symbols} | {v.name for v in r.atoms(Symbol)}
-        idx = []
+        new_idx = []
         for s in free:
             if isinstance(s, sympy.Dummy):
                 stem = s.name.lstrip("_") or "i"
@@ -731,10 +737,10 @@ class _GraphBuilder:
                     n += 1
                     nm = f"{stem}{n}"
                 used.add(nm)
-                idx.append(Symbol(nm, integer=True))
+                new_idx.append(Symbol(nm, integer=True))
             else:
-                idx.append(s)
-        idx = tuple(idx)
+                new_idx.append(s)
+        idx = tuple(new_idx)
         body = r.xreplace(dict(zip(free, idx, strict=True)))
         inner_bounds = dict(bounds)
         for s, i in zip(free, idx, strict=True):

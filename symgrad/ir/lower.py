@@ -67,7 +67,7 @@ class LoopNest:
 
     outer: list[Loop]
     inner: list[Loop]
-    target: object  # sympy read of the target (Indexed with code-level indices) or Symbol
+    target: sympy.Basic  # sympy read of the target (Indexed with code-level indices) or Symbol
     expr: sympy.Expr
     mode: Mode
     reduce: Reduce = Reduce.SUM
@@ -216,11 +216,11 @@ def _lower_statement(st: Statement, prog: Program, gemm: bool = True) -> list:
     e0, sums = split_body(st.body)
     ops: list = []
     if len(sums) == 1 and gemm:
-        gemm = _match_gemm(st.name, st.indices, st.batched, sums[0].function, limit_loops(sums[0].limits), prog,
-                           accumulate=False)
-        if gemm is not None:
-            gemm.comment = _comment(st)
-            ops.append(gemm)
+        matched = _match_gemm(st.name, st.indices, st.batched, sums[0].function, limit_loops(sums[0].limits), prog,
+                              accumulate=False)
+        if matched is not None:
+            matched.comment = _comment(st)
+            ops.append(matched)
             if e0 != 0:
                 ops.append(LoopNest(outer, [], target, e0, Mode.ACCUMULATE, reduce=Reduce.NONE))
             return ops
@@ -318,12 +318,12 @@ def _lower_contribution(c: Contribution, st: Statement, d: Derivation, written: 
     first = target_name not in written
     ops: list = []
     if plain and full and gemm:
-        gemm = _match_gemm_adjoint(target_name, t_idx, expr, loops, d)
-        if gemm is not None:
-            gemm.accumulate = not first
-            gemm.comment = f"d {st.name} / d {c.target}"
+        matched = _match_gemm_adjoint(target_name, t_idx, expr, loops, d)
+        if matched is not None:
+            matched.accumulate = not first
+            matched.comment = f"d {st.name} / d {c.target}"
             written.add(target_name)
-            return [gemm]
+            return [matched]
     if first and not full:
         ops.append(Fill(target_name))
     written.add(target_name)

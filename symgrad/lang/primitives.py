@@ -60,7 +60,7 @@ def _row(row: Primitive) -> Callable:
 
 
 def _function(name: str, nargs: int, derivative: Callable, latex: Callable, reference: Callable,
-              doc: str, real: bool | None = None) -> type:
+              doc: str, real: bool | None = None) -> type[sympy.Function]:
     """A SymPy function class from a row's derivative (one partial per argument) and LaTeX."""
 
     def fdiff(self, argindex=1):
@@ -90,7 +90,7 @@ def _function(name: str, nargs: int, derivative: Callable, latex: Callable, refe
 
 
 def _define(name: str, nargs: int, derivative: Callable, latex: Callable, reference: Callable, doc: str,
-            real: bool | None = None, **row) -> type:
+            real: bool | None = None, **row) -> type[sympy.Function]:
     cls = _function(name, nargs, derivative, latex, reference, doc, real)
     TABLE.append(Primitive(name, cls, nargs, reference, doc=doc, **row))
     return cls
@@ -146,8 +146,9 @@ def _rw_expm1(e) -> sympy.Expr | None:
     a, b = e.args
     if a == -1 and isinstance(b, sympy.exp):
         return expm1(b.args[0])
-    if a == 1 and isinstance(_negated(b), sympy.exp):
-        return -expm1(_negated(b).args[0])
+    neg = _negated(b)
+    if a == 1 and isinstance(neg, sympy.exp):
+        return -expm1(neg.args[0])
     return None
 
 
@@ -199,7 +200,7 @@ digamma = _define(
     test_args=("pos",))
 
 # -- symgrad's functions: semantics, derivative and LaTeX written here -------------------------------------------
-sigmoid = _define(
+sigmoid: type[sympy.Function] = _define(
     "sigmoid", 1, lambda x: [sigmoid(x) * (1 - sigmoid(x))], lambda x: rf"\sigma{_lr(x)}",
     lambda x: 1 / (1 + mpmath.exp(-x)),
     "Logistic function. Its derivative is written with its own value, so backward reuses the stored forward.",

@@ -208,8 +208,10 @@ def _ranks_str(ranks: list[int]) -> str:
 
 
 def _fingerprint(arrays: Mapping[str, np.ndarray]) -> tuple:
+    # an ndarray is a buffer; numpy's stubs declare its __buffer__ for Python >= 3.12 only
     return tuple(
-        (name, arr.shape, str(arr.dtype), zlib.crc32(memoryview(np.ascontiguousarray(arr)).cast("B")))
+        (name, arr.shape, str(arr.dtype),
+         zlib.crc32(memoryview(np.ascontiguousarray(arr)).cast("B")))  # type: ignore[arg-type]
         for name, arr in sorted(arrays.items())
     )
 
@@ -328,6 +330,7 @@ class DistributedTrainer(Trainer):
 
     def _fail(self, step, error, local, consts, gscale, shard, done, batch_size) -> None:
         """Every rank arrives here at the same step: find which ranks failed and raise the same error."""
+        status: tuple[str, str] | None
         if error is not None:
             status = ("error", _describe(error))
         elif not math.isfinite(local):

@@ -94,7 +94,10 @@ def spec_of(model: ModuleType) -> str:
     known = getattr(model, "__symgrad_spec__", None)
     if known:
         return str(known)
-    path = Path(getattr(model, "__spec_path__", None) or model.__file__)
+    source_file = getattr(model, "__spec_path__", None) or model.__file__
+    if source_file is None:  # a module with no file (built in, or made in memory): no header to read
+        raise UsageError(f"module {model.__name__} has no symgrad header naming its spec")
+    path = Path(source_file)
     with open(path, encoding="utf-8") as fh:
         m = _HEADER.match(fh.readline())
     if m is None:
@@ -177,6 +180,7 @@ def _import(path: Path, source: str, name: str, sha: str) -> ModuleType:
     jitcache.install()
     jitcache.register(path)
     spec = importlib.util.spec_from_file_location(mod_name, path, loader=_VerifiedLoader(path, source))
+    assert spec is not None and spec.loader is not None  # a file location with a loader given always has a spec
     module = importlib.util.module_from_spec(spec)
     sys.modules[mod_name] = module
     try:
@@ -184,5 +188,5 @@ def _import(path: Path, source: str, name: str, sha: str) -> ModuleType:
     except BaseException:
         sys.modules.pop(mod_name, None)
         raise
-    module.__spec_path__ = str(path)
+    module.__spec_path__ = str(path)  # type: ignore[attr-defined]  # our own attribute on the module
     return module

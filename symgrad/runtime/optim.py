@@ -34,7 +34,7 @@ def _adam(theta, g, ms, vs, lr, b1, b2, eps, t):  # noqa: D103  (compiled throug
     raise NotImplementedError
 
 
-@overload(_adam, jit_options={"cache": True})
+@overload(_adam, jit_options={"cache": True})  # type: ignore[typeddict-unknown-key]  # numba's stub omits cache
 def _adam_ol(theta, g, ms, vs, lr, b1, b2, eps, t):
     """Adam in theta's own precision: float32 parameters get float32 vector arithmetic (as PyTorch does), twice
     the SIMD width of float64; float64 parameters keep float64 throughout."""

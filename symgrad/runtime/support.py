@@ -26,7 +26,7 @@ def init_params(inits, params, seed: int = 0, dtype=np.float64) -> dict[str, np.
         fan_out = shape[0] if shape else 1
         fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else (shape[0] if shape else 1)
         if kind == "constant":
-            value = np.full(shape, args[0])
+            value: np.ndarray | float = np.full(shape, args[0])
         elif kind == "zeros":
             value = np.zeros(shape)
         elif kind == "ones":

@@ -252,9 +252,11 @@ def train(
 
     def run(hooks: Any) -> TrainResult:
         backends.get(device, "device")  # one UsageError naming the registered backends
+        positive_batch = _positive_int("batch_size", DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
+        assert positive_batch is not None  # None only for None, and the default replaced it
         cfg = _Run(
             optimizer=as_optimizer(optimizer),
-            batch_size=_positive_int("batch_size", DEFAULT_BATCH_SIZE if batch_size is None else batch_size),
+            batch_size=positive_batch,
             epochs=_positive_int("epochs", epochs),
             steps=_positive_int("steps", steps),
             params=params,
@@ -311,7 +313,7 @@ def _fit(model: ModuleType, data: Mapping[str, Any] | None, cfg: _Run, hooks: An
     dtype = _params_dtype(start_params)
     arrays, leading = check_arrays(model, data, dtype, what="data")
     has_data = leading is not None
-    n_train = leading[0] if has_data else 1
+    n_train = leading[0] if leading is not None else 1  # leading is not None: has_data
     if has_data:
         if cfg.batch_size > n_train:
             raise UsageError(f"batch_size {cfg.batch_size} is larger than the {n_train} training samples")
@@ -335,7 +337,11 @@ def _fit(model: ModuleType, data: Mapping[str, Any] | None, cfg: _Run, hooks: An
         schedule=cfg.schedule,
         n_samples=n_train,
     )
-    epochs = cfg.epochs if cfg.epochs is not None else math.ceil(cfg.steps / steps_per_epoch)
+    if cfg.epochs is not None:
+        epochs = cfg.epochs
+    else:
+        assert cfg.steps is not None  # train() refuses neither epochs= nor steps=
+        epochs = math.ceil(cfg.steps / steps_per_epoch)
     total_steps = epochs * steps_per_epoch if cfg.steps is None else min(cfg.steps, epochs * steps_per_epoch)
     classifier = label_kind(model) is not None
     name = str(getattr(model, "SPEC", {}).get("name", getattr(model, "__name__", "?")))
@@ -358,7 +364,7 @@ def _fit(model: ModuleType, data: Mapping[str, Any] | None, cfg: _Run, hooks: An
         "val_accuracy": [],
     }
     first_epoch = 0
-    if cfg.resume and os.path.exists(cfg.checkpoint):
+    if cfg.resume and cfg.checkpoint is not None and os.path.exists(cfg.checkpoint):  # train(): resume needs one
         ck = load_checkpoint(cfg.checkpoint)
         validate(ck, cfg.checkpoint, meta, epochs=epochs, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
         try:
@@ -426,6 +432,7 @@ def _fit(model: ModuleType, data: Mapping[str, Any] | None, cfg: _Run, hooks: An
                     objectives.append(trainer._run(batches, n, bsz))
                 except TrainingDiverged as exc:
                     logs["step_history"].extend(np.concatenate([*objectives, exc.objectives]).tolist())
+                    assert exc.params is not None  # both trainers attach the last good parameters
                     res = result_so_far(exc.params, time.perf_counter() - t_start)
                     where = f" (epoch {epoch + 1}){getattr(exc, 'where', '')}"
                     raise TrainingDiverged(

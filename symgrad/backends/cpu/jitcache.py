@@ -44,11 +44,12 @@ def install() -> None:
     base = getattr(caching, "UserProvidedCacheLocator", None)
     impl = getattr(caching, "CacheImpl", None)
     if base is None or impl is None or not hasattr(impl, "_locator_classes"):  # pragma: no cover - other Numba
-        if not config.CACHE_DIR:
-            config.CACHE_DIR = str(cache_root())
+        # CACHE_DIR is set at import from the environment; numba's config stub does not list it
+        if not config.CACHE_DIR:  # type: ignore[attr-defined]
+            config.CACHE_DIR = str(cache_root())  # type: ignore[attr-defined]
         return
 
-    class SymgradCacheLocator(base):
+    class SymgradCacheLocator(base):  # type: ignore[valid-type, misc]  # a base found at run time (getattr)
         """Numba's user-provided-directory locator, pointed at the symgrad cache, for symgrad's files only."""
 
         def __init__(self, py_func, py_file):

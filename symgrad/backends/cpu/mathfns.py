@@ -255,7 +255,7 @@ def _dtype_aware(name: str, f64, f32):
             return lambda x, w: f32(x)
         return lambda x, w: f64(x)
 
-    overload(stub, jit_options={"cache": True}, inline="always")(impl)
+    overload(stub, jit_options={"cache": True}, inline="always")(impl)  # type: ignore[typeddict-unknown-key]
     return stub
 
 
