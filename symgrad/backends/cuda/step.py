@@ -18,7 +18,7 @@ _TM = 64  # matrix-product tile: 64 x 64 outputs per block, 16 x 16 threads, 4 x
 _TK = 16
 # grid-stride kernels (update, sum of squares) use at most this many blocks; the simulator runs one Python thread
 # per CUDA thread, so there it gets two
-_MAX_BLOCKS = 2 if config.ENABLE_CUDASIM else 1024
+_MAX_BLOCKS = 2 if config.ENABLE_CUDASIM else 1024  # type: ignore[attr-defined]  # numba sets it from the env
 
 
 def _blocks(n):
