@@ -25,8 +25,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench.workloads import ADAM_EPS, BETA1, BETA2, LR, WORKLOADS, init_params, make_data  # noqa: E402
 
-TARGETS = {"W2": "ahead of PyTorch (ratio > 1)", "W3": "within 1.5x (ratio >= 0.67)",
-           "W4": "ahead of PyTorch (ratio > 1)"}
+TARGETS = {
+    "W2": "ahead of PyTorch (ratio > 1)",
+    "W3": "within 1.5x (ratio >= 0.67)",
+    "W4": "ahead of PyTorch (ratio > 1)",
+}
 
 
 def symgrad_runner(wid: str, data: dict, params: dict, smoke: bool):
@@ -158,8 +161,11 @@ def main() -> int:
             first_c()
             r_comp = best_rate(ep_c, n, args.repeats)
         rows.append((wid, w, n, r_sym, r_torch, r_comp, l_sym, l_torch))
-        print(f"{wid}: symgrad {r_sym:.0f} steps/s, torch {r_torch:.0f} steps/s, ratio {r_sym / r_torch:.2f}; "
-              f"first loss {l_sym:.6f} vs {l_torch:.6f}", flush=True)
+        print(
+            f"{wid}: symgrad {r_sym:.0f} steps/s, torch {r_torch:.0f} steps/s, ratio {r_sym / r_torch:.2f}; "
+            f"first loss {l_sym:.6f} vs {l_torch:.6f}",
+            flush=True,
+        )
     if args.smoke or sim:
         return 0
     write_results(args.out, rows, args.repeats)
@@ -187,8 +193,10 @@ def write_results(path: str, rows: list, repeats: int) -> None:
     ]
     for wid, w, n, r_sym, r_torch, r_comp, l_sym, l_torch in rows:
         comp = f"{r_comp:.0f}" if r_comp else "-"
-        lines.append(f"| {wid}: {w.title} | {n} | {r_sym:.0f} | {r_torch:.0f} | {r_sym / r_torch:.2f} | {comp} "
-                     f"| {l_sym:.6f} / {l_torch:.6f} | {TARGETS.get(wid, '-')} |")
+        lines.append(
+            f"| {wid}: {w.title} | {n} | {r_sym:.0f} | {r_torch:.0f} | {r_sym / r_torch:.2f} | {comp} "
+            f"| {l_sym:.6f} / {l_torch:.6f} | {TARGETS.get(wid, '-')} |"
+        )
     Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
     print(f"wrote {path}")
 

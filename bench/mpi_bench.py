@@ -166,9 +166,15 @@ def model_costs(batch: int = 64) -> list[dict]:
         hyper = Adam().hyper
         t_upd = _time(lambda th=theta, g=grad, st=state, h=hyper: update(th, g, st, ADAM_KIND, 1e-9, h, 1))
         nbytes = (theta.shape[0] + 2) * np.dtype(dtype).itemsize
-        row = {"spec": name, "n_theta": int(theta.shape[0]), "dtype": np.dtype(dtype).name, "B": B,
-               "grad_bytes": nbytes, "t_grad_ms": {n: 1e3 * t for n, t in t_grad.items()},
-               "t_update_ms": 1e3 * t_upd}
+        row = {
+            "spec": name,
+            "n_theta": int(theta.shape[0]),
+            "dtype": np.dtype(dtype).name,
+            "B": B,
+            "grad_bytes": nbytes,
+            "t_grad_ms": {n: 1e3 * t for n, t in t_grad.items()},
+            "t_update_ms": 1e3 * t_upd,
+        }
         t1 = t_grad[1] + t_upd
         for link, (bw, lat) in LINKS.items():
             best_n, best_s, curve = 1, 1.0, {}
@@ -178,23 +184,32 @@ def model_costs(batch: int = 64) -> list[dict]:
                 curve[n] = s
                 if s > best_s * 1.02:  # a 2% gain still counts as scaling
                     best_n, best_s = n, s
-            row[link] = {"best_n": best_n, "best_speedup": best_s, "speedup": curve,
-                         "allreduce_ms_inf": 1e3 * 2 * nbytes / bw}
+            row[link] = {
+                "best_n": best_n,
+                "best_speedup": best_s,
+                "speedup": curve,
+                "allreduce_ms_inf": 1e3 * 2 * nbytes / bw,
+            }
         rows.append(row)
     return rows
 
 
 def print_costs(rows: list[dict]) -> None:
     links = list(LINKS)
-    print("\n| spec | params | grad bytes | B | T_grad(B) ms | T_grad(B/8) ms | T_update ms | "
-          + " | ".join(f"{k}: allreduce ms (N->inf) / peak N / speed-up" for k in links) + " |")
+    print(
+        "\n| spec | params | grad bytes | B | T_grad(B) ms | T_grad(B/8) ms | T_update ms | "
+        + " | ".join(f"{k}: allreduce ms (N->inf) / peak N / speed-up" for k in links)
+        + " |"
+    )
     print("|" + " --- |" * (7 + len(links)))
     for r in rows:
         tg = r["t_grad_ms"]
         n8 = 8 if 8 in tg else max(tg)
         cells = [f"{r[k]['allreduce_ms_inf']:.3f} / {r[k]['best_n']} / {r[k]['best_speedup']:.1f}x" for k in links]
-        print(f"| {r['spec']} | {r['n_theta']} | {r['grad_bytes']} | {r['B']} | {tg[1]:.3f} | {tg[n8]:.3f} | "
-              f"{r['t_update_ms']:.3f} | " + " | ".join(cells) + " |")
+        print(
+            f"| {r['spec']} | {r['n_theta']} | {r['grad_bytes']} | {r['B']} | {tg[1]:.3f} | {tg[n8]:.3f} | "
+            f"{r['t_update_ms']:.3f} | " + " | ".join(cells) + " |"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- orchestrator
@@ -228,18 +243,25 @@ def main() -> None:
             ("mpiexec -n 1 (DistributedTrainer), 1 thread", ["mpiexec", "-n", "1", *me, "--worker", "mpi"], 1),
             ("mpiexec -n 2, 1 thread per rank", ["mpiexec", "-n", "2", *me, "--worker", "mpi"], 1),
         ]
-        print("| configuration | steps/s | samples/s | ms/step | Allreduce ms/step (in step) | "
-              "Allreduce alone ms | final loss |")
+        print(
+            "| configuration | steps/s | samples/s | ms/step | Allreduce ms/step (in step) | "
+            "Allreduce alone ms | final loss |"
+        )
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for label, cmd, threads in runs:
             tries = [_launch(cmd + ["--epochs", str(args.epochs)], threads) for _ in range(args.repeat)]
             r = max(tries, key=lambda t: t["steps_per_s"])
             ar = f"{r['allreduce_ms_per_step']:.3f}" if "allreduce_ms_per_step" in r else "-"
             alone = f"{r['allreduce_alone_ms']:.3f}" if "allreduce_alone_ms" in r else "-"
-            print(f"| {label} | {r['steps_per_s']:.1f} | {r['samples_per_s']:.0f} | {r['ms_per_step']:.2f} | "
-                  f"{ar} | {alone} | {r['final_loss']:.4f} |", flush=True)
-    print(f"\n(fastest of {args.repeat} runs of {args.epochs} epochs each; load average now "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+            print(
+                f"| {label} | {r['steps_per_s']:.1f} | {r['samples_per_s']:.0f} | {r['ms_per_step']:.2f} | "
+                f"{ar} | {alone} | {r['final_loss']:.4f} |",
+                flush=True,
+            )
+    print(
+        f"\n(fastest of {args.repeat} runs of {args.epochs} epochs each; load average now "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)"
+    )
     if not args.w3_only:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
         print_costs(model_costs())

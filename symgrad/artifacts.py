@@ -16,9 +16,14 @@ _DIGEST: dict[str, str] = {}
 # The compiler is every module of these stages (and every template); a new compiler module is covered without being
 # listed. Backend modules that generated code only imports at run time never reach generated text.
 _COMPILER = ("lang", "frontend", "ir", "backends")
-_RUNTIME_ONLY = {"backends/cpu/mathfns.py", "backends/cpu/jitcache.py", "backends/cuda/mathfns.py",
-                 "backends/cuda/device.py", "backends/cuda/step.py",
-                 "backends/stepmath.py"}
+_RUNTIME_ONLY = {
+    "backends/cpu/mathfns.py",
+    "backends/cpu/jitcache.py",
+    "backends/cuda/mathfns.py",
+    "backends/cuda/device.py",
+    "backends/cuda/step.py",
+    "backends/stepmath.py",
+}
 _ROOT = Path(__file__).parent
 
 
@@ -42,8 +47,11 @@ def compiler_digest() -> str:
     if "compiler" not in _DIGEST:
         files = [_ROOT / "artifacts.py"]
         for stage in _COMPILER:
-            files += [f for f in (_ROOT / stage).rglob("*") if f.suffix in (".py", ".j2")
-                      and f.relative_to(_ROOT).as_posix() not in _RUNTIME_ONLY]
+            files += [
+                f
+                for f in (_ROOT / stage).rglob("*")
+                if f.suffix in (".py", ".j2") and f.relative_to(_ROOT).as_posix() not in _RUNTIME_ONLY
+            ]
         _DIGEST["compiler"] = _digest(files)
     return _DIGEST["compiler"]
 

@@ -65,8 +65,14 @@ class TrainingDiverged(SymgradError):
     ranks: list[int]
     where: str
 
-    def __init__(self, message: str, step: int, epoch: int | None = None, params: dict | None = None,
-                 result: object | None = None):
+    def __init__(
+        self,
+        message: str,
+        step: int,
+        epoch: int | None = None,
+        params: dict | None = None,
+        result: object | None = None,
+    ):
         self.step = step
         self.epoch = epoch
         self.params = params

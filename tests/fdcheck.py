@@ -22,7 +22,8 @@ def central_differences(loss: Callable[[dict], float], params: dict, h: float = 
     return out
 
 
-def assert_gradient(grad: dict, loss: Callable[[dict], float], params: dict, h: float = 1e-6,
-                    rtol: float = 1e-6, atol: float = 1e-9) -> None:
+def assert_gradient(
+    grad: dict, loss: Callable[[dict], float], params: dict, h: float = 1e-6, rtol: float = 1e-6, atol: float = 1e-9
+) -> None:
     for k, num in central_differences(loss, params, h).items():
         np.testing.assert_allclose(grad[k], num, rtol=rtol, atol=atol, err_msg=f"d loss / d {k}")

@@ -31,8 +31,9 @@ def campaign(n: int, seed: int, f32: bool = True, progress: bool = True, max_sec
     results: list[fuzz_specs.CaseResult] = []
     start = time.time()
 
-    @settings(max_examples=n, database=None, deadline=None, phases=[Phase.generate],
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=n, database=None, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck)
+    )
     @given(text=fuzz_specs.specs(), point=st.integers(0, 2**31 - 1))
     def one(text: str, point: int) -> None:
         if max_seconds is not None and time.time() - start > max_seconds:
@@ -53,15 +54,21 @@ def campaign(n: int, seed: int, f32: bool = True, progress: bool = True, max_sec
         if r.outcome == "fail" and (r.kind not in shortest or len(r.spec) < len(shortest[r.kind].spec)):
             shortest[r.kind] = r
     return {
-        "cases": len(results), "seconds": round(time.time() - start, 1), "outcomes": dict(outcomes),
+        "cases": len(results),
+        "seconds": round(time.time() - start, 1),
+        "outcomes": dict(outcomes),
         "failure_kinds": dict(kinds),
         "refusals": Counter(r.detail.split(": ", 1)[-1][:80] for r in results if r.outcome == "refused"),
-        "refused_examples": {r.detail.split(": ", 1)[-1][:80]: r.spec for r in sorted(
-            (r for r in results if r.outcome == "refused"), key=lambda r: -len(r.spec))},
-        "shortest": {k: {"spec": r.spec, "detail": r.detail, "seed": r.extra.get("seed")}
-                     for k, r in shortest.items()},
-        "failures": [{"kind": r.kind, "detail": r.detail, "spec": r.spec, "seed": r.extra.get("seed")}
-                     for r in results if r.outcome == "fail"],
+        "refused_examples": {
+            r.detail.split(": ", 1)[-1][:80]: r.spec
+            for r in sorted((r for r in results if r.outcome == "refused"), key=lambda r: -len(r.spec))
+        },
+        "shortest": {k: {"spec": r.spec, "detail": r.detail, "seed": r.extra.get("seed")} for k, r in shortest.items()},
+        "failures": [
+            {"kind": r.kind, "detail": r.detail, "spec": r.spec, "seed": r.extra.get("seed")}
+            for r in results
+            if r.outcome == "fail"
+        ],
     }
 
 
@@ -73,8 +80,16 @@ def _seeded(test, seed: int):
 
 def merge(paths: list[str]) -> dict:
     """Several campaign reports (e.g. chunks run with different seeds) as one."""
-    total: dict = {"cases": 0, "seconds": 0.0, "outcomes": Counter(), "failure_kinds": Counter(),
-                   "refusals": Counter(), "shortest": {}, "failures": [], "refused_examples": {}}
+    total: dict = {
+        "cases": 0,
+        "seconds": 0.0,
+        "outcomes": Counter(),
+        "failure_kinds": Counter(),
+        "refusals": Counter(),
+        "shortest": {},
+        "failures": [],
+        "refused_examples": {},
+    }
     for p in paths:
         r = json.loads(Path(p).read_text(encoding="utf-8"))
         total["cases"] += r["cases"]

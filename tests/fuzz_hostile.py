@@ -49,7 +49,7 @@ SEEDS = [
     "forward:\n  s[i]: {shape: [N], expr: 'Sum(a[j]*x[j], (j, 0, i))'}\n  t: sum(s[i]**2, i)\n"
     "loss: t + lam*sum(a[i]**2, i) + c**2 + Sum(a[i + 1]*x[i], (i, 0, N - 2))\noutputs: [s]\n",
     "name: pw\ninputs: {x: {shape: [3], sample: normal}}\nparams: {w: {shape: [3], init: 'uniform(-1, 1)'}}\n"
-    "functions: {\"f(u)\": \"u*sigmoid(u)\"}\nforward:\n  - h: Piecewise((w*x, x > 0), (0.5*w*x, True))\n"
+    'functions: {"f(u)": "u*sigmoid(u)"}\nforward:\n  - h: Piecewise((w*x, x > 0), (0.5*w*x, True))\n'
     "  - g: f(h)\nloss: sum(log_sigmoid(g)) + Max(w[0], w[1]) - Min(w[1], 0.5)\nobjective: maximize\n"
     "reduction: sum\n",
     "name: q\nparams: {w: [2], v: {shape: [], init: -0.5}}\nloss: (w[0] - 1)**2 + 10*(w[1] - w[0]**2)**2 + "
@@ -59,19 +59,138 @@ SEEDS = [
 ]
 
 POOL_TOKENS = [
-    "0", "-1", "1e308", "1e-320", "10**30", "2**10**10", "9**9**9", "1e309", "017", "1:30", ".inf", "nan", "9" * 400,
-    "0.5", "2", "D", "N", "x", "w", "W", "h", "i", "j", "k", "B", "L", "np", "range", "math", "w_bar", "s_L", "_b",
-    "lambda", "None", "True", "not", "and", "or", ">", "<", "==", "!=", "@", "**", "//", "%", "+", "-", "*", "/", "(",
-    ")", "[", "]", "{", "}", ",", ":", "'", '"', '"""', "\\", "\\x", "\\N{", "\\u12", "\n", "\t", "#",
+    "0",
+    "-1",
+    "1e308",
+    "1e-320",
+    "10**30",
+    "2**10**10",
+    "9**9**9",
+    "1e309",
+    "017",
+    "1:30",
+    ".inf",
+    "nan",
+    "9" * 400,
+    "0.5",
+    "2",
+    "D",
+    "N",
+    "x",
+    "w",
+    "W",
+    "h",
+    "i",
+    "j",
+    "k",
+    "B",
+    "L",
+    "np",
+    "range",
+    "math",
+    "w_bar",
+    "s_L",
+    "_b",
+    "lambda",
+    "None",
+    "True",
+    "not",
+    "and",
+    "or",
+    ">",
+    "<",
+    "==",
+    "!=",
+    "@",
+    "**",
+    "//",
+    "%",
+    "+",
+    "-",
+    "*",
+    "/",
+    "(",
+    ")",
+    "[",
+    "]",
+    "{",
+    "}",
+    ",",
+    ":",
+    "'",
+    '"',
+    '"""',
+    "\\",
+    "\\x",
+    "\\N{",
+    "\\u12",
+    "\n",
+    "\t",
+    "#",
     "!!python/object",
-    "&a", "*a", "sum", "Sum", "mean", "Piecewise", "sqrt", "log", "exp", "relu", "softmax", "logsumexp", "sigmoid",
-    "Max", "Min", "Heaviside", "sign", "abs", "__import__", "open", "eval", "x.T", "x[0:2]", "lambda q: q",
-    "[i for i in x]", "f'{x}'", "x if x else w", "(j, 0, 5)", "(j, -3, 100)", "w[i + 1]", "w[2*i]", "w[100]",
-    "normal(0, 1e309)", "xavier", "zeros", "ones", "a" * 300, "é", "\u2028", "\x00", "", " ",
+    "&a",
+    "*a",
+    "sum",
+    "Sum",
+    "mean",
+    "Piecewise",
+    "sqrt",
+    "log",
+    "exp",
+    "relu",
+    "softmax",
+    "logsumexp",
+    "sigmoid",
+    "Max",
+    "Min",
+    "Heaviside",
+    "sign",
+    "abs",
+    "__import__",
+    "open",
+    "eval",
+    "x.T",
+    "x[0:2]",
+    "lambda q: q",
+    "[i for i in x]",
+    "f'{x}'",
+    "x if x else w",
+    "(j, 0, 5)",
+    "(j, -3, 100)",
+    "w[i + 1]",
+    "w[2*i]",
+    "w[100]",
+    "normal(0, 1e309)",
+    "xavier",
+    "zeros",
+    "ones",
+    "a" * 300,
+    "é",
+    "\u2028",
+    "\x00",
+    "",
+    " ",
 ]
 EXPR_ATOMS = ["x", "w", "b", "h", "W1", "W2", "a", "c", "v", "z", "1", "0.5", "2", "1e308", "10**30", "-1"]
-EXPR_FUNCS = ["exp", "log", "sqrt", "tanh", "sigmoid", "relu", "softplus", "abs", "sum", "mean", "softmax",
-              "logsumexp", "log_sigmoid", "sin", "cos", "step", "sign"]
+EXPR_FUNCS = [
+    "exp",
+    "log",
+    "sqrt",
+    "tanh",
+    "sigmoid",
+    "relu",
+    "softplus",
+    "abs",
+    "sum",
+    "mean",
+    "softmax",
+    "logsumexp",
+    "log_sigmoid",
+    "sin",
+    "cos",
+    "step",
+    "sign",
+]
 
 
 def random_expr(rng: random.Random, depth: int = 0, names: list[str] | None = None) -> str:
@@ -81,8 +200,10 @@ def random_expr(rng: random.Random, depth: int = 0, names: list[str] | None = No
         return rng.choice(atoms)
     r = rng.random()
     if r < 0.4:
-        return f"({random_expr(rng, depth + 1, names)} {rng.choice(['+', '-', '*', '/', '**', '@'])} " \
-               f"{random_expr(rng, depth + 1, names)})"
+        return (
+            f"({random_expr(rng, depth + 1, names)} {rng.choice(['+', '-', '*', '/', '**', '@'])} "
+            f"{random_expr(rng, depth + 1, names)})"
+        )
     if r < 0.8:
         return f"{rng.choice(EXPR_FUNCS)}({random_expr(rng, depth + 1, names)})"
     if r < 0.9:
@@ -100,22 +221,54 @@ def mutate(text: str, rng: random.Random) -> str:
             toks = list(re.finditer(r"[A-Za-z_]\w*|\d+\.?\d*(?:e[-+]?\d+)?|\S", line))
             if toks:
                 t = rng.choice(toks)
-                line = line[:t.start()] + rng.choice(POOL_TOKENS) + line[t.end():]
+                line = line[: t.start()] + rng.choice(POOL_TOKENS) + line[t.end() :]
         elif op < 0.33:  # insert a token
             pos = rng.randint(0, len(line))
             line = line[:pos] + rng.choice(POOL_TOKENS) + line[pos:]
         elif op < 0.6 and ":" in line:  # replace a value by a random expression
             key, _, _ = line.partition(":")
             declared = re.findall(r"^\s*-?\s*([A-Za-z_]\w*)(?:\[[^]]*\])?\s*:|[{,]\s*([A-Za-z_]\w*)\s*:", text, re.M)
-            names = sorted({a or b for a, b in declared} - {"name", "params", "loss", "inputs", "forward", "dims",
-                                                               "shape", "init", "expr", "sample", "constants"})
+            names = sorted(
+                {a or b for a, b in declared}
+                - {
+                    "name",
+                    "params",
+                    "loss",
+                    "inputs",
+                    "forward",
+                    "dims",
+                    "shape",
+                    "init",
+                    "expr",
+                    "sample",
+                    "constants",
+                }
+            )
             line = f"{key}: {random_expr(rng, 0, names)}"
         elif op < 0.72:  # rename a name everywhere
             names = sorted(set(re.findall(r"\b[A-Za-z_]\w*\b", text)) - {"name", "params", "loss", "inputs"})
             if names:
                 old = rng.choice(names)
-                new = rng.choice(["np", "range", "L", "w_bar", "math", "s_L", "a" * 300, "lambda", "_x", "B", "sum",
-                                  "exp", "x2", "Sum", "i", "D"])
+                new = rng.choice(
+                    [
+                        "np",
+                        "range",
+                        "L",
+                        "w_bar",
+                        "math",
+                        "s_L",
+                        "a" * 300,
+                        "lambda",
+                        "_x",
+                        "B",
+                        "sum",
+                        "exp",
+                        "x2",
+                        "Sum",
+                        "i",
+                        "D",
+                    ]
+                )
                 return re.sub(rf"\b{re.escape(old)}\b", new, "\n".join(lines))
         elif op < 0.8:  # delete a line
             del lines[k]
@@ -132,9 +285,27 @@ def mutate(text: str, rng: random.Random) -> str:
             nums = list(re.finditer(r"\b\d+(?:\.\d+)?(?:e[-+]?\d+)?\b", line))
             if nums:
                 t = rng.choice(nums)
-                line = line[:t.start()] + rng.choice(["0", "-1", "1e308", "1e309", "017", "1:30", "10**30",
-                                                       "2**10**10", "9" * 400, "1000000000", "65536", "3.5",
-                                                       "100000"]) + line[t.end():]
+                line = (
+                    line[: t.start()]
+                    + rng.choice(
+                        [
+                            "0",
+                            "-1",
+                            "1e308",
+                            "1e309",
+                            "017",
+                            "1:30",
+                            "10**30",
+                            "2**10**10",
+                            "9" * 400,
+                            "1000000000",
+                            "65536",
+                            "3.5",
+                            "100000",
+                        ]
+                    )
+                    + line[t.end() :]
+                )
         lines[k] = line
     return "\n".join(lines)
 
@@ -184,8 +355,11 @@ def _load(path: Path) -> tuple[str, str]:
         m = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = m
         spec.loader.exec_module(m)
-        sizes = [m.N_THETA] + [int(np.prod(s)) for _, s, _ in m.INPUTS] + \
-                [int(np.prod(s[0])) for s in m.STATEMENT_SHAPES.values()]
+        sizes = (
+            [m.N_THETA]
+            + [int(np.prod(s)) for _, s, _ in m.INPUTS]
+            + [int(np.prod(s[0])) for s in m.STATEMENT_SHAPES.values()]
+        )
         if max(sizes) > 100_000:
             return "ok-import-only", ""
     except Timeout:
@@ -241,8 +415,10 @@ def run_one(index: int, seed: int, work: Path) -> tuple[str, str, str]:
 FAILURES = {"traceback", "hang", "bad-output", "codegen"}
 # names that shadow what generated code uses: the name allocator's part of issues 11/12, counted apart
 # (`i`, `n`, `kind`, ... are parameters of the CUDA host functions; an index named `B` prints as the batch size)
-SHADOWING = re.compile(r"(?<![\w.])(np|math|range|max|min|abs|L|w_bar|s_L|_b|B|lambda|sum|exp|cuda|_mf|_rt)\s*[:\[]"
-                       r"|[{,]\s*(i|n|kind|t0|gscale|dtype|clip_norm|theta_d|grad_d|consts_d|out_d)\s*:|\[\s*B\s*[],]")
+SHADOWING = re.compile(
+    r"(?<![\w.])(np|math|range|max|min|abs|L|w_bar|s_L|_b|B|lambda|sum|exp|cuda|_mf|_rt)\s*[:\[]"
+    r"|[{,]\s*(i|n|kind|t0|gscale|dtype|clip_norm|theta_d|grad_d|consts_d|out_d)\s*:|\[\s*B\s*[],]"
+)
 
 
 def campaign(n: int, seed: int, save: Path | None, only: int | None = None, quiet: bool = False) -> dict:

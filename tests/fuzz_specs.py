@@ -43,10 +43,56 @@ USER_FUNCTIONS = {
 POSITIVE_FUNCTIONS = {"sq1"}
 _NOT_LABELLED = {"m", "n", "s", "q", "r", "loss", "forward"}  # also YAML keys or function parameters
 # Names the compiler generates (adjoints, hidden statements, temporaries) or the generated module relies on.
-HOSTILE_NAMES = ["w_bar", "W_bar", "b_bar", "x_bar", "L", "L_bar", "s_L", "s_L2", "lse_c", "lse_w", "lse_t", "s_h1",
-                 "theta", "grad", "consts", "gscale", "acc", "t0", "t1", "B", "np", "math", "numba", "njit", "mf",
-                 "rt", "update", "SPEC", "PARAMS", "INPUTS", "range", "float", "len", "min", "max", "int", "print",
-                 "loss", "forward", "init_params", "cuda", "out", "value", "m", "n", "s", "q", "r"]
+HOSTILE_NAMES = [
+    "w_bar",
+    "W_bar",
+    "b_bar",
+    "x_bar",
+    "L",
+    "L_bar",
+    "s_L",
+    "s_L2",
+    "lse_c",
+    "lse_w",
+    "lse_t",
+    "s_h1",
+    "theta",
+    "grad",
+    "consts",
+    "gscale",
+    "acc",
+    "t0",
+    "t1",
+    "B",
+    "np",
+    "math",
+    "numba",
+    "njit",
+    "mf",
+    "rt",
+    "update",
+    "SPEC",
+    "PARAMS",
+    "INPUTS",
+    "range",
+    "float",
+    "len",
+    "min",
+    "max",
+    "int",
+    "print",
+    "loss",
+    "forward",
+    "init_params",
+    "cuda",
+    "out",
+    "value",
+    "m",
+    "n",
+    "s",
+    "q",
+    "r",
+]
 
 
 class _Gen:
@@ -57,10 +103,31 @@ class _Gen:
         self.dims = {"D": draw(st.integers(2, 4)), "H": draw(st.integers(2, 4)), "K": draw(st.integers(2, 4))}
         D, H, K = self.dims["D"], self.dims["H"], self.dims["K"]
         self.inputs = {"x": ("D",), "y": (), "t": ("K",), "u": (), "eps": ("H",)}  # eps: a sampled input
-        self.params = {"W": ("H", "D"), "V": ("K", "H"), "U": ("D", "H"), "w": ("D",), "c": ("H",),
-                       "d": ("K",), "b": (), "a": ()}
-        self.sizes = {"x": (D,), "y": (), "t": (K,), "u": (), "eps": (H,), "W": (H, D), "V": (K, H), "U": (D, H),
-                      "w": (D,), "c": (H,), "d": (K,), "b": (), "a": ()}
+        self.params = {
+            "W": ("H", "D"),
+            "V": ("K", "H"),
+            "U": ("D", "H"),
+            "w": ("D",),
+            "c": ("H",),
+            "d": ("K",),
+            "b": (),
+            "a": (),
+        }
+        self.sizes = {
+            "x": (D,),
+            "y": (),
+            "t": (K,),
+            "u": (),
+            "eps": (H,),
+            "W": (H, D),
+            "V": (K, H),
+            "U": (D, H),
+            "w": (D,),
+            "c": (H,),
+            "d": (K,),
+            "b": (),
+            "a": (),
+        }
         self.used: set[str] = set()
         self.functions: set[str] = set()
         self.use_beta = False
@@ -90,8 +157,24 @@ class _Gen:
             return self.positive_scalar(depth)
         if depth <= 0:
             return self.scalar_leaf()
-        kind = self.pick(["leaf", "unary", "binary", "binary", "reduce", "reduce", "reduce", "library", "index_sum",
-                          "piecewise", "maxmin", "user", "log", "pow"])
+        kind = self.pick(
+            [
+                "leaf",
+                "unary",
+                "binary",
+                "binary",
+                "reduce",
+                "reduce",
+                "reduce",
+                "library",
+                "index_sum",
+                "piecewise",
+                "maxmin",
+                "user",
+                "log",
+                "pow",
+            ]
+        )
         return self._scalar(kind, depth)
 
     def _scalar(self, kind: str, depth: int) -> str:
@@ -140,8 +223,15 @@ class _Gen:
             return self.index_sum(depth)
         if kind == "piecewise":
             a, b = self.scalar(depth - 1), self.scalar(depth - 1)
-            cond = self.pick([f"{a} > {self.literal()}", f"{a} < {b}", f"{a} >= 0",
-                              f"({a} > 0) and ({b} < {self.literal()})", f"({a} < -0.5) or ({b} > 0.5)"])
+            cond = self.pick(
+                [
+                    f"{a} > {self.literal()}",
+                    f"{a} < {b}",
+                    f"{a} >= 0",
+                    f"({a} > 0) and ({b} < {self.literal()})",
+                    f"({a} < -0.5) or ({b} > 0.5)",
+                ]
+            )
             return f"Piecewise(({a}, {cond}), ({b}, True))"
         if kind == "maxmin":
             fn = self.pick(["Max", "Min"])
@@ -213,13 +303,35 @@ class _Gen:
         if pos:
             inner = self.vec(n, max(depth - 1, 0))
             form = self.pick(["exp", "1pexp", "sq", "softplus", "softmax", "sigmoid"])
-            return {"exp": f"exp(tanh({inner}))", "1pexp": f"(1 + exp({inner}))", "sq": f"(({inner})**2 + 0.5)",
-                    "softplus": f"(softplus({inner}) + 0.1)", "softmax": f"softmax({inner})",
-                    "sigmoid": f"sigmoid({inner})"}[form]
+            return {
+                "exp": f"exp(tanh({inner}))",
+                "1pexp": f"(1 + exp({inner}))",
+                "sq": f"(({inner})**2 + 0.5)",
+                "softplus": f"(softplus({inner}) + 0.1)",
+                "softmax": f"softmax({inner})",
+                "sigmoid": f"sigmoid({inner})",
+            }[form]
         if depth <= 0:
             return self.vec_leaf(n, 0)
-        kind = self.pick(["leaf", "matvec", "matvec", "unary", "unary", "binary", "binary", "scale", "div", "pow",
-                          "log", "maxmin", "piecewise", "softmax", "user"])
+        kind = self.pick(
+            [
+                "leaf",
+                "matvec",
+                "matvec",
+                "unary",
+                "unary",
+                "binary",
+                "binary",
+                "scale",
+                "div",
+                "pow",
+                "log",
+                "maxmin",
+                "piecewise",
+                "softmax",
+                "user",
+            ]
+        )
         if kind == "leaf":
             return self.vec_leaf(n, depth)
         if kind == "matvec":
@@ -398,20 +510,24 @@ class _Gen:
         lines.append("dims: {" + ", ".join(f"{k}: {v}" for k, v in self.dims.items()) + "}")
         inputs = [n for n in self.inputs if n in self.used]
         if inputs:
-            decl = [f"{n}: {{shape: [{', '.join(self.inputs[n])}], sample: normal}}" if n == "eps" else
-                    f"{n}: [{', '.join(self.inputs[n])}]" for n in inputs]
+            decl = [
+                f"{n}: {{shape: [{', '.join(self.inputs[n])}], sample: normal}}"
+                if n == "eps"
+                else f"{n}: [{', '.join(self.inputs[n])}]"
+                for n in inputs
+            ]
             lines.append("inputs: {" + ", ".join(decl) + "}")
         params = [n for n in self.params if n in self.used]
         lines.append("params:")
         for n in params:
-            lines.append(f"  {n}: {{shape: [{', '.join(self.params[n])}], init: \"normal(0, 0.5)\"}}")
+            lines.append(f'  {n}: {{shape: [{", ".join(self.params[n])}], init: "normal(0, 0.5)"}}')
         if self.use_beta:
             lines.append("constants: {beta: 0.75}")
         if self.functions:
             lines.append("functions:")
             for fn in sorted(self.functions):
                 sig, body = USER_FUNCTIONS[fn]
-                lines.append(f"  \"{sig}\": \"{body}\"")
+                lines.append(f'  "{sig}": "{body}"')
         if self.forward:
             lines.append("forward:")
             listed = self.flip(0.25)  # the list-of-mappings form keeps the order explicit too
@@ -420,10 +536,10 @@ class _Gen:
                 if isinstance(value, dict):
                     lines.append(f"{lead}{key}:")
                     lines.append(f"{pad}shape: [{', '.join(map(str, value['shape']))}]")
-                    lines.append(f"{pad}expr: \"{value['expr']}\"")
+                    lines.append(f'{pad}expr: "{value["expr"]}"')
                 else:
-                    lines.append(f"{lead}{key}: \"{value}\"")
-        lines.append(f"loss: \"{loss}\"")
+                    lines.append(f'{lead}{key}: "{value}"')
+        lines.append(f'loss: "{loss}"')
         if self.flip(0.2):
             lines.append("objective: maximize")
         if self.flip(0.3):
@@ -434,8 +550,11 @@ class _Gen:
     def hostile_names(self, text: str) -> str:
         """Rename a few of the spec's own names to names the compiler makes or the generated module uses (w_bar,
         s_L, lse_c, theta, range, np, ...): names are the spec's, so none of them may change the maths."""
-        mine = [n for n in ("x", "y", "t", "u", "W", "V", "U", "w", "c", "d", "b", "a", "beta")
-                if re.search(rf"\b{n}\b", text)]
+        mine = [
+            n
+            for n in ("x", "y", "t", "u", "W", "V", "U", "w", "c", "d", "b", "a", "beta")
+            if re.search(rf"\b{n}\b", text)
+        ]
         mine += [n for n, _ in self.forward]
         mine = [n.split("[")[0] for n in mine]
         taken = set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
@@ -464,7 +583,7 @@ def specs(draw) -> str:
             return _Gen(draw).spec()
         except _NoVector:
             continue
-    return "name: fzfallback\ninputs: {x: []}\nparams: {b: []}\nloss: \"(b*x - 1)**2\"\n"
+    return 'name: fzfallback\ninputs: {x: []}\nparams: {b: []}\nloss: "(b*x - 1)**2"\n'
 
 
 # ------------------------------------------------------------------------------------------------- one case
@@ -551,8 +670,12 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
         return CaseResult("fail", f"run-crash:{type(exc).__name__}" + suffix, _short(exc), text)
     changed = [k for k in grads if not np.array_equal(grads[k], grads2[k])]
     if changed or gen2 != gen:
-        return CaseResult("fail", "uninitialised" + suffix, f"a second identical call changes the gradient of "
-                          f"{changed} (a buffer read before it is written)", text)
+        return CaseResult(
+            "fail",
+            "uninitialised" + suffix,
+            f"a second identical call changes the gradient of {changed} (a buffer read before it is written)",
+            text,
+        )
     err = max(rel_error(gen, ref), rel_error(gen_only, ref))
     if err > LOSS_RTOL:
         from symgrad.checks.gradcheck import generated_statements
@@ -567,9 +690,13 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
                     break
         except Exception as exc:  # noqa: BLE001
             bad = f"? ({type(exc).__name__})"
-        return CaseResult("fail", "loss" + suffix,
-                          f"generated {gen!r} reference {ref!r} rel {err:.2e}; first statement {bad}", text,
-                          {"statement": bad})
+        return CaseResult(
+            "fail",
+            "loss" + suffix,
+            f"generated {gen!r} reference {ref!r} rel {err:.2e}; first statement {bad}",
+            text,
+            {"statement": bad},
+        )
     try:  # the public forward(): the declared outputs, batched
         outs = module.forward(params, batch, consts)
         rv = reference_statements(model, params, batch, consts)
@@ -597,9 +724,12 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
                 continue  # not smooth here (relu, abs, Max, Piecewise near a kink)
             e = max(abs(fds[0] - an) - 10 * fd_noise, 0.0) / max(abs(fds[0]), abs(an), floor)
             if GRAD_RTOL < e < 1e-2:  # borderline (a tiny derivative of a large loss): Richardson, bigger steps
+
                 def central(h, name=name, value=value, d=d):
-                    return (ref_fn(dict(params, **{name: value + h * d}), batch)
-                            - ref_fn(dict(params, **{name: value - h * d}), batch)) / (2 * h)
+                    return (
+                        ref_fn(dict(params, **{name: value + h * d}), batch)
+                        - ref_fn(dict(params, **{name: value - h * d}), batch)
+                    ) / (2 * h)
 
                 rich = (4 * central(1e-3) - central(2e-3)) / 3  # error O(h**4); rounding 1e-16/h
                 noise = abs(rich - (16 * central(5e-4) - central(1e-3)) / 15)
@@ -607,8 +737,9 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
             if e > worst[0]:
                 worst = (e, name)
     if worst[0] > GRAD_RTOL:
-        return CaseResult("fail", "grad" + suffix, f"gradient of {worst[1]} rel error {worst[0]:.2e}", text,
-                          {"param": worst[1]})
+        return CaseResult(
+            "fail", "grad" + suffix, f"gradient of {worst[1]} rel error {worst[0]:.2e}", text, {"param": worst[1]}
+        )
     if f32:
         try:
             p32 = {k: np.asarray(v, dtype=np.float32) for k, v in params.items()}
@@ -617,24 +748,31 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
                 l32, g32 = module.loss_and_grad(p32, b32, consts)
         except Exception as exc:  # noqa: BLE001
             return CaseResult("fail", f"f32-crash:{type(exc).__name__}" + suffix, _short(exc), text)
-        ref32 = ref_fn({k: v.astype(np.float64) for k, v in p32.items()},
-                               {k: v.astype(np.float64) for k, v in b32.items()} if b32 else None)
-        bad = abs(l32 - ref32) > F32_RTOL * (1 + abs(ref32)) or any(
-            g32[k].dtype != np.float32 for k in g32)
+        ref32 = ref_fn(
+            {k: v.astype(np.float64) for k, v in p32.items()},
+            {k: v.astype(np.float64) for k, v in b32.items()} if b32 else None,
+        )
+        bad = abs(l32 - ref32) > F32_RTOL * (1 + abs(ref32)) or any(g32[k].dtype != np.float32 for k in g32)
         if not bad:
             # compare with the float64 gradient at the float32-rounded point: rounding the parameters may cross a
             # kink (Min, Max, Piecewise, relu), where the gradient itself jumps; that is not a float32 fault
             with np.errstate(all="ignore"):
-                _, g_at32 = module.loss_and_grad({k: v.astype(np.float64) for k, v in p32.items()},
-                                                 {k: v.astype(np.float64) for k, v in b32.items()} if b32 else None,
-                                                 consts)
+                _, g_at32 = module.loss_and_grad(
+                    {k: v.astype(np.float64) for k, v in p32.items()},
+                    {k: v.astype(np.float64) for k, v in b32.items()} if b32 else None,
+                    consts,
+                )
             for k, g in g_at32.items():
                 scale = float(np.max(np.abs(g))) + 1.0
                 if not np.all(np.abs(g32[k].astype(np.float64) - g) <= 5e-2 * scale):
                     bad = True
         if bad:
-            return CaseResult("skipped" if not math.isfinite(l32) else "fail", "f32" + suffix,
-                              f"float32 loss {l32} vs float64 {ref32}", text)
+            return CaseResult(
+                "skipped" if not math.isfinite(l32) else "fail",
+                "f32" + suffix,
+                f"float32 loss {l32} vs float64 {ref32}",
+                text,
+            )
     return res
 
 

@@ -42,8 +42,7 @@ def test_optimizer_arguments_are_one_clear_line(make, needle):
 
 def test_an_optimizer_by_name_like_the_cli():
     by_name = symgrad.train(handmade_linreg, DATA, optimizer="adam", batch_size=16, epochs=2, progress=False)
-    by_obj = symgrad.train(handmade_linreg, DATA, optimizer=symgrad.Adam(1e-3), batch_size=16, epochs=2,
-                           progress=False)
+    by_obj = symgrad.train(handmade_linreg, DATA, optimizer=symgrad.Adam(1e-3), batch_size=16, epochs=2, progress=False)
     for k in by_obj.params:
         assert np.array_equal(by_name.params[k], by_obj.params[k])
     for name in ("sgd", "Momentum", "nesterov"):
@@ -63,11 +62,26 @@ def test_batch_size_defaults_to_64_and_is_ignored_without_inputs():
 
 def test_dir_lists_the_public_api():
     names = dir(symgrad)
-    for name in ("load", "train", "Trainer", "TrainResult", "SGD", "Adam", "schedules", "SymgradError", "DataError",
-                 "load_dataset"):
+    for name in (
+        "load",
+        "train",
+        "Trainer",
+        "TrainResult",
+        "SGD",
+        "Adam",
+        "schedules",
+        "SymgradError",
+        "DataError",
+        "load_dataset",
+    ):
         assert name in names
-    out = subprocess.run([sys.executable, "-c", "import symgrad; print(dir(symgrad))"], capture_output=True,
-                         text=True, check=True, cwd=Path(__file__).parent.parent)
+    out = subprocess.run(
+        [sys.executable, "-c", "import symgrad; print(dir(symgrad))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent.parent,
+    )
     assert "'train'" in out.stdout and "'Adam'" in out.stdout
 
 

@@ -46,8 +46,15 @@ def _ref(p, x, y):
     P = np.exp(S - _lse(S, 1)[:, None])
     Z = (S - S.mean(1, keepdims=True)) / np.sqrt(S.var(1, keepdims=True) + 1e-5)
     ls0 = S - _lse(S, 0)[None, :]
-    return (-np.sum(y * np.log(P)) + _lse(S, 0).sum() + np.sum(S.mean(1) ** 2) + np.sum((Z * p["g"]) ** 3)
-            + np.sum(ls0 * y) + S.sum() + S.var(0).sum())
+    return (
+        -np.sum(y * np.log(P))
+        + _lse(S, 0).sum()
+        + np.sum(S.mean(1) ** 2)
+        + np.sum((Z * p["g"]) ** 3)
+        + np.sum(ls0 * y)
+        + S.sum()
+        + S.var(0).sum()
+    )
 
 
 def test_axis_layers_match_numpy(tmp_path, monkeypatch):
@@ -75,16 +82,20 @@ def test_axis_shapes(tmp_path):
     assert shapes["P"] == (3, 4) and shapes["lse0"] == (4,) and shapes["m"] == (3,) and shapes["v"] == (4,)
 
 
-@pytest.mark.parametrize("expr, msg", [
-    ("softmax(x, axis=2)", "out of range"),
-    ("tanh(x, axis=0)", "takes no axis="),
-    ("softmax(x, axis=k)", "integer literal"),
-    ("softmax(x, dim=0)", "except axis="),
-    ("softmax(x[i, j], axis=0)", "whole array"),
-])
+@pytest.mark.parametrize(
+    "expr, msg",
+    [
+        ("softmax(x, axis=2)", "out of range"),
+        ("tanh(x, axis=0)", "takes no axis="),
+        ("softmax(x, axis=k)", "integer literal"),
+        ("softmax(x, dim=0)", "except axis="),
+        ("softmax(x[i, j], axis=0)", "whole array"),
+    ],
+)
 def test_axis_errors_are_one_line(tmp_path, expr, msg):
     path = tmp_path / "bad.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         name: bad
         dims: {{N: 2, K: 3}}
         inputs: {{x: [N, K]}}
@@ -92,7 +103,8 @@ def test_axis_errors_are_one_line(tmp_path, expr, msg):
         forward:
           - P: {expr}
         loss: w * sum(P)
-        """))
+        """)
+    )
     with pytest.raises(SpecError, match=msg) as exc:
         build_program(str(path))
     assert ":6:" in str(exc.value)

@@ -29,8 +29,17 @@ BAD = Path(__file__).parent / "bad_specs"
 REPO = Path(__file__).resolve().parent.parent
 
 SHAPE_WORDS = ("shape", "mismatch", "match", "size", "dimension", "incompatible", "conform")
-FORBIDDEN_WORDS = ("allowed", "unsupported", "not supported", "forbidden", "invalid", "unknown", "syntax",
-                   "attribute", "call")
+FORBIDDEN_WORDS = (
+    "allowed",
+    "unsupported",
+    "not supported",
+    "forbidden",
+    "invalid",
+    "unknown",
+    "syntax",
+    "attribute",
+    "call",
+)
 BOMB_WORDS = ("anchor", "alias")  # rejecting YAML anchors/aliases outright is a fine answer to a bomb
 
 
@@ -58,8 +67,7 @@ class Bad:
 CASES = [
     # files that are not a spec at all
     Bad("empty", None, ("empty", "mapping", "name", "missing", "nothing")),
-    Bad("binary_garbage", None,
-        ("utf", "decode", "binary", "character", "encoding", "printable", "yaml", "read")),
+    Bad("binary_garbage", None, ("utf", "decode", "binary", "character", "encoding", "printable", "yaml", "read")),
     Bad("list_top", None, ("mapping", "list", "dict", "top")),
     Bad("scalar_top", None, ("mapping", "str", "dict", "top")),
     # YAML that would run code or explode under an unsafe or naive loader
@@ -72,8 +80,7 @@ CASES = [
     Bad("inject_class_bases", "  yhat:", ("__class__", "__bases__", "attribute", "tuple") + FORBIDDEN_WORDS),
     Bad("inject_lambda", "loss:", ("lambda",) + FORBIDDEN_WORDS),
     Bad("inject_attribute", "  yhat:", ("real", "attribute") + FORBIDDEN_WORDS),
-    Bad("inject_fstring", "loss:",
-        ("f-string", "fstring", "string", "JoinedStr", "literal") + FORBIDDEN_WORDS),
+    Bad("inject_fstring", "loss:", ("f-string", "fstring", "string", "JoinedStr", "literal") + FORBIDDEN_WORDS),
     Bad("inject_comprehension", "loss:", ("comprehension", "ListComp", "range", "list") + FORBIDDEN_WORDS),
     Bad("inject_exec", "loss:", ("exec",)),
     Bad("inject_kwargs", "loss:", ("keyword", "base", "argument")),
@@ -204,8 +211,17 @@ def test_derive_rejects(case, tmp_path, monkeypatch):
     assert nothing_written(cwd) == []
 
 
-SUBPROCESS_CASES = ["empty", "binary_garbage", "tag_python_apply", "bomb_description", "inject_import",
-                    "unknown_top_key", "dim_zero", "matmul_mismatch", "syntax_error"]
+SUBPROCESS_CASES = [
+    "empty",
+    "binary_garbage",
+    "tag_python_apply",
+    "bomb_description",
+    "inject_import",
+    "unknown_top_key",
+    "dim_zero",
+    "matmul_mismatch",
+    "syntax_error",
+]
 
 
 @pytest.mark.timeout(300)
@@ -215,8 +231,14 @@ def test_python_m_symgrad_build_rejects(name, tmp_path):
     out = tmp_path / "out"
     pythonpath = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PYTHONPATH=pythonpath)
-    proc = subprocess.run([sys.executable, "-m", "symgrad", "build", str(case.path), "--out", str(out)],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-m", "symgrad", "build", str(case.path), "--out", str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 2, f"exit {proc.returncode}:\n{proc.stdout}{proc.stderr}"
     assert proc.stdout == "" or proc.stderr == "", "the one line appears once, on one stream"
     check_one_line(proc.stdout + proc.stderr, case, str(case.path))

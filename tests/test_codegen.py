@@ -26,8 +26,15 @@ def test_golden_file_matches_build(spec):
     if not golden.exists() or golden.read_text() != text:
         import difflib
 
-        diff = "".join(difflib.unified_diff(golden.read_text().splitlines(True) if golden.exists() else [],
-                                            text.splitlines(True), str(golden), "regenerated", n=1))
+        diff = "".join(
+            difflib.unified_diff(
+                golden.read_text().splitlines(True) if golden.exists() else [],
+                text.splitlines(True),
+                str(golden),
+                "regenerated",
+                n=1,
+            )
+        )
         pytest.fail(f"{golden} is stale; run `symgrad build` to update it.\n{diff[:3000]}")
 
 
@@ -47,8 +54,25 @@ def test_deterministic_and_compiles():
 
 
 def test_generated_modules_are_ruff_clean():
-    r = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--isolated", "--line-length", "150",
-                        "--select", "E,F,W", "--extend-ignore", "E501", "generated"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--no-cache",
+            "--isolated",
+            "--line-length",
+            "150",
+            "--select",
+            "E,F,W",
+            "--extend-ignore",
+            "E501",
+            "generated",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     for f in Path("generated").glob("*.py"):  # only the header line (it names the spec's path) may run long
         long = [n for n, line in enumerate(f.read_text().splitlines(), 1) if len(line) > 150 and n > 1]
@@ -82,14 +106,15 @@ def test_load_builds_into_cache_when_stale(tmp_path, monkeypatch):
 def test_concurrent_loads_do_not_corrupt(tmp_path):
     spec = tmp_path / "conc.yaml"
     spec.write_text("name: conc\nparams: {w: {shape: [3], init: 1}}\nloss: sum(exp(w[i]), i)\n")
-    code = ("import symgrad, sys; m = symgrad.load(sys.argv[1]); "
-            "print(round(m.loss(m.init_params()), 6))")
+    code = "import symgrad, sys; m = symgrad.load(sys.argv[1]); print(round(m.loss(m.init_params()), 6))"
     env = {"SYMGRAD_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
     import os
 
     env = dict(os.environ, SYMGRAD_CACHE=str(tmp_path / "cache"))
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(spec)], stdout=subprocess.PIPE, env=env, text=True)
-             for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(spec)], stdout=subprocess.PIPE, env=env, text=True)
+        for _ in range(4)
+    ]
     outs = [p.communicate(timeout=300)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert set(outs) == {str(round(3 * np.e, 6))}

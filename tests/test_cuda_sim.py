@@ -37,8 +37,14 @@ device_only = pytest.mark.skipif(not ON_DEVICE, reason="runs in the simulator su
 def test_cuda_kernels_match_cpu_under_simulator():
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT)}
     env.pop("SYMGRAD_TEST_GPU", None)
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     assert " passed" in r.stdout
 
@@ -163,8 +169,9 @@ def test_adam_step_matches_cpu(spec, tmp_path_factory):
         state[0] = 0.01
         state[1] = 0.02
         grad = np.zeros_like(theta)
-        losses, n_done = mod._train_epoch(theta, grad, state, 3, hyper, 4, np.array([1e-2]), consts, 0.0,
-                                          cpu.SIGN / b, *inputs)
+        losses, n_done = mod._train_epoch(
+            theta, grad, state, 3, hyper, 4, np.array([1e-2]), consts, 0.0, cpu.SIGN / b, *inputs
+        )
         out[mod] = (theta, state, losses, int(n_done))
     (t1, s1, l1, n1), (t2, s2, l2, n2) = out[cpu], out[gpu]
     assert n1 == n2 == 1
@@ -203,8 +210,7 @@ def test_every_optimizer_kind_clipping_and_divergence(kind, clip, tmp_path_facto
         theta = mod.flatten({"w": np.array(0.5), "b": np.array(-0.2)}, np.float64)
         state = np.zeros((2, mod.N_THETA))
         grad = np.zeros_like(theta)
-        losses, n_done = mod._train_epoch(theta, grad, state, kind, hyper, 0, lrs, np.zeros((3, 1)), clip, 0.25,
-                                          x, y)
+        losses, n_done = mod._train_epoch(theta, grad, state, kind, hyper, 0, lrs, np.zeros((3, 1)), clip, 0.25, x, y)
         out.append((theta, state, losses, int(n_done)))
     (t1, s1, l1, n1), (t2, s2, l2, n2) = out
     assert n1 == n2 == (2 if kind == 3 else 3)
@@ -247,8 +253,20 @@ def test_float32_steps_agree(kind, tmp_path_factory):
         theta = mod.flatten({"w": np.array(0.5), "b": np.array(-0.2)}, np.float32)
         state = np.zeros((2, mod.N_THETA), np.float32)
         grad = np.zeros_like(theta)
-        mod._train_epoch(theta, grad, state, kind, np.array([0.0, 0.9, 0.999, 1e-8]), 0, np.array([0.1, 0.05, 0.02]),
-                         np.zeros((3, 1)), 1.0, 0.25, x, y)
+        mod._train_epoch(
+            theta,
+            grad,
+            state,
+            kind,
+            np.array([0.0, 0.9, 0.999, 1e-8]),
+            0,
+            np.array([0.1, 0.05, 0.02]),
+            np.zeros((3, 1)),
+            1.0,
+            0.25,
+            x,
+            y,
+        )
         assert theta.dtype == np.float32
         out.append(theta.astype(np.float64))
     np.testing.assert_allclose(out[0], out[1], rtol=2e-6, atol=2e-7)
@@ -282,7 +300,6 @@ def test_train_with_the_cuda_twin_matches_cpu():
     rng = np.random.default_rng(0)
     x = rng.standard_normal(12)
     data = {"x": x, "y": 2.0 * x - 1.0}
-    runs = [train(m, data, optimizer=Adam(0.05), batch_size=4, epochs=2, progress=False, seed=3)
-            for m in (cpu, gpu)]
+    runs = [train(m, data, optimizer=Adam(0.05), batch_size=4, epochs=2, progress=False, seed=3) for m in (cpu, gpu)]
     for k in runs[0].params:
         _close(runs[0].params[k], runs[1].params[k], f"trained {k}")

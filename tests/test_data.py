@@ -114,8 +114,11 @@ def test_a_zip_bomb_is_refused_from_its_declared_sizes(tmp_path, monkeypatch):
     path = tmp_path / "bomb.npz"
     rows = 2**21 // 3
     zeros = b"\0" * (rows * 3 * 8)
-    write_zip(path, {"x.npy": npy_bytes((rows, 3), data=zeros), "y.npy": npy_bytes((rows,), data=zeros[: rows * 8])},
-              zipfile.ZIP_DEFLATED)
+    write_zip(
+        path,
+        {"x.npy": npy_bytes((rows, 3), data=zeros), "y.npy": npy_bytes((rows,), data=zeros[: rows * 8])},
+        zipfile.ZIP_DEFLATED,
+    )
     assert path.stat().st_size < 100_000
     monkeypatch.setenv("SYMGRAD_MAX_DATA_BYTES", str(2**20))
     refused(path, "need 21.3 MiB, more than the 1.0 MiB of memory available")
@@ -296,7 +299,8 @@ def test_cli_bad_seed_bad_file_bad_checkpoint_are_one_line(cli):
     tmp, invoke = cli
     np.savez(tmp / "d.npz", x=X, y=Y)
     assert "seed must be a non-negative integer, got -1" in one_error_line(
-        invoke("--data", tmp / "d.npz", "--seed", "-1"))
+        invoke("--data", tmp / "d.npz", "--seed", "-1")
+    )
     with open(tmp / "n.npz", "wb") as fh:
         np.save(fh, X)
     assert "is a single .npy array" in one_error_line(invoke("--data", tmp / "n.npz"))

@@ -123,15 +123,34 @@ def test_train_saves_by_default_then_predict_and_evaluate(cli, work):
 
 
 def test_train_options_log_val_split_dtype_constant_schedule_init(cli, work):
-    r = cli("train", "gauss.yaml", "--data", "reg.npz", "--epochs", 2, "--lr", 0.05, "--no-progress",
-            "--out", "g.npz")
+    r = cli("train", "gauss.yaml", "--data", "reg.npz", "--epochs", 2, "--lr", 0.05, "--no-progress", "--out", "g.npz")
     assert r.exit_code == 0, r.output
     epoch = [ln for ln in r.output.splitlines() if ln.startswith("epoch ")]
     assert epoch[0].startswith("epoch 1/2  objective ") and "test_objective" in epoch[0] and " loss " not in epoch[0]
 
-    r = cli("train", "gauss.yaml", "--data", "reg.npz", "--epochs", 3, "--no-progress", "--val-split", 0.25,
-            "--log", "m.csv", "--dtype", "float32", "--constant", "beta=0.5", "--schedule", "cosine",
-            "--init", "g.npz", "--out", "g32.npz")
+    r = cli(
+        "train",
+        "gauss.yaml",
+        "--data",
+        "reg.npz",
+        "--epochs",
+        3,
+        "--no-progress",
+        "--val-split",
+        0.25,
+        "--log",
+        "m.csv",
+        "--dtype",
+        "float32",
+        "--constant",
+        "beta=0.5",
+        "--schedule",
+        "cosine",
+        "--init",
+        "g.npz",
+        "--out",
+        "g32.npz",
+    )
     assert r.exit_code == 0, r.output
     assert "180 train, 60 val, 60 test samples" in r.output
     epoch = [ln for ln in r.output.splitlines() if ln.startswith("epoch ")]
@@ -150,8 +169,18 @@ def test_train_help_documents_the_data_format():
     r = CliRunner().invoke(main, ["train", "--help"])
     assert r.exit_code == 0
     text = " ".join(r.output.split())
-    for needle in ("named exactly like the input", "<input>_test", "--val-split", "runs/<spec name>/params.npz",
-                   "--log", "--constant", "--schedule", "--init", "--dtype", "docs/data.md"):
+    for needle in (
+        "named exactly like the input",
+        "<input>_test",
+        "--val-split",
+        "runs/<spec name>/params.npz",
+        "--log",
+        "--constant",
+        "--schedule",
+        "--init",
+        "--dtype",
+        "docs/data.md",
+    ):
         assert needle in text, needle
 
 
@@ -227,8 +256,12 @@ def test_render_png_is_a_sane_size(tmp_path):
 def test_render_html_splits_long_lines_and_nests_subscripts():
     from symgrad.display.page import _mathml, _mathtext, split_terms
 
-    assert split_terms(r"{y}_{i} = a + \frac{b + c}{2} - \left(d + e\right)") == \
-        ["{y}_{i} =", "a", r"+ \frac{b + c}{2}", r"- \left(d + e\right)"]
+    assert split_terms(r"{y}_{i} = a + \frac{b + c}{2} - \left(d + e\right)") == [
+        "{y}_{i} =",
+        "a",
+        r"+ \frac{b + c}{2}",
+        r"- \left(d + e\right)",
+    ]
     assert _mathtext(r"{s_{h}}_{i}") == r"(s_{h})_{i}"  # mathtext would draw s_{hi}
     ml = _mathml(r"{s_{h}}_{i} + {\overline{\mathit{logvar}}}_{i}")
     assert ml.count("<msub>") == 3 and '<mi class="name">logvar</mi>' in ml and 'class="overline"' in ml
@@ -255,8 +288,20 @@ def test_html_page_renders_in_a_browser(tmp_path):
     page, shot = tmp_path / "vae.html", tmp_path / "vae_shot.png"
     r = CliRunner().invoke(main, ["derive", str(ROOT / "specs/vae.yaml"), "--render", str(page)])
     assert r.exit_code == 0, r.output
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-                    "--window-size=600,1400", page.as_uri()], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            f"--screenshot={shot}",
+            "--window-size=600,1400",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     img = np.asarray(Image.open(shot).convert("L"))
     ink = img < 128
     assert ink.mean() > 0.01  # text was drawn

@@ -23,10 +23,20 @@ CASES = 300
 
 def _campaign(tmp_path: Path, n: int, seed: int) -> dict:
     out = tmp_path / "report.json"
-    env = dict(os.environ, NUMBA_DISABLE_JIT="1", SYMGRAD_CACHE=str(tmp_path / "cache"),
-               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "tests.fuzz_campaign", "--n", str(n), "--seed", str(seed),
-                           "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    env = dict(
+        os.environ,
+        NUMBA_DISABLE_JIT="1",
+        SYMGRAD_CACHE=str(tmp_path / "cache"),
+        PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.fuzz_campaign", "--n", str(n), "--seed", str(seed), "--json", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert out.exists(), proc.stderr[-3000:]
     report = json.loads(out.read_text())
     report["stdout"] = proc.stdout

@@ -89,8 +89,7 @@ def ref_conv1d(p, s, c):
     x, w, b = s["x"], p["w"], p["b"]
     n_out, n_k = w.shape
     m = len(x) - n_k + 1
-    conv = np.array([[b[o] + sum(w[o, k] * x[i + k] for k in range(n_k)) for i in range(m)]
-                     for o in range(n_out)])
+    conv = np.array([[b[o] + sum(w[o, k] * x[i + k] for k in range(n_k)) for i in range(m)] for o in range(n_out)])
     a = np.tanh(conv)
     return np.mean((a - s["t"]) ** 2), {"a": a}
 
@@ -220,8 +219,7 @@ BATCHES: dict[str, Callable[[np.random.Generator, int], dict | None]] = {
     "ref_conv1d": lambda r, n: {"x": r.normal(size=(n, 7)), "t": r.uniform(-0.8, 0.8, (n, 2, 5))},
     "ref_conv2d": lambda r, n: {"img": r.normal(size=(n, 2, 5, 4)), "t": r.uniform(0.0, 1.0, (n, 2, 3, 3))},
     "ref_nade": lambda r, n: {"x": r.integers(0, 2, (n, 5)).astype(np.float64)},
-    "ref_bilinear": lambda r, n: {"u": r.normal(size=(n, 3)), "v": r.normal(size=(n, 4)),
-                                  "t": r.normal(size=n)},
+    "ref_bilinear": lambda r, n: {"u": r.normal(size=(n, 3)), "v": r.normal(size=(n, 4)), "t": r.normal(size=n)},
     "ref_matmul": lambda r, n: {"X": r.normal(size=(n, 3, 4)), "y": r.normal(size=(n, 3))},
     "ref_tied_ae": lambda r, n: {"x": r.uniform(0.05, 0.95, (n, 4))},
     "ref_swish": lambda r, n: {"x": r.normal(size=(n, 3)), "y": r.normal(size=(n, 4))},
@@ -259,8 +257,13 @@ CASES = [
     Case("ref_conv1d", ref_conv1d, ("a",)),
     Case("ref_conv2d", ref_conv2d, ("o",)),
     Case("ref_nade", ref_nade, ("logit",)),
-    Case("ref_bilinear", ref_bilinear, ("s",), constants={"beta": 1.0, "gamma": 0.01},
-         alt_constants={"beta": 2.5, "gamma": 0.3}),
+    Case(
+        "ref_bilinear",
+        ref_bilinear,
+        ("s",),
+        constants={"beta": 1.0, "gamma": 0.01},
+        alt_constants={"beta": 2.5, "gamma": 0.3},
+    ),
     Case("ref_matmul", ref_matmul, ("Hm", "u")),
     Case("ref_tied_ae", ref_tied_ae, ("r",)),
     Case("ref_swish", ref_swish, ("g",)),
@@ -289,8 +292,10 @@ def ref_loss(case: Case, params: dict, batch: dict | None, constants: dict | Non
     if batch is None:
         return float(case.ref(p, {}, consts)[0])
     n = len(next(iter(batch.values())))
-    per = [float(case.ref(p, {k: np.asarray(v[b], dtype=np.float64) for k, v in batch.items()}, consts)[0])
-           for b in range(n)]
+    per = [
+        float(case.ref(p, {k: np.asarray(v[b], dtype=np.float64) for k, v in batch.items()}, consts)[0])
+        for b in range(n)
+    ]
     return float(np.sum(per) if case.reduction == "sum" else np.mean(per))
 
 
@@ -306,8 +311,7 @@ def ref_outputs(case: Case, params: dict, batch: dict | None, constants: dict | 
 def perturbed_params(module, case: Case, seed: int = 0) -> dict:
     rng = np.random.default_rng(1000 + seed)
     base = module.init_params(seed)
-    return {k: np.asarray(v, dtype=np.float64) + case.noise * rng.normal(size=np.shape(v))
-            for k, v in base.items()}
+    return {k: np.asarray(v, dtype=np.float64) + case.noise * rng.normal(size=np.shape(v)) for k, v in base.items()}
 
 
 def make_batch(case: Case, seed: int = 0) -> dict | None:
@@ -384,13 +388,14 @@ def test_gradient_directional_fd_of_reference(built):
         assert g.shape == np.shape(value), f"{case.name}: grad[{name}] shape {g.shape} != {np.shape(value)}"
         assert g.dtype == np.float64, f"{case.name}: grad[{name}] dtype {g.dtype}"
         d = rng.normal(size=np.shape(value))
-        fd = (ref_loss(case, shift(params, name, FD_STEP * d), batch)
-              - ref_loss(case, shift(params, name, -FD_STEP * d), batch)) / (2 * FD_STEP)
+        fd = (
+            ref_loss(case, shift(params, name, FD_STEP * d), batch)
+            - ref_loss(case, shift(params, name, -FD_STEP * d), batch)
+        ) / (2 * FD_STEP)
         gd = float(np.sum(g * d))
         scale = max(abs(fd), float(np.sum(np.abs(g * d))), 1e-12)
         assert abs(gd - fd) <= FD_RTOL * scale, (
-            f"{case.name}: <grad[{name}], d> = {gd!r} but central differences of the NumPy reference "
-            f"give {fd!r}"
+            f"{case.name}: <grad[{name}], d> = {gd!r} but central differences of the NumPy reference give {fd!r}"
         )
 
 
@@ -408,8 +413,9 @@ def test_gradient_elementwise_fd_of_reference(built):
         for idx in np.ndindex(value.shape):
             e = np.zeros(value.shape)
             e[idx] = FD_STEP
-            fd[idx] = (ref_loss(case, shift(params, name, e), batch)
-                       - ref_loss(case, shift(params, name, -e), batch)) / (2 * FD_STEP)
+            fd[idx] = (
+                ref_loss(case, shift(params, name, e), batch) - ref_loss(case, shift(params, name, -e), batch)
+            ) / (2 * FD_STEP)
         g = np.asarray(grads[name])
         tol = FD_RTOL * max(float(np.max(np.abs(fd))), 1e-6)
         bad = np.abs(g - fd) > tol
@@ -449,7 +455,8 @@ def test_float32_follows_params_dtype(built):
     for what, v in (("loss_and_grad value", v32), ("loss", l32)):
         assert np.isfinite(v), f"{case.name} float32 {what} not finite"
         assert abs(float(v) - float(v64)) <= F32_RTOL * max(abs(float(v64)), 1e-3), (
-            f"{case.name} float32 {what} {v} vs float64 {v64}")
+            f"{case.name} float32 {what} {v} vs float64 {v64}"
+        )
     for name in p64:
         g = np.asarray(g32[name])
         assert g.dtype == np.float32, f"{case.name}: float32 params gave grad[{name}] of dtype {g.dtype}"
@@ -511,16 +518,19 @@ def test_constants_changed_at_run_time(name):
     assert abs(changed - default) > 1e-6 * abs(default)  # the test itself is meaningful
     assert_close_rel(float(module.loss(params, batch)), default, LOSS_RTOL, f"{name} default constants")
     assert_close_rel(float(module.loss(params, batch, constants=None)), default, LOSS_RTOL, f"{name} None")
-    assert_close_rel(float(module.loss(params, batch, constants=case.alt_constants)), changed, LOSS_RTOL,
-                     f"{name} changed constants")
+    assert_close_rel(
+        float(module.loss(params, batch, constants=case.alt_constants)), changed, LOSS_RTOL, f"{name} changed constants"
+    )
     value, grads = module.loss_and_grad(params, batch, constants=case.alt_constants)
     assert_close_rel(float(value), changed, LOSS_RTOL, f"{name} loss_and_grad with changed constants")
     # gradient with the changed constants, against FD of the reference with the same constants
     rng = np.random.default_rng(5)
     for pname, v in params.items():
         d = rng.normal(size=np.shape(v))
-        fd = (ref_loss(case, shift(params, pname, FD_STEP * d), batch, case.alt_constants)
-              - ref_loss(case, shift(params, pname, -FD_STEP * d), batch, case.alt_constants)) / (2 * FD_STEP)
+        fd = (
+            ref_loss(case, shift(params, pname, FD_STEP * d), batch, case.alt_constants)
+            - ref_loss(case, shift(params, pname, -FD_STEP * d), batch, case.alt_constants)
+        ) / (2 * FD_STEP)
         g = np.asarray(grads[pname])
         gd = float(np.sum(g * d))
         scale = max(abs(fd), float(np.sum(np.abs(g * d))), 1e-12)
@@ -528,8 +538,12 @@ def test_constants_changed_at_run_time(name):
     # one constant overridden, the other keeps its default
     first = next(iter(case.alt_constants))
     partial = {first: case.alt_constants[first]}
-    assert_close_rel(float(module.loss(params, batch, constants=partial)),
-                     ref_loss(case, params, batch, partial), LOSS_RTOL, f"{name} partial override")
+    assert_close_rel(
+        float(module.loss(params, batch, constants=partial)),
+        ref_loss(case, params, batch, partial),
+        LOSS_RTOL,
+        f"{name} partial override",
+    )
 
 
 def test_sampled_input_supplied_by_batch_is_used():
@@ -594,12 +608,27 @@ Z_BIG = np.array([1e4, -1e4, 0.5])
 
 STABILITY = [
     # (spec, z, batch or None, expected loss, expected gradient wrt z)
-    ("ref_stab_sce", Z_BIG, {"y": np.array([[0.2, 0.3, 0.5]])},
-     1e4 - (0.2e4 - 0.3e4 + 0.25), np.array([1.0, 0.0, 0.0]) - np.array([0.2, 0.3, 0.5])),
-    ("ref_stab_lse", np.array([1e4, -1e4, 1e4 - 1.0]), None,
-     1e4 + np.log1p(np.exp(-1.0)), np.array([1.0, 0.0, np.exp(-1.0)]) / (1.0 + np.exp(-1.0))),
-    ("ref_stab_bcel", np.array([1e4, -1e4, 0.0]), {"y": np.array([[0.3, 0.7, 1.0]])},
-     (1e4 - 3e3) + 7e3 + np.log(2.0), np.array([0.7, -0.7, -0.5])),
+    (
+        "ref_stab_sce",
+        Z_BIG,
+        {"y": np.array([[0.2, 0.3, 0.5]])},
+        1e4 - (0.2e4 - 0.3e4 + 0.25),
+        np.array([1.0, 0.0, 0.0]) - np.array([0.2, 0.3, 0.5]),
+    ),
+    (
+        "ref_stab_lse",
+        np.array([1e4, -1e4, 1e4 - 1.0]),
+        None,
+        1e4 + np.log1p(np.exp(-1.0)),
+        np.array([1.0, 0.0, np.exp(-1.0)]) / (1.0 + np.exp(-1.0)),
+    ),
+    (
+        "ref_stab_bcel",
+        np.array([1e4, -1e4, 0.0]),
+        {"y": np.array([[0.3, 0.7, 1.0]])},
+        (1e4 - 3e3) + 7e3 + np.log(2.0),
+        np.array([0.7, -0.7, -0.5]),
+    ),
     ("ref_stab_logsig", Z_BIG, None, -1e4 - np.log1p(np.exp(-0.5)), np.array([0.0, 1.0, 1.0 - sigmoid(0.5)])),
     ("ref_stab_softplus", Z_BIG, None, 1e4 + np.log1p(np.exp(0.5)), np.array([1.0, 0.0, sigmoid(0.5)])),
 ]

@@ -26,14 +26,23 @@ ROOT = Path(__file__).resolve().parent.parent
 ONE_LINE = re.compile(r"^[^\n]+:\d+: [^\n]+\n?$")
 
 # A description that tries every way out of a docstring and every escape that does not compile.
-HOSTILE_DESCRIPTION = ('ends """\nopen("PWNED_DOC", "w").write("x")\n"""\n'
-                       "escapes \\x \\N{ \\u12 \\U0001 \\ and a backslash at the end \\")
+HOSTILE_DESCRIPTION = (
+    'ends """\nopen("PWNED_DOC", "w").write("x")\n"""\nescapes \\x \\N{ \\u12 \\U0001 \\ and a backslash at the end \\'
+)
 HOSTILE_FILE = 'lin\nopen("PWNED_NAME", "w").write("x")\n#.yaml'
 
 
 def _spec_text(name: str = "hostile", description: str = HOSTILE_DESCRIPTION) -> str:
-    return yaml.safe_dump({"name": name, "description": description, "inputs": {"x": [], "y": []},
-                           "params": {"w": {"shape": [], "init": 1.0}}, "loss": "(w*x - y)**2"}, sort_keys=False)
+    return yaml.safe_dump(
+        {
+            "name": name,
+            "description": description,
+            "inputs": {"x": [], "y": []},
+            "params": {"w": {"shape": [], "init": 1.0}},
+            "loss": "(w*x - y)**2",
+        },
+        sort_keys=False,
+    )
 
 
 def _import(path: Path):
@@ -96,8 +105,14 @@ def test_hostile_file_name_and_description_do_not_run_cuda_simulator(tmp_path):
     spec_file = tmp_path / HOSTILE_FILE
     spec_file.write_text(_spec_text(), encoding="utf-8")
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-c", CUDA_SCRIPT, str(spec_file), str(tmp_path / "hostile_cuda.py"),
-                        HOSTILE_DESCRIPTION], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", CUDA_SCRIPT, str(spec_file), str(tmp_path / "hostile_cuda.py"), HOSTILE_DESCRIPTION],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0 and "OK" in r.stdout, r.stdout[-3000:] + r.stderr[-3000:]
     _no_pwned(tmp_path)
 
@@ -183,8 +198,9 @@ def test_four_concurrent_cli_builds_into_one_folder(tmp_path):
     spec = _linreg(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "symgrad", "build", str(spec), "--out", str(tmp_path / "gen")]
-    procs = [subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for _ in range(4)]
+    procs = [
+        subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(4)
+    ]
     outs = [p.communicate(timeout=300)[0].decode() for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == ["linreg.py"]
@@ -225,8 +241,9 @@ def _load_in_subprocess(spec: Path, cache: Path, cwd: Path) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SYMGRAD_CACHE": str(cache)}
     env.pop("NUMBA_CACHE_DIR", None)
     env.pop("NUMBA_DISABLE_JIT", None)
-    r = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, str(spec)], cwd=cwd, env=env, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", LOAD_SCRIPT, str(spec)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return r.stdout
 
@@ -265,8 +282,9 @@ def test_header_digest_covers_body_and_generator(tmp_path):
     target.write_text(text.replace("SIGN = 1.0", "SIGN = -1.0"))
     assert verified_source(target, sha) is None
     lines = text.splitlines(True)
-    target.write_text(lines[0] + re.sub(r"generator [0-9a-f]{12}", "generator 000000000000", lines[1])
-                      + "".join(lines[2:]))
+    target.write_text(
+        lines[0] + re.sub(r"generator [0-9a-f]{12}", "generator 000000000000", lines[1]) + "".join(lines[2:])
+    )
     assert verified_source(target, sha) is None
 
 
@@ -295,8 +313,11 @@ BAD = {
     "matmul_of_a_condition": ("params: {w: [3]}\nloss: (w > 0) @ w", 3, "condition"),
     "negated_condition": ("params: {w: []}\nloss: -(w > 0) + w", 3, "condition"),
     "piecewise_not_a_condition": ("params: {w: []}\nloss: Piecewise((w, w))", 3, "condition"),
-    "nested_squares": ('functions: {"f(x)": "x*x"}\nparams: {w: []}\nloss: w*' + "f(" * 30 + "1.0000001"
-                       + ")" * 30, 4, "precision"),
+    "nested_squares": (
+        'functions: {"f(x)": "x*x"}\nparams: {w: []}\nloss: w*' + "f(" * 30 + "1.0000001" + ")" * 30,
+        4,
+        "precision",
+    ),
     "huge_shape": ("params: {w: [1000000000, 1000000000, 1000000000]}\nloss: sum(w)", 2, "elements"),
     "shape_400_digits": ("params: {w: [" + "9" * 400 + "]}\nloss: sum(w)", 2, "elements"),
     "axes_21": ("params: {w: [" + ", ".join(["1"] * 21) + "]}\nloss: sum(w)", 2, "axes"),
@@ -323,8 +344,10 @@ def test_large_literals_that_fit_float64_build_and_load(tmp_path):
     """10**30 is a float64 number (printed as one: Numba refuses integer literals past int64); a constant of
     1e308, which PyYAML reads as a string, is a number."""
     spec = tmp_path / "big.yaml"
-    spec.write_text("name: big\nconstants: {c: 1e308, d: 1e5}\ninputs: {x: []}\nparams: {w: []}\n"
-                    "loss: w*10**30*x + w**(10**30) + c*w + d*w\n")
+    spec.write_text(
+        "name: big\nconstants: {c: 1e308, d: 1e5}\ninputs: {x: []}\nparams: {w: []}\n"
+        "loss: w*10**30*x + w**(10**30) + c*w + d*w\n"
+    )
     out = tmp_path / "gen"
     r = CliRunner().invoke(main, ["build", str(spec), "--out", str(out)])
     assert r.exit_code == 0, r.output
@@ -357,11 +380,18 @@ def test_ctrl_c_stops_a_five_deep_sum(tmp_path):
     import signal
 
     spec = tmp_path / "deep.yaml"
-    spec.write_text("name: deep\ndims: {D: 80}\ninputs: {x: [D]}\nparams: {w: {shape: [D], init: 'normal(0, 0.1)'}}\n"
-                    "loss: sum(w[i]*x[j]*w[k]*x[l]*sin(w[m] + x[i]), i, j, k, l, m)\n")
+    spec.write_text(
+        "name: deep\ndims: {D: 80}\ninputs: {x: [D]}\nparams: {w: {shape: [D], init: 'normal(0, 0.1)'}}\n"
+        "loss: sum(w[i]*x[j]*w[k]*x[l]*sin(w[m] + x[i]), i, j, k, l, m)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT), "SYMGRAD_CACHE": str(tmp_path / "cache")}
-    p = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT, str(spec)], env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "-c", SIGINT_SCRIPT, str(spec)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert p.stdout.readline().strip() == "started"
         import time
@@ -391,8 +421,13 @@ def test_grammar_fuzz_has_no_tracebacks():
     """NUMBA_DISABLE_JIT=1 (set by the fuzzer) needs a fresh process. Names that shadow generated code are the
     name allocator's part of issue 11 and are counted apart."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "NUMBA_DISABLE_JIT": "1"}
-    r = subprocess.run([sys.executable, "-c", FUZZ_SCRIPT, str(ROOT / "tests"), "300"], env=env,
-                       capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", FUZZ_SCRIPT, str(ROOT / "tests"), "300"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "FAIL {}" in r.stdout, r.stdout[-3000:]
 

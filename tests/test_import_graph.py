@@ -101,8 +101,19 @@ def test_the_package_has_no_import_circles():
 # The staged layout (docs/architecture.md): a module may import its own stage and the stages below, never above.
 # Backends and display sit side by side (neither imports the other); `checks` runs generated modules, so it sits
 # above the runtime. Top-level leaf modules (errors, artifacts) are rank 0.
-STAGES = {"errors": 0, "artifacts": 0, "lang": 1, "frontend": 2, "ir": 3, "display": 4, "backends": 4,
-          "runtime": 5, "checks": 6, "cli": 7, "__main__": 8}
+STAGES = {
+    "errors": 0,
+    "artifacts": 0,
+    "lang": 1,
+    "frontend": 2,
+    "ir": 3,
+    "display": 4,
+    "backends": 4,
+    "runtime": 5,
+    "checks": 6,
+    "cli": 7,
+    "__main__": 8,
+}
 
 
 def stage_of(module: str) -> str:
@@ -115,7 +126,12 @@ def test_every_module_lives_in_a_known_stage():
 
 
 def test_imports_flow_down_the_stages():
-    upward = sorted(f"{m} -> {t}" for m, ts in import_graph(PACKAGE).items() if m != "symgrad" for t in ts
-                    if STAGES[stage_of(t)] > STAGES[stage_of(m)]
-                    or (STAGES[stage_of(t)] == STAGES[stage_of(m)] and stage_of(t) != stage_of(m)))
+    upward = sorted(
+        f"{m} -> {t}"
+        for m, ts in import_graph(PACKAGE).items()
+        if m != "symgrad"
+        for t in ts
+        if STAGES[stage_of(t)] > STAGES[stage_of(m)]
+        or (STAGES[stage_of(t)] == STAGES[stage_of(m)] and stage_of(t) != stage_of(m))
+    )
     assert not upward, "imports against the stage order: " + "; ".join(upward)

@@ -178,9 +178,7 @@ def test_divergence_on_a_real_spec_keeps_last_good_params():
 
 def test_reduction_sum_on_a_generated_module(tmp_path):
     spec = tmp_path / "linsum.yaml"
-    spec.write_text(
-        (SPECS / "linreg.yaml").read_text().replace("name: linreg", "name: linsum") + "reduction: sum\n"
-    )
+    spec.write_text((SPECS / "linreg.yaml").read_text().replace("name: linreg", "name: linsum") + "reduction: sum\n")
     m = pytest.importorskip("symgrad.runtime.loader").load(str(spec))
     x = np.linspace(0.0, 1.0, 20)
     data = {"x": x, "y": 2 * x}

@@ -82,8 +82,18 @@ def case_mean(folder: Path, comm):
 
     m = _load("mlp_digits")
     tr, te = _digits(m, 512)
-    return train(m, tr, optimizer=SGD(0.1, momentum=0.9), batch_size=64, epochs=2, seed=3,
-                 progress=False, history_per_step=True, validation=te, comm=comm)
+    return train(
+        m,
+        tr,
+        optimizer=SGD(0.1, momentum=0.9),
+        batch_size=64,
+        epochs=2,
+        seed=3,
+        progress=False,
+        history_per_step=True,
+        validation=te,
+        comm=comm,
+    )
 
 
 def case_uneven(folder: Path, comm):
@@ -93,8 +103,9 @@ def case_uneven(folder: Path, comm):
 
     m = _load("mlp_digits")
     tr, _ = _digits(m, 512)
-    return train(m, tr, optimizer=Adam(1e-3), batch_size=63, epochs=1, seed=1, progress=False,
-                 history_per_step=True, comm=comm)
+    return train(
+        m, tr, optimizer=Adam(1e-3), batch_size=63, epochs=1, seed=1, progress=False, history_per_step=True, comm=comm
+    )
 
 
 def case_sum(folder: Path, comm):
@@ -105,8 +116,9 @@ def case_sum(folder: Path, comm):
     rng = np.random.default_rng(0)
     x = rng.uniform(-1.0, 1.0, 200)
     data = {"x": x, "y": 2.0 * x - 0.5 + 0.1 * rng.standard_normal(200)}
-    return train(m, data, optimizer=SGD(1e-3), batch_size=20, epochs=3, seed=2, progress=False,
-                 history_per_step=True, comm=comm)
+    return train(
+        m, data, optimizer=SGD(1e-3), batch_size=20, epochs=3, seed=2, progress=False, history_per_step=True, comm=comm
+    )
 
 
 def case_vae(folder: Path, comm):
@@ -117,9 +129,18 @@ def case_vae(folder: Path, comm):
 
     m = _load("vae")
     tr, _ = _digits(m, 256)
-    return train(m, tr, optimizer=Adam(1e-3), batch_size=32, epochs=3, seed=5, progress=False,
-                 history_per_step=True, schedule={"beta": linear_ramp(0.0, 1.0, 20), "lr": cosine(24)},
-                 comm=comm)
+    return train(
+        m,
+        tr,
+        optimizer=Adam(1e-3),
+        batch_size=32,
+        epochs=3,
+        seed=5,
+        progress=False,
+        history_per_step=True,
+        schedule={"beta": linear_ramp(0.0, 1.0, 20), "lr": cosine(24)},
+        comm=comm,
+    )
 
 
 def case_clip(folder: Path, comm):
@@ -130,8 +151,19 @@ def case_clip(folder: Path, comm):
 
     m = _load("mlp_digits")
     tr, _ = _digits(m, 512)
-    return train(m, tr, optimizer=SGD(0.5), batch_size=64, epochs=2, seed=4, progress=False,
-                 history_per_step=True, clip_norm=0.05, schedule=step_decay(5, 0.5), comm=comm)
+    return train(
+        m,
+        tr,
+        optimizer=SGD(0.5),
+        batch_size=64,
+        epochs=2,
+        seed=4,
+        progress=False,
+        history_per_step=True,
+        clip_norm=0.05,
+        schedule=step_decay(5, 0.5),
+        comm=comm,
+    )
 
 
 CASES = {"mean": case_mean, "uneven": case_uneven, "sum": case_sum, "vae": case_vae, "clip": case_clip}
@@ -151,8 +183,11 @@ def worker_equal(folder: Path) -> None:
     rank = comm.Get_rank()
     for name, fn in CASES.items():
         res = fn(folder, comm)
-        np.savez(folder / f"{name}-rank{rank}.npz", step_history=res.step_history,
-                 **{f"p_{k}": v for k, v in res.params.items()})
+        np.savez(
+            folder / f"{name}-rank{rank}.npz",
+            step_history=res.step_history,
+            **{f"p_{k}": v for k, v in res.params.items()},
+        )
     # resume with the same number of ranks: identical to the uninterrupted 2-rank run; rank 0 alone writes
     m = _load("mlp_digits")
     tr, _ = _digits(m, 256)
@@ -162,9 +197,12 @@ def worker_equal(folder: Path) -> None:
     ck = folder / "ck.npz"
     train(m, tr, epochs=1, checkpoint=ck, **opts)
     resumed = train(m, tr, epochs=3, checkpoint=ck, resume=True, **opts)
-    np.savez(folder / f"resume-rank{rank}.npz", callbacks=len(calls),
-             **{f"full_{k}": v for k, v in full.params.items()},
-             **{f"resumed_{k}": v for k, v in resumed.params.items()})
+    np.savez(
+        folder / f"resume-rank{rank}.npz",
+        callbacks=len(calls),
+        **{f"full_{k}": v for k, v in full.params.items()},
+        **{f"resumed_{k}": v for k, v in resumed.params.items()},
+    )
 
 
 def case_bn(folder: Path, comm):
@@ -174,8 +212,18 @@ def case_bn(folder: Path, comm):
 
     m = _load("mlp_bn_digits")
     tr, _ = _digits(m, 256)
-    return train(m, tr, optimizer=SGD(0.1), batch_size=64, epochs=1, seed=0, shuffle=False, progress=False,
-                 history_per_step=True, comm=comm)
+    return train(
+        m,
+        tr,
+        optimizer=SGD(0.1),
+        batch_size=64,
+        epochs=1,
+        seed=0,
+        shuffle=False,
+        progress=False,
+        history_per_step=True,
+        comm=comm,
+    )
 
 
 def worker_bn(folder: Path) -> None:
@@ -199,8 +247,7 @@ def worker_fail(folder: Path) -> None:
     m = _load("linreg")
     x = np.linspace(-1.0, 1.0, 64)
     y = 2.0 * x
-    opts = {"optimizer": SGD(0.01), "batch_size": 8, "epochs": 2, "shuffle": False, "progress": False,
-            "comm": comm}
+    opts = {"optimizer": SGD(0.01), "batch_size": 8, "epochs": 2, "shuffle": False, "progress": False, "comm": comm}
 
     log = open(folder / f"fail-rank{rank}.txt", "w")  # noqa: SIM115 - one file per rank, no interleaving
 
@@ -211,8 +258,7 @@ def worker_fail(folder: Path) -> None:
             print(f"[{label}] no error", file=log, flush=True)
         except SymgradError as exc:
             took = time.perf_counter() - start
-            print(f"[{label}] {type(exc).__name__} exit={exc.exit_code} in {took:.2f}s: {exc}", file=log,
-                  flush=True)
+            print(f"[{label}] {type(exc).__name__} exit={exc.exit_code} in {took:.2f}s: {exc}", file=log, flush=True)
 
     # 1. a non-finite loss in rank 1's shard of step 3 (rows 4..7 of global batch 3 belong to rank 1)
     y_bad = y.copy()
@@ -255,12 +301,21 @@ def worker_abort(folder: Path) -> None:
     m = _load("linreg")
     x = np.linspace(-1.0, 1.0, 64)
     if comm.Get_rank() == 1:
+
         def broken(*args, **kwargs):
             raise MemoryError("validation buffer")
 
         train_mod.evaluate = broken
-    train_mod.train(m, {"x": x, "y": 2 * x}, optimizer=SGD(0.01), batch_size=8, epochs=3, progress=False,
-                    validation={"x": x, "y": 2 * x}, comm=comm)
+    train_mod.train(
+        m,
+        {"x": x, "y": 2 * x},
+        optimizer=SGD(0.01),
+        batch_size=8,
+        epochs=3,
+        progress=False,
+        validation={"x": x, "y": 2 * x},
+        comm=comm,
+    )
     print("not reached", flush=True)
 
 
@@ -336,8 +391,9 @@ def mpirun(args: list[str], timeout: float = TIMEOUT, mpmd: bool = False) -> tup
     """`mpiexec -n NP ARGS` (or `mpiexec ARGS` for an MPMD line `-n 1 A : -n 1 B`); a hang is killed with its ranks."""
     start = time.perf_counter()
     cmd = ["mpiexec", *args] if mpmd else ["mpiexec", "-n", str(NP), *args]
-    with subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          start_new_session=True) as child:
+    with subprocess.Popen(
+        cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as child:
         try:
             out, err = child.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -475,15 +531,17 @@ def test_cli_ranks_given_different_options_refuse_in_one_line(tmp_path):
     cmd = ["symgrad", "train", "specs/linreg.yaml", "--data", str(tmp_path / "lin.npz"), "--no-progress"]
     x = np.linspace(-1.0, 1.0, 64)
     np.savez(tmp_path / "lin.npz", x=x, y=2 * x)
-    proc, took = mpirun(["-n", "1", *cmd, "--epochs", "1", ":", "-n", "1", *cmd, "--epochs", "2"], FAIL_TIMEOUT,
-                        mpmd=True)
+    proc, took = mpirun(
+        ["-n", "1", *cmd, "--epochs", "1", ":", "-n", "1", *cmd, "--epochs", "2"], FAIL_TIMEOUT, mpmd=True
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "rank 1 has epochs=2, rank 0 has epochs=1" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
     # a command line click refuses on one rank only: that rank ends the job instead of leaving rank 0 waiting
-    proc, took = mpirun(["-n", "1", *cmd, "--epochs", "1", ":", "-n", "1", *cmd, "--epochs", "0"], FAIL_TIMEOUT,
-                        mpmd=True)
+    proc, took = mpirun(
+        ["-n", "1", *cmd, "--epochs", "1", ":", "-n", "1", *cmd, "--epochs", "0"], FAIL_TIMEOUT, mpmd=True
+    )
     assert proc.returncode != 0
     assert "Invalid value for '--epochs'" in proc.stderr and "rank 1: bad command line; aborting" in proc.stderr
     # the same error on every rank before any training: printed once, exit 2
@@ -518,14 +576,21 @@ def test_cli_bad_data_exits_2_once(tmp_path):
     x = np.zeros((32, 64))
     x[3, 5] = np.inf
     np.savez(bad, x=x, y=np.eye(10)[np.arange(32) % 10])
-    proc, took = mpirun(["symgrad", "train", "specs/mlp_digits.yaml", "--data", str(bad), "--epochs", "1"],
-                        FAIL_TIMEOUT)
+    proc, took = mpirun(
+        ["symgrad", "train", "specs/mlp_digits.yaml", "--data", str(bad), "--epochs", "1"], FAIL_TIMEOUT
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stderr.count("error:") == 1 and "NaN or infinite" in proc.stderr, proc.stderr
     assert took < 60
 
 
 if __name__ == "__main__":  # the worker side: mpiexec -n 2 python tests/test_mpi.py WORKER FOLDER
-    workers = {"equal": worker_equal, "bn": worker_bn, "fail": worker_fail, "abort": worker_abort,
-               "disagree": worker_disagree, "outside": worker_outside}
+    workers = {
+        "equal": worker_equal,
+        "bn": worker_bn,
+        "fail": worker_fail,
+        "abort": worker_abort,
+        "disagree": worker_disagree,
+        "outside": worker_outside,
+    }
     workers[sys.argv[1]](Path(sys.argv[2]))

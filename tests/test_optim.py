@@ -66,9 +66,7 @@ def test_update_matches_textbook(opt, kind):
 
 def test_adam_hyperparameters_are_used():
     opt = Adam(0.02, beta1=0.5, beta2=0.9, eps=1e-3)
-    np.testing.assert_allclose(
-        run_kernel(opt), textbook("adam", 0.02, b1=0.5, b2=0.9, eps=1e-3), rtol=0, atol=1e-10
-    )
+    np.testing.assert_allclose(run_kernel(opt), textbook("adam", 0.02, b1=0.5, b2=0.9, eps=1e-3), rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize("opt", [SGD(0.1, momentum=0.9, nesterov=True), Adam(0.01)])

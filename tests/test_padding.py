@@ -27,7 +27,7 @@ loss: sum((h - y)**2)
 
 def _ref(p, x, y):
     xp = np.pad(x, ((0, 0), (1, 1)))
-    h = np.tanh(np.array([np.sum(p["W"] * xp[:, i:i + 3]) for i in range(6)]))
+    h = np.tanh(np.array([np.sum(p["W"] * xp[:, i : i + 3]) for i in range(6)]))
     return np.sum((h - y) ** 2)
 
 

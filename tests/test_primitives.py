@@ -96,15 +96,21 @@ def reference(p: dict, x: np.ndarray) -> tuple[float, dict]:
             t_t = p["M"].T @ u
             outs.setdefault("t_T", []).append(t_t)
         for xb_i in range(len(x)):
-            total += sum(np.sum(outs[_stmt(r)][xb_i]) for r in SPEC_ROWS) + np.sum(outs["t_const"][xb_i]) \
+            total += (
+                sum(np.sum(outs[_stmt(r)][xb_i]) for r in SPEC_ROWS)
+                + np.sum(outs["t_const"][xb_i])
                 + np.sum(outs["t_T"][xb_i] ** 2)
+            )
     return total / len(x), {k: np.array(v) for k, v in outs.items()}
 
 
 def _params(seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    return {"a": 1 + 0.3 * rng.standard_normal(D), "c": 0.5 + 0.3 * rng.standard_normal(D),
-            "M": rng.standard_normal((D, 2))}
+    return {
+        "a": 1 + 0.3 * rng.standard_normal(D),
+        "c": 0.5 + 0.3 * rng.standard_normal(D),
+        "M": rng.standard_normal((D, 2)),
+    }
 
 
 def _batch(seed: int, n: int = 2) -> dict:
@@ -211,8 +217,7 @@ def _points(row) -> list[tuple]:
 
 
 @host_only
-@pytest.mark.parametrize("row", [r for r in P.TABLE if r.cpu and not r.cpu.startswith("math.")],
-                         ids=lambda r: r.name)
+@pytest.mark.parametrize("row", [r for r in P.TABLE if r.cpu and not r.cpu.startswith("math.")], ids=lambda r: r.name)
 def test_cpu_helpers_match_the_reference(row):
     from symgrad.backends.cpu import mathfns
 
@@ -374,13 +379,17 @@ def test_hand_written_forms_are_stable_on_cpu(spec_dir):
 def test_issue_example_logistic_loss_finite_at_800(tmp_path):
     import symgrad
 
-    spec = _spec_path(tmp_path, "logistic_by_hand", """
+    spec = _spec_path(
+        tmp_path,
+        "logistic_by_hand",
+        """
 name: logistic_by_hand
 dims: {D: 2}
 inputs: {x: [D], y: []}
 params: {w: {shape: [D], init: 1.0}, b: {shape: [], init: 0.0}}
 loss: log(1 + exp(-y*(w @ x + b)))
-""")
+""",
+    )
     mod = symgrad.load(spec)
     p = {"w": np.array([400.0, 400.0]), "b": np.array(0.0)}
     loss, grad = mod.loss_and_grad(p, {"x": np.array([[-1.0, -1.0]]), "y": np.array([1.0])})
@@ -394,26 +403,33 @@ def _build_error(tmp_path, body: str, extra: str = "") -> str:
     from symgrad.errors import SpecError
     from symgrad.ir.graph import build_program
 
-    spec = _spec_path(tmp_path, "bad", f"""name: bad
+    spec = _spec_path(
+        tmp_path,
+        "bad",
+        f"""name: bad
 dims: {{D: 3, E: 2}}
 inputs: {{x: [D]}}
 params: {{W: {{shape: [D, E], init: 0.1}}}}
 {extra}loss: {body}
-""")
+""",
+    )
     with pytest.raises(SpecError) as info:
         build_program(str(spec))
     return str(info.value)
 
 
 @host_only
-@pytest.mark.parametrize("body, words", [
-    ("sum((x > 0) * x)", ("condition", "where")),
-    ("sum(where(x, x, 0))", ("condition", "comparison")),
-    ("sum(clip(x, 0))", ("clip", "three")),
-    ("sum(x.T)", ("x.T", "2-D")),
-    ("sum(W.shape)", ("attribute", "shape")),
-    ("sum(sign(x, x))", ("sign", "one argument")),
-])
+@pytest.mark.parametrize(
+    "body, words",
+    [
+        ("sum((x > 0) * x)", ("condition", "where")),
+        ("sum(where(x, x, 0))", ("condition", "comparison")),
+        ("sum(clip(x, 0))", ("clip", "three")),
+        ("sum(x.T)", ("x.T", "2-D")),
+        ("sum(W.shape)", ("attribute", "shape")),
+        ("sum(sign(x, x))", ("sign", "one argument")),
+    ],
+)
 def test_new_forms_refused_with_one_line(tmp_path, body, words):
     msg = _build_error(tmp_path, body)
     assert "\n" not in msg and ":" in msg
@@ -425,12 +441,16 @@ def test_new_forms_refused_with_one_line(tmp_path, body, words):
 def test_a_spec_name_shadows_a_named_constant(tmp_path):
     from symgrad.ir.graph import build_program
 
-    spec = _spec_path(tmp_path, "shadow", """name: shadow
+    spec = _spec_path(
+        tmp_path,
+        "shadow",
+        """name: shadow
 dims: {D: 3, E: 2}
 inputs: {x: [D]}
 params: {W: {shape: [D, E], init: 0.1}}
 loss: sum((W.T @ x) * E) + pi
-""")
+""",
+    )
     prog = build_program(str(spec))
     body = prog.statements[-1].body
     assert body.has(sympy.pi) and not body.has(sympy.E)  # E is the dim (2), pi the constant
@@ -451,8 +471,14 @@ def test_cuda_module_imports_every_helper(spec_dir):
 def test_primitives_on_cuda_under_simulator():
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1", "PYTHONPATH": str(ROOT)}
     env.pop("SYMGRAD_TEST_GPU", None)
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", __file__],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     assert " passed" in r.stdout
 

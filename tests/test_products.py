@@ -17,18 +17,24 @@ params:
   bo: {shape: [D], init: 0.0}
 """
 
-ONE = HEAD + """
+ONE = (
+    HEAD
+    + """
 forward:
   - logit: Wo @ tanh(Wd @ z + bd) + bo
 loss: sum(bce_with_logits(logit, x))
 """
+)
 
-TWO = HEAD + """
+TWO = (
+    HEAD
+    + """
 forward:
   - h: tanh(Wd @ z + bd)
   - logit: Wo @ h + bo
 loss: sum(bce_with_logits(logit, x))
 """
+)
 
 
 def _module(tmp_path, name, text):

@@ -126,18 +126,27 @@ forward:
 """
 
 
-@pytest.mark.parametrize("stmts, msg", [
-    ('  - h[t, j]: {shape: [T, H], expr: "tanh(sum(W[j, k]*h[t, k], k))", init: 0}', "before it is computed"),
-    ('  - h[t, j]: {shape: [T, H], expr: "tanh(sum(W[j, k]*h[t + 1, k], k))", init: 0}', "out of range"),
-    ('  - h[t, j]: {expr: "tanh(sum(W[j, k]*h[t - 1, k], k))", init: 0}', "index form with a shape"),
-    ('  - h[t, j]: {shape: [T, H], expr: "tanh(x[t, j])", init: 0}', "nothing reads it"),
-    ('  - h[t, j]: {shape: [T, H], expr: "tanh(sum(W[j, k]*h[t - 1, k], k))", init: W}', "has shape"),
-    ('  - h[t, j]: {shape: [T, H], expr: "tanh(sum(W[j, k]*h[t - 1, k], k))"}', "refers to itself"),
-    ('  - a[t, j]: {shape: [T, H], expr: "x[t, j] + h[t, j]"}\n'
-     '  - h[t, j]: {shape: [T, H], expr: "tanh(a[t, j] + h[t - 1, j])", init: 0}', "before it is computed"),
-    ('  - a[j, t]: {shape: [H, T], expr: "x[t, j] + h[t - 1, j]"}\n'
-     '  - h[t, j]: {shape: [T, H], expr: "tanh(a[j, t])", init: 0}', "first index must be the step index"),
-])
+@pytest.mark.parametrize(
+    "stmts, msg",
+    [
+        ('  - h[t, j]: {shape: [T, H], expr: "tanh(sum(W[j, k]*h[t, k], k))", init: 0}', "before it is computed"),
+        ('  - h[t, j]: {shape: [T, H], expr: "tanh(sum(W[j, k]*h[t + 1, k], k))", init: 0}', "out of range"),
+        ('  - h[t, j]: {expr: "tanh(sum(W[j, k]*h[t - 1, k], k))", init: 0}', "index form with a shape"),
+        ('  - h[t, j]: {shape: [T, H], expr: "tanh(x[t, j])", init: 0}', "nothing reads it"),
+        ('  - h[t, j]: {shape: [T, H], expr: "tanh(sum(W[j, k]*h[t - 1, k], k))", init: W}', "has shape"),
+        ('  - h[t, j]: {shape: [T, H], expr: "tanh(sum(W[j, k]*h[t - 1, k], k))"}', "refers to itself"),
+        (
+            '  - a[t, j]: {shape: [T, H], expr: "x[t, j] + h[t, j]"}\n'
+            '  - h[t, j]: {shape: [T, H], expr: "tanh(a[t, j] + h[t - 1, j])", init: 0}',
+            "before it is computed",
+        ),
+        (
+            '  - a[j, t]: {shape: [H, T], expr: "x[t, j] + h[t - 1, j]"}\n'
+            '  - h[t, j]: {shape: [T, H], expr: "tanh(a[j, t])", init: 0}',
+            "first index must be the step index",
+        ),
+    ],
+)
 def test_bad_recurrences_are_one_line_errors(tmp_path, stmts, msg):
     path = tmp_path / "bad.yaml"
     path.write_text(BASE + stmts + "\nloss: sum(W) * sum(h)\n")

@@ -23,7 +23,9 @@ def _spec(tmp_path: Path, text: str) -> str:
 
 
 def test_triangular_strided_and_affine_indices(tmp_path):
-    path = _spec(tmp_path, """
+    path = _spec(
+        tmp_path,
+        """
 name: idx
 dims: {D: 5}
 inputs: {x: [D]}
@@ -33,7 +35,8 @@ forward:
   e[i]: {shape: [3], expr: "x[2*i] * w[D - 1 - i]"}
   t: "Sum(Sum(x[i]*w[j], (j, i + 1, D - 1)), (i, 0, D - 1))"
 loss: sum(a) + sum(e) + t
-""")
+""",
+    )
     x, w = RNG.normal(size=(2, 5)), RNG.normal(size=5)
     v = reference_statements(path, {"w": w}, {"x": x})
     a = np.concatenate([np.zeros((2, 1)), np.cumsum(w * x, axis=1)[:, :-1]], axis=1)  # empty sum at i = 0
@@ -46,7 +49,9 @@ loss: sum(a) + sum(e) + t
 
 
 def test_matrices_functions_piecewise_and_library(tmp_path):
-    path = _spec(tmp_path, """
+    path = _spec(
+        tmp_path,
+        """
 name: lib
 dims: {D: 3, H: 4}
 inputs: {x: [D], y: [H]}
@@ -60,7 +65,8 @@ forward:
 loss: softmax_cross_entropy(p, y) + bce_with_logits(s, 0.3) + logsumexp(z) + mse(h, y) + gaussian_kl(b, h)
 objective: maximize
 reduction: sum
-""")
+""",
+    )
     W, b, s = RNG.normal(size=(4, 3)), RNG.normal(size=4), np.array(0.4)
     x, y = RNG.normal(size=(3, 3)), RNG.uniform(size=(3, 4))
     u = x @ W.T + b
@@ -71,8 +77,13 @@ reduction: sum
     def lse(v):
         return np.log(np.exp(v).sum(axis=1))
 
-    per = (lse(p) - (y * p).sum(1)) + (np.logaddexp(0, s) - 0.3 * s) + lse(z) + ((h - y) ** 2).mean(1) \
+    per = (
+        (lse(p) - (y * p).sum(1))
+        + (np.logaddexp(0, s) - 0.3 * s)
+        + lse(z)
+        + ((h - y) ** 2).mean(1)
         - 0.5 * (1 + h - b**2 - np.exp(h)).sum(1)
+    )
     got = reference_loss(path, {"W": W, "b": b, "s": s}, {"x": x, "y": y})
     assert abs(got - per.sum()) <= 1e-12 * abs(per.sum())  # maximize: not negated; reduction sum
     got2 = reference_loss(path, {"W": W, "b": b, "s": s}, {"x": x, "y": y}, constants={"beta": 3.0})
@@ -80,13 +91,16 @@ reduction: sum
 
 
 def test_stable_at_large_logits(tmp_path):
-    path = _spec(tmp_path, """
+    path = _spec(
+        tmp_path,
+        """
 name: stab
 dims: {K: 2}
 inputs: {y: [K]}
 params: {z: [K]}
 loss: softmax_cross_entropy(z, y) + bce_with_logits(z[0], 1) + log_sigmoid(-z[1]) + softplus(z[0])
-""")
+""",
+    )
     z = np.array([1e4, -1e4])
     got = reference_loss(path, {"z": z}, {"y": np.array([[1.0, 0.0]])})
     assert np.isfinite(got)

@@ -11,10 +11,15 @@ from symgrad.frontend.spec import load_spec
 from symgrad.lang import sampling
 
 
-@pytest.mark.parametrize("kind, mean, var", [
-    ("normal", 0.0, 1.0), ("uniform", 0.5, 1 / 12), ("gumbel", 0.5772156649, np.pi**2 / 6),
-    ("bernoulli(0.8)", 0.8, 0.16),
-])
+@pytest.mark.parametrize(
+    "kind, mean, var",
+    [
+        ("normal", 0.0, 1.0),
+        ("uniform", 0.5, 1 / 12),
+        ("gumbel", 0.5772156649, np.pi**2 / 6),
+        ("bernoulli(0.8)", 0.8, 0.16),
+    ],
+)
 def test_draws_have_the_kinds_moments(kind, mean, var):
     x = sampling.draw(np.random.default_rng(0), kind, (200_000,), np.float32)
     assert x.dtype == np.float32 and x.flags.c_contiguous

@@ -66,10 +66,22 @@ def _cases():
     out = []
     for cid, (loss, a, x) in CASES.items():
         out.append((cid, SCALAR.format(id=cid, loss=loss), {"a": np.array(a)}, {"x": np.array([x])}))
-    out.append(("focal_loss_p_rounds_to_1", FOCAL, {"a": np.array(1.0)}, {"x": np.array([40.0, 37.5]),
-                                                                          "y": np.array([1.0, 0.0])}))
-    out.append(("library_softmax_ce_1e4", SOFTMAX, {"a": np.array(1.0)},
-                {"x": np.array([[1e4, -1e4, 0.0]]), "y": np.array([[0.2, 0.3, 0.5]])}))
+    out.append(
+        (
+            "focal_loss_p_rounds_to_1",
+            FOCAL,
+            {"a": np.array(1.0)},
+            {"x": np.array([40.0, 37.5]), "y": np.array([1.0, 0.0])},
+        )
+    )
+    out.append(
+        (
+            "library_softmax_ce_1e4",
+            SOFTMAX,
+            {"a": np.array(1.0)},
+            {"x": np.array([[1e4, -1e4, 0.0]]), "y": np.array([[0.2, 0.3, 0.5]])},
+        )
+    )
     params = []
     for cid, text, p, b in out:
         marks = [pytest.mark.xfail(strict=False, reason=XFAIL[f"stable_{cid}"])] if f"stable_{cid}" in XFAIL else []
@@ -93,6 +105,8 @@ def test_stable_form(text: str, params: dict, batch: dict, tmp_path: Path):
     assert abs(value - exact) <= 1e-9 * max(abs(exact), 1e-300), f"loss {value!r}, exact {exact!r}"
     a = float(params["a"])
     up, down = a + 1e-7, a - 1e-7  # floats: the exact reference at these points, divided by their exact distance
-    fd = (reference_loss(model, {"a": np.array(up)}, batch, digits=DIGITS)
-          - reference_loss(model, {"a": np.array(down)}, batch, digits=DIGITS)) / (up - down)
+    fd = (
+        reference_loss(model, {"a": np.array(up)}, batch, digits=DIGITS)
+        - reference_loss(model, {"a": np.array(down)}, batch, digits=DIGITS)
+    ) / (up - down)
     assert abs(float(grads["a"]) - fd) <= 1e-6 * max(abs(fd), 1e-12), f"gradient {float(grads['a'])!r}, exact {fd!r}"

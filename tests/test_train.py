@@ -214,9 +214,7 @@ def test_maximisation_of_concave_objective_reaches_its_max():
     assert np.all(np.diff(res.history) >= 0)  # ascent never goes down
     # same kernels, linreg as a maximisation of -(squared error): ascends to the least-squares fit
     neg = variant(handmade_linreg, SIGN=-1.0)
-    res = train(
-        neg, DATA, optimizer=Adam(0.05), batch_size=50, epochs=400, constants={"scale": -1.0}, progress=False
-    )
+    res = train(neg, DATA, optimizer=Adam(0.05), batch_size=50, epochs=400, constants={"scale": -1.0}, progress=False)
     w_ls = np.linalg.lstsq(np.c_[X, np.ones(50)], Y, rcond=None)[0]
     np.testing.assert_allclose(np.r_[res.params["w"], res.params["b"]], w_ls, atol=1e-4)
 

@@ -195,8 +195,9 @@ CASES = {
           a: {shape: [], init: 0.5}
         loss: (0.7978845608028654 * 0.044715 * a**3 - y)**2 + 0.1234567890123 * a / 0.3333333333333333
         """,
-        lambda p, y: (0.7978845608028654 * 0.044715 * p["a"] ** 3 - y) ** 2
-        + 0.1234567890123 * p["a"] / 0.3333333333333333,
+        lambda p, y: (
+            (0.7978845608028654 * 0.044715 * p["a"] ** 3 - y) ** 2 + 0.1234567890123 * p["a"] / 0.3333333333333333
+        ),
     ),
 }
 
@@ -247,12 +248,15 @@ def test_same_reduction_with_renamed_free_index_is_stored_once(tmp_path):
     assert len(hidden) == 1, [st.name for st in hidden]
 
 
-@pytest.mark.parametrize("body", [
-    "params: {np: {shape: [], init: 0.0}}\nloss: np**2",
-    "params: {range: {shape: [], init: 0.0}}\nloss: range**2",
-    "inputs: {math: []}\nparams: {w: {shape: [], init: 0.0}}\nloss: (w - math)**2",
-    "constants: {float: 1.0}\nparams: {w: {shape: [], init: 0.0}}\nloss: (w - float)**2",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "params: {np: {shape: [], init: 0.0}}\nloss: np**2",
+        "params: {range: {shape: [], init: 0.0}}\nloss: range**2",
+        "inputs: {math: []}\nparams: {w: {shape: [], init: 0.0}}\nloss: (w - math)**2",
+        "constants: {float: 1.0}\nparams: {w: {shape: [], init: 0.0}}\nloss: (w - float)**2",
+    ],
+)
 def test_names_generated_code_reads_are_refused(tmp_path, body):
     path = tmp_path / "bad.yaml"
     path.write_text(f"name: bad\n{body}\n")
@@ -286,10 +290,19 @@ def test_generated_modules_read_only_reserved_globals():
         tree = ast.parse(text)
         defined = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
         defined |= {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef | ast.ClassDef)}
-        defined |= {a.asname or a.name.split(".")[0] for n in ast.walk(tree)
-                    if isinstance(n, ast.Import | ast.ImportFrom) for a in n.names}
-        defined |= {a.arg for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)
-                    for a in n.args.args + n.args.kwonlyargs + [n.args.vararg, n.args.kwarg] if a is not None}
+        defined |= {
+            a.asname or a.name.split(".")[0]
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Import | ast.ImportFrom)
+            for a in n.names
+        }
+        defined |= {
+            a.arg
+            for n in ast.walk(tree)
+            if isinstance(n, ast.FunctionDef)
+            for a in n.args.args + n.args.kwonlyargs + [n.args.vararg, n.args.kwarg]
+            if a is not None
+        }
         for fn in [n for n in tree.body if isinstance(n, ast.FunctionDef)]:
             for node in ast.walk(fn):
                 if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and node.id not in defined:
@@ -298,7 +311,10 @@ def test_generated_modules_read_only_reserved_globals():
 
 def test_focal_loss_is_finite_where_p_rounds_to_one(tmp_path, monkeypatch):
     monkeypatch.setenv("SYMGRAD_CACHE", str(tmp_path / "cache"))
-    path = _spec(tmp_path, "focal", """
+    path = _spec(
+        tmp_path,
+        "focal",
+        """
         dims: {D: 2}
         inputs: {x: [D], y: []}
         constants: {gamma: 2.0}
@@ -308,7 +324,8 @@ def test_focal_loss_is_finite_where_p_rounds_to_one(tmp_path, monkeypatch):
           - z: w @ x
           - p: sigmoid(z)
         loss: -y*(1 - p)**gamma*log_sigmoid(z) - (1 - y)*p**gamma*log_sigmoid(-z)
-        """)
+        """,
+    )
     m = symgrad.load(path)
     params = {"w": np.array([1.0, 1.0])}
     for z in (40.0, 800.0, -800.0):
@@ -317,8 +334,32 @@ def test_focal_loss_is_finite_where_p_rounds_to_one(tmp_path, monkeypatch):
         assert np.isfinite(loss) and np.all(np.isfinite(grad["w"])), (z, loss, grad)
 
 
-HOST_NAMES = ["n", "i", "t0", "kind", "total", "theta_d", "grad_d", "state_d", "gscale", "clip_norm", "losses",
-              "lrs", "state", "out", "scale", "sq", "status", "hyper", "dt", "flat", "views", "key", "ws", "acc"]
+HOST_NAMES = [
+    "n",
+    "i",
+    "t0",
+    "kind",
+    "total",
+    "theta_d",
+    "grad_d",
+    "state_d",
+    "gscale",
+    "clip_norm",
+    "losses",
+    "lrs",
+    "state",
+    "out",
+    "scale",
+    "sq",
+    "status",
+    "hyper",
+    "dt",
+    "flat",
+    "views",
+    "key",
+    "ws",
+    "acc",
+]
 
 
 def test_spec_names_never_collide_with_names_generated_functions_bind(tmp_path):
@@ -330,8 +371,10 @@ def test_spec_names_never_collide_with_names_generated_functions_bind(tmp_path):
     inputs = ", ".join(f"{n}: [D]" for n in HOST_NAMES)
     total = " + ".join(f"sum({n} * w)" for n in HOST_NAMES)
     path = tmp_path / "hostile.yaml"
-    path.write_text(f"name: hostile\ndims: {{D: 3}}\ninputs: {{{inputs}}}\nparams: {{w: {{shape: [D], init: 0.5}}}}\n"
-                    f"loss: ({total})**2\n")
+    path.write_text(
+        f"name: hostile\ndims: {{D: 3}}\ninputs: {{{inputs}}}\nparams: {{w: {{shape: [D], init: 0.5}}}}\n"
+        f"loss: ({total})**2\n"
+    )
     for text in (render_module(str(path)), render_cuda_module(str(path))):
         compile(text, "hostile.py", "exec")
         for fn in [n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.FunctionDef)]:

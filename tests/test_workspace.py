@@ -15,8 +15,9 @@ from symgrad.checks.gradcheck import random_batch
 from symgrad.runtime.support import batch_arrays
 
 ROOT = Path(__file__).resolve().parent.parent
-SPECS = sorted(str(p.relative_to(ROOT)) for d in ("specs", "bench/specs", "tests/refspecs")
-               for p in (ROOT / d).glob("*.yaml"))
+SPECS = sorted(
+    str(p.relative_to(ROOT)) for d in ("specs", "bench/specs", "tests/refspecs") for p in (ROOT / d).glob("*.yaml")
+)
 
 
 @pytest.mark.parametrize("spec", SPECS)

@@ -40,6 +40,7 @@ from symgrad.lang.primitives import helper_imports, helper_name, row_of
 
 BACKENDS_DIR = Path(__file__).parent  # each backend's templates: backends/<name>/templates/
 
+
 class KernelPrinter(PythonCodePrinter):
     """Prints scalar SymPy bodies as Numba-compilable Python: reads as array indexing, primitives as helpers."""
 
@@ -121,7 +122,7 @@ class KernelPrinter(PythonCodePrinter):
         name = helper_name(row, self.backend_name, dtype_aware=bool(witness))
         if name is None:
             return None
-        args = expr.args[:row.arity] if isinstance(row.arity, int) else expr.args  # Heaviside(x, 1/2): x only
+        args = expr.args[: row.arity] if isinstance(row.arity, int) else expr.args  # Heaviside(x, 1/2): x only
         printed = [self._print(a) for a in args]
         if witness and name == row.cpu32:
             printed.append(witness)
@@ -207,8 +208,13 @@ class KernelWriter:
         self._printer_names: dict | None = None
         self.tmp = 0
         # loop variables must not shadow arrays, constants, helpers or modules the kernel uses
-        self.reserved = {a.name for a in prog.arrays.values()} | set(prog.constants) | self.adjoint_names \
-            | RESERVED | {"l", "O", "I"}
+        self.reserved = (
+            {a.name for a in prog.arrays.values()}
+            | set(prog.constants)
+            | self.adjoint_names
+            | RESERVED
+            | {"l", "O", "I"}
+        )
         self.reserved |= set(helper_imports("cpu")) | set(helper_imports("cuda"))  # CUDA calls helpers unprefixed
         for a in prog.arrays.values():
             bar = prog.adjoint[a.name]
@@ -251,8 +257,12 @@ class KernelWriter:
         idx = tuple(t.indices) if isinstance(t, Indexed) else ()
         if name in self.batched:
             idx = (BATCH,) + idx
-        own = not op.inner and sorted(map(str, idx)) == sorted(str(lp.var) for lp in op.outer) \
-            and len(set(idx)) == len(idx) and all(isinstance(i, Symbol) for i in idx)
+        own = (
+            not op.inner
+            and sorted(map(str, idx)) == sorted(str(lp.var) for lp in op.outer)
+            and len(set(idx)) == len(idx)
+            and all(isinstance(i, Symbol) for i in idx)
+        )
         return name, idx, own
 
     def _reads(self, op: LoopNest) -> list:
@@ -308,9 +318,16 @@ class KernelWriter:
         inner_vars = {lp.var for lp in op.inner}
         if inner_vars & set(ren.values()) - set(ren):
             return None  # an inner loop variable would collide with a renamed outer one
-        renamed = LoopNest(head.outer, [Loop(lp.var, lp.lo.xreplace(ren), lp.hi.xreplace(ren)) for lp in op.inner],
-                           op.target.xreplace(ren), op.expr.xreplace(ren), op.mode, op.reduce,
-                           op.init.xreplace(ren) if isinstance(op.init, sympy.Basic) else op.init, op.comment)
+        renamed = LoopNest(
+            head.outer,
+            [Loop(lp.var, lp.lo.xreplace(ren), lp.hi.xreplace(ren)) for lp in op.inner],
+            op.target.xreplace(ren),
+            op.expr.xreplace(ren),
+            op.mode,
+            op.reduce,
+            op.init.xreplace(ren) if isinstance(op.init, sympy.Basic) else op.init,
+            op.comment,
+        )
         writes, read_names = state  # consistent by construction: each append was checked against them
         for name, idx in self._reads(renamed):  # read-after-write: only this iteration's own element
             if name in writes and not (writes[name][1] and writes[name][0] == idx):
@@ -387,8 +404,19 @@ class KernelWriter:
     def _body(self, op: LoopNest, loopvars: dict, out: _Lines) -> None:
         expr, init, subs, locs, pr = self.prepare(op, loopvars, name_reads=True)
         target = pr.doprint(op.target)
-        self.reduction(op, op.reduce, list(op.inner), expr, init, subs, locs, pr, loopvars, out,
-                       lambda v: f"{target} {op.mode} {v}")
+        self.reduction(
+            op,
+            op.reduce,
+            list(op.inner),
+            expr,
+            init,
+            subs,
+            locs,
+            pr,
+            loopvars,
+            out,
+            lambda v: f"{target} {op.mode} {v}",
+        )
 
     # -- shared by every backend's writer: one body's numeric rewrites, CSE and the reduction around it --------
     NEG_INF = "-math.inf"  # the start of a max-shifted log-sum-exp, as the kernel spells it
@@ -411,8 +439,9 @@ class KernelWriter:
             self.tmp += 1
         return expr, init, subs, locs, self.printer(loopvars, locs)
 
-    def reduction(self, op: LoopNest, reduce: Reduce, inner: list, expr, init, subs, locs, pr, loopvars: dict,
-                  out: _Lines, write) -> None:
+    def reduction(
+        self, op: LoopNest, reduce: Reduce, inner: list, expr, init, subs, locs, pr, loopvars: dict, out: _Lines, write
+    ) -> None:
         """Write `expr` into the target through `write(value_text)`: directly, as a sum over `inner`, or as a
         max-shifted log-sum-exp over the op's inner loops (exp never overflows)."""
         if reduce == Reduce.NONE:
@@ -434,8 +463,9 @@ class KernelWriter:
             self._inner(op, loopvars, pr, out, subs, locs, f"_m = max(_m, {pr.doprint(expr)})")
             out.add("_acc = 0.0")
             shifted = pr.doprint(sympy.exp(sympy.Symbol("_SHIFTED")))
-            self._inner(op, loopvars, pr, out, subs, locs,
-                        f"_acc += {shifted.replace('_SHIFTED', f'{pr.doprint(expr)} - _m')}")
+            self._inner(
+                op, loopvars, pr, out, subs, locs, f"_acc += {shifted.replace('_SHIFTED', f'{pr.doprint(expr)} - _m')}"
+            )
             logacc = pr.doprint(sympy.log(sympy.Symbol("_ACC", positive=True)))
             out.add(write(f"_m + {logacc.replace('_ACC', '_acc')}"))
 
@@ -456,8 +486,12 @@ class KernelWriter:
 def _env(backend: str) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(BACKENDS_DIR / backend / "templates")),
-        undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
-        autoescape=False)
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
     env.filters["pytuple"] = pytuple
     env.filters.update(codetext.FILTERS)  # the one path for spec text into code (symgrad/backends/codetext.py)
     return env
@@ -474,8 +508,14 @@ def pytuple(names, indent: int = 0, quoted: bool = False, bare: bool = False) ->
     if indent + len(flat) <= 90:
         return flat if bare else f"({flat})"
     pad = " " * (indent + 4)
-    body = textwrap.fill(", ".join(items) + ",", width=110, initial_indent=pad, subsequent_indent=pad,
-                         break_on_hyphens=False, break_long_words=False)
+    body = textwrap.fill(
+        ", ".join(items) + ",",
+        width=110,
+        initial_indent=pad,
+        subsequent_indent=pad,
+        break_on_hyphens=False,
+        break_long_words=False,
+    )
     return "(\n" + body + "\n" + " " * indent + ")"
 
 
@@ -493,10 +533,14 @@ def finish_module(text: str, spec_path: str) -> str:
         compile(text, f"<generated from {spec_path}>", "exec", dont_inherit=True)
     except SyntaxError as exc:
         if "nested blocks" in str(exc.msg):
-            raise SpecError("the spec needs loops nested deeper than Python allows (20); use fewer axes "
-                            "in one statement", spec_path, 1) from None
-        raise CodegenError(f"generated module for {spec_path} does not compile: {exc.msg} "
-                           f"(line {exc.lineno})") from None
+            raise SpecError(
+                "the spec needs loops nested deeper than Python allows (20); use fewer axes in one statement",
+                spec_path,
+                1,
+            ) from None
+        raise CodegenError(
+            f"generated module for {spec_path} does not compile: {exc.msg} (line {exc.lineno})"
+        ) from None
     return stamp(text)
 
 
@@ -531,9 +575,17 @@ def param_layout(prog: Program) -> tuple[list[dict], int]:
         size = 1
         for n in a.shape:
             size *= n
-        params.append({"name": a.name, "shape": tuple(a.shape), "offset": off, "size": size,
-                       "view_shape": tuple(a.shape) if a.shape else (1,), "init": a.init,
-                       "grad_name": prog.adjoint[a.name]})
+        params.append(
+            {
+                "name": a.name,
+                "shape": tuple(a.shape),
+                "offset": off,
+                "size": size,
+                "view_shape": tuple(a.shape) if a.shape else (1,),
+                "init": a.init,
+                "grad_name": prog.adjoint[a.name],
+            }
+        )
         off += size
     return params, off
 
@@ -631,6 +683,6 @@ def _pyrepr(obj, indent: int = 4, level: int = 1) -> str:
         pad = " " * (indent * level)
         chunks = textwrap.wrap(obj, 76, drop_whitespace=False, replace_whitespace=False, expand_tabs=False)
         if "".join(chunks) != obj:  # the literal must be the text exactly
-            chunks = [obj[i:i + 76] for i in range(0, len(obj), 76)]
+            chunks = [obj[i : i + 76] for i in range(0, len(obj), 76)]
         return "(\n" + "\n".join(f"{pad}    {codetext.py_literal(c)}" for c in chunks) + f"\n{pad})"
     return codetext.py_literal(obj)

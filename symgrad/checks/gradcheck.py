@@ -107,8 +107,14 @@ def generated_statements(module, params: dict, batch: dict | None, constants: di
     return out
 
 
-def loss_check(spec_path: str, module=None, params: dict | None = None, batch: dict | None = None,
-               seed: int = 0, rtol: float = LOSS_RTOL) -> LossCheck:
+def loss_check(
+    spec_path: str,
+    module=None,
+    params: dict | None = None,
+    batch: dict | None = None,
+    seed: int = 0,
+    rtol: float = LOSS_RTOL,
+) -> LossCheck:
     """Generated loss and gradient finiteness, and loss vs the reference; on a mismatch, the first statement (in
     spec order) whose generated value differs from the reference's."""
     from symgrad.checks.reference import build_reference, reference_statements
@@ -122,8 +128,11 @@ def loss_check(spec_path: str, module=None, params: dict | None = None, batch: d
     gen_loss, grads = module.loss_and_grad(params, batch)
     ref_values = reference_statements(model, params, batch)
     per_sample = ref_values[model.loss_name]
-    ref_loss = float(per_sample.reshape(-1)[0]) if not model.inputs else \
-        float(per_sample.mean() if model.spec.reduction == "mean" else per_sample.sum())
+    ref_loss = (
+        float(per_sample.reshape(-1)[0])
+        if not model.inputs
+        else float(per_sample.mean() if model.spec.reduction == "mean" else per_sample.sum())
+    )
     result = LossCheck(float(gen_loss), ref_loss, rel_error(gen_loss, ref_loss))
     if not np.isfinite(gen_loss):
         result.nonfinite.append("loss")

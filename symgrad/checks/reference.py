@@ -116,7 +116,7 @@ def build_reference(spec: Spec | str | Path) -> RefModel:
             raise EvaluatorError(f"statement {decl.lhs.value!r}")
         name = m.group(1)
         declared = shape_of(decl.shape) if decl.shape is not None else None
-        later = set(names[pos + 1:]) - set(carried)
+        later = set(names[pos + 1 :]) - set(carried)
         if m.group(2) is None:
             value, _ = build(decl.expr.value, later, name, None, None)
             indices = tuple(s for s, _ in value.axes)
@@ -146,8 +146,9 @@ def _model(spec) -> RefModel:
     return spec if isinstance(spec, RefModel) else build_reference(spec)
 
 
-def reference_statements(spec, params: dict, batch: dict | None = None, constants: dict | None = None,
-                         digits: int | None = None) -> dict[str, np.ndarray]:
+def reference_statements(
+    spec, params: dict, batch: dict | None = None, constants: dict | None = None, digits: int | None = None
+) -> dict[str, np.ndarray]:
     """Every statement's value in float64, batched: shape (B, *shape) (B = 1 for a spec with no inputs); the loss
     statement (`L`) holds the per-sample objective, shape (B,).
 
@@ -155,14 +156,14 @@ def reference_statements(spec, params: dict, batch: dict | None = None, constant
     so a form written naively, such as log(1 + exp(800)), still has its exact value to compare a stable kernel with.
     """
     if digits is not None:
-
         with mpmath.workdps(digits):
             return _statements(_model(spec), params, batch, constants, True)
     return _statements(_model(spec), params, batch, constants, False)
 
 
-def _statements(model: RefModel, params: dict, batch: dict | None, constants: dict | None,
-                mp: bool) -> dict[str, np.ndarray]:
+def _statements(
+    model: RefModel, params: dict, batch: dict | None, constants: dict | None, mp: bool
+) -> dict[str, np.ndarray]:
     values: dict[str, np.ndarray] = {}
     n = None
     for name in model.inputs:
@@ -207,7 +208,7 @@ def _statements(model: RefModel, params: dict, batch: dict | None, constants: di
             # a recurrence: the statements up to the last carried one they read, evaluated whole again and again
             # (Jacobi): after k sweeps steps 0..k-1 are exact, so T + 1 sweeps give every step as written
             end = max(k for k, x in enumerate(model.statements) if x.name in pending)
-            region = model.statements[pos:end + 1]
+            region = model.statements[pos : end + 1]
             for c in pending:
                 shape = next(x.shape for x in region if x.name == c)
                 values[c] = np.zeros((n or 1, *shape), dtype=object if mp else np.float64)
@@ -250,8 +251,9 @@ def _identifiers_of(spec) -> set[str]:
     return out
 
 
-def reference_loss(spec, params: dict, batch: dict | None = None, constants: dict | None = None,
-                   digits: int | None = None) -> float:
+def reference_loss(
+    spec, params: dict, batch: dict | None = None, constants: dict | None = None, digits: int | None = None
+) -> float:
     """The objective as written (never negated for maximize), reduced over the batch by the spec's reduction
     (in mpmath with `digits` significant digits when given)."""
     model = _model(spec)
@@ -301,8 +303,12 @@ _PRIMS = {
 }
 
 _RELATIONS = {
-    sympy.StrictGreaterThan: np.greater, sympy.StrictLessThan: np.less, sympy.GreaterThan: np.greater_equal,
-    sympy.LessThan: np.less_equal, sympy.Equality: np.equal, sympy.Unequality: np.not_equal,
+    sympy.StrictGreaterThan: np.greater,
+    sympy.StrictLessThan: np.less,
+    sympy.GreaterThan: np.greater_equal,
+    sympy.LessThan: np.less_equal,
+    sympy.Equality: np.equal,
+    sympy.Unequality: np.not_equal,
 }
 
 
@@ -318,7 +324,7 @@ class _Evaluator:
         self.carried: dict = {}  # recurrence -> its init
         self.unary: dict
         self.prims: dict
-        self.unary, self.prims = (_mp_tables() if mp else (_UNARY, _PRIMS))
+        self.unary, self.prims = _mp_tables() if mp else (_UNARY, _PRIMS)
 
     def value(self, e, env: dict, ndim: int):
         if e.is_Integer:
@@ -422,7 +428,7 @@ class _Evaluator:
                 return self.unary["sqrt"](base)
             if ex.is_Integer:
                 return base ** int(ex)
-            return np.frompyfunc(lambda b, x: b ** x if b >= 0 else mpmath_nan(), 2, 1)(base, self.value(ex, env, ndim))
+            return np.frompyfunc(lambda b, x: b**x if b >= 0 else mpmath_nan(), 2, 1)(base, self.value(ex, env, ndim))
         base = np.asarray(self.value(e.base, env, ndim), dtype=np.float64)
         ex = e.exp
         if ex == sympy.Rational(1, 2):
@@ -473,9 +479,18 @@ def _mp_tables() -> tuple[dict, dict]:
     def sqrt(x):
         return mpmath.sqrt(x) if x >= 0 else nan
 
-    unary = {sympy.exp: f(mpmath.exp), sympy.log: f(log), sympy.tanh: f(mpmath.tanh), sympy.sin: f(mpmath.sin),
-             sympy.cos: f(mpmath.cos), sympy.Abs: f(abs), sympy.sign: f(mpmath.sign), sympy.re: f(lambda x: x),
-             sympy.im: f(lambda x: 0), "sqrt": f(sqrt)}
+    unary = {
+        sympy.exp: f(mpmath.exp),
+        sympy.log: f(log),
+        sympy.tanh: f(mpmath.tanh),
+        sympy.sin: f(mpmath.sin),
+        sympy.cos: f(mpmath.cos),
+        sympy.Abs: f(abs),
+        sympy.sign: f(mpmath.sign),
+        sympy.re: f(lambda x: x),
+        sympy.im: f(lambda x: 0),
+        "sqrt": f(sqrt),
+    }
     prims = {
         sigmoid: f(lambda x: 1 / (1 + mpmath.exp(-x))),
         relu: f(lambda x: x if x > 0 else 0 * x),

@@ -76,8 +76,13 @@ def derive(spec: str, wrt: tuple[str, ...], fmt: str, render: str | None) -> Non
 @main.command()
 @click.argument("specs", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", default="generated", show_default=True, type=click.Path(file_okay=False))
-@click.option("--target", type=click.Choice([*backends.names(), "all"]), default="cpu", show_default=True,
-              help="backend to generate for (all: every backend that can build the spec)")
+@click.option(
+    "--target",
+    type=click.Choice([*backends.names(), "all"]),
+    default="cpu",
+    show_default=True,
+    help="backend to generate for (all: every backend that can build the spec)",
+)
 @click.option("--check", is_flag=True, help="regenerate in memory; exit 1 if a file on disk differs")
 @guarded()
 def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> None:
@@ -100,13 +105,19 @@ def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> Non
         spec = load_spec(path)
         name = spec.name
         if name in owners:
-            raise SpecError(f"name {name!r} is also the name of {owners[name]}: both would write "
-                            f"{Path(out_dir) / (name + '.py')}; give one another name", str(path),
-                            spec.line_of.get("name", 1))
+            raise SpecError(
+                f"name {name!r} is also the name of {owners[name]}: both would write "
+                f"{Path(out_dir) / (name + '.py')}; give one another name",
+                str(path),
+                spec.line_of.get("name", 1),
+            )
         owners[name] = path
         if len(f".symgrad-{name}{longest_suffix}.py.tmp12345678".encode()) > name_max:
-            raise SpecError(f"name {name[:40]!r}... is too long for a file name in {out_dir} "
-                            f"(at most {name_max} bytes there)", str(path), spec.line_of.get("name", 1))
+            raise SpecError(
+                f"name {name[:40]!r}... is too long for a file name in {out_dir} (at most {name_max} bytes there)",
+                str(path),
+                spec.line_of.get("name", 1),
+            )
         for backend in targets:
             refused = backend.unsupported(build_program(str(path))) if target == "all" else None
             if refused is not None:
@@ -119,8 +130,9 @@ def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> Non
             old = path.read_text(encoding="utf-8") if path.exists() else ""
             if old != text:
                 stale.append(path)
-                diff = difflib.unified_diff(old.splitlines(True), text.splitlines(True), f"{path} (on disk)",
-                                            f"{path} (regenerated)", n=2)
+                diff = difflib.unified_diff(
+                    old.splitlines(True), text.splitlines(True), f"{path} (on disk)", f"{path} (regenerated)", n=2
+                )
                 sys.stdout.writelines(list(diff)[:200])
         if stale:
             raise CheckFailed(f"{len(stale)} generated file(s) differ from their specs; run `symgrad build` to update")
@@ -182,29 +194,37 @@ def check(spec: str, seed: int, rtol: float) -> None:
     except EvaluatorError as exc:  # e.g. a summation index that escaped its Sum while parsing
         raise CheckFailed(f"check failed: the reference evaluator cannot evaluate this spec: {exc}") from None
     except Exception as exc:  # a kernel must never raise (ZeroDivisionError, a name it never bound): a failed check
-        raise CheckFailed(f"check failed: {type(exc).__name__} while building or running the generated module: "
-                          f"{exc}") from None
+        raise CheckFailed(
+            f"check failed: {type(exc).__name__} while building or running the generated module: {exc}"
+        ) from None
     worst = 0.0
     for name, err in rows:
         status = "ok" if err <= rtol else "MISMATCH"
         click.echo(f"{name:<16} worst relative error {err:.2e}  {status}")
         worst = max(worst, err)
     status = "ok" if lc.rel_error <= LOSS_RTOL and "loss" not in lc.nonfinite else "MISMATCH"
-    click.echo(f"{'loss':<16} generated {lc.generated:.17g} reference {lc.reference:.17g} "
-               f"relative error {lc.rel_error:.2e}  {status}")
+    click.echo(
+        f"{'loss':<16} generated {lc.generated:.17g} reference {lc.reference:.17g} "
+        f"relative error {lc.rel_error:.2e}  {status}"
+    )
     if lc.first_bad is not None and lc.first_bad[0]:
         name, line, err = lc.first_bad
         click.echo(f"{'':<16} first statement that differs: {name} ({spec}:{line}), relative error {err:.2e}")
     elif lc.first_bad is not None:
-        click.echo(f"{'':<16} every statement agrees with the reference on its own; the loss differs (a statement "
-                   "read before it is fully written, or the reduction over the batch)")
+        click.echo(
+            f"{'':<16} every statement agrees with the reference on its own; the loss differs (a statement "
+            "read before it is fully written, or the reduction over the batch)"
+        )
     for what in lc.nonfinite:
         click.echo(f"{'':<16} {what} is not finite  MISMATCH")
     if worst > rtol:
         raise CheckFailed(f"gradient check failed: worst relative error {worst:.2e} > rtol {rtol:g}")
     if not lc.ok():
-        what = ", ".join(lc.nonfinite) + " not finite" if lc.nonfinite else \
-            f"relative error {lc.rel_error:.2e} > {LOSS_RTOL:g}"
+        what = (
+            ", ".join(lc.nonfinite) + " not finite"
+            if lc.nonfinite
+            else f"relative error {lc.rel_error:.2e} > {LOSS_RTOL:g}"
+        )
         raise CheckFailed(f"loss check failed against the reference evaluator: {what}")
 
 

@@ -68,8 +68,9 @@ def _chunks(n: int, size: int = 2048):
         yield slice(start, min(n, start + size))
 
 
-def evaluate_arrays(model: ModuleType, params: dict, data: dict[str, np.ndarray],
-                    constants: dict | None = None) -> dict[str, float]:
+def evaluate_arrays(
+    model: ModuleType, params: dict, data: dict[str, np.ndarray], constants: dict | None = None
+) -> dict[str, float]:
     """The objective over `data` (reduced as the spec says) and, for a classifier, its accuracy."""
     n = _n_samples(data)
     if n == 0:
@@ -128,8 +129,10 @@ def _read_inputs(path: str, model: ModuleType, held_out: bool = False) -> dict[s
         names = [name for name, _, _ in model.INPUTS]
         got = {n: arrays[n + suffix] for n in names if n + suffix in arrays}
         if not got:
-            raise DataError(f"{path!r} has no array named like an input{' + _test' if held_out else ''} "
-                            f"(inputs: {', '.join(names)}; the file has: {', '.join(sorted(arrays)) or 'nothing'})")
+            raise DataError(
+                f"{path!r} has no array named like an input{' + _test' if held_out else ''} "
+                f"(inputs: {', '.join(names)}; the file has: {', '.join(sorted(arrays)) or 'nothing'})"
+            )
         return got
     from symgrad.runtime.data import load_dataset
 
@@ -169,8 +172,9 @@ def _parse_constants(items: tuple[str, ...], model: ModuleType) -> dict[str, flo
         if not sep:
             raise UsageError(f"--constant {item!r}: write NAME=VALUE, e.g. --constant beta=0.5")
         if name not in known:
-            raise UsageError(f"--constant {name!r} is not a constant of the spec "
-                             f"(constants: {', '.join(known) or 'none'})")
+            raise UsageError(
+                f"--constant {name!r} is not a constant of the spec (constants: {', '.join(known) or 'none'})"
+            )
         try:
             out[name] = float(value)
         except ValueError:
@@ -178,9 +182,11 @@ def _parse_constants(items: tuple[str, ...], model: ModuleType) -> dict[str, flo
     return out
 
 
-SCHEDULE_HELP = ("lr multiplier: cosine | cosine:FINAL | step_decay:EVERY:GAMMA | inverse_time:DECAY | "
-                 "warmup:STEPS; or a constant's value: NAME=linear_ramp:START:END:STEPS "
-                 "(e.g. beta=linear_ramp:0:1:500). Repeatable.")
+SCHEDULE_HELP = (
+    "lr multiplier: cosine | cosine:FINAL | step_decay:EVERY:GAMMA | inverse_time:DECAY | "
+    "warmup:STEPS; or a constant's value: NAME=linear_ramp:START:END:STEPS "
+    "(e.g. beta=linear_ramp:0:1:500). Repeatable."
+)
 
 
 def _parse_schedules(items: tuple[str, ...], model: ModuleType, total_steps: int):
@@ -210,8 +216,10 @@ def _parse_schedules(items: tuple[str, ...], model: ModuleType, total_steps: int
         except ValueError as exc:
             raise UsageError(f"--schedule {item!r}: {exc}") from None
         if target != "lr" and target not in known:
-            raise UsageError(f"--schedule {item!r}: {target!r} is not a constant of the spec "
-                             f"(constants: {', '.join(known) or 'none'})")
+            raise UsageError(
+                f"--schedule {item!r}: {target!r} is not a constant of the spec "
+                f"(constants: {', '.join(known) or 'none'})"
+            )
         out[target] = sched
     if not out:
         return None
@@ -264,8 +272,9 @@ class _Log:
         os.replace(tmp, self.path)
 
 
-def _plot(path: str, history: np.ndarray, val_history: np.ndarray | None, name: str, word: str,
-          held: str | None) -> None:
+def _plot(
+    path: str, history: np.ndarray, val_history: np.ndarray | None, name: str, word: str, held: str | None
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -304,11 +313,28 @@ def _metrics_line(label: str, metrics: dict[str, float]) -> str:
     return f"{label}: " + "  ".join(f"{k} {v:.4f}" for k, v in metrics.items())
 
 
-def _run(spec: str, data: str, epochs: int, batch_size: int, optimizer: str, lr: float | None, seed: int,
-         out: str | None, plot: str | None, resume: str | None, checkpoint: str | None, clip_norm: float | None,
-         device: str, progress: bool, val_split: float | None = None, log: str | None = None,
-         dtype: str = "float64", constant: tuple[str, ...] = (), schedule: tuple[str, ...] = (),
-         init: str | None = None) -> None:
+def _run(
+    spec: str,
+    data: str,
+    epochs: int,
+    batch_size: int,
+    optimizer: str,
+    lr: float | None,
+    seed: int,
+    out: str | None,
+    plot: str | None,
+    resume: str | None,
+    checkpoint: str | None,
+    clip_norm: float | None,
+    device: str,
+    progress: bool,
+    val_split: float | None = None,
+    log: str | None = None,
+    dtype: str = "float64",
+    constant: tuple[str, ...] = (),
+    schedule: tuple[str, ...] = (),
+    init: str | None = None,
+) -> None:
     from symgrad.runtime.data import load_dataset
     from symgrad.runtime.distributed import collective, is_root, world_comm
     from symgrad.runtime.optim import make_optimizer
@@ -319,6 +345,7 @@ def _run(spec: str, data: str, epochs: int, batch_size: int, optimizer: str, lr:
     echo = click.echo if root else _silent
 
     backends.get(device, "--device").check_device()  # one clear line naming what is missing, before data is read
+
     def prepare():  # in one collective: under mpiexec every rank learns of any rank's error, printed once
         try:
             opt = make_optimizer(optimizer, lr)
@@ -459,21 +486,43 @@ class _MpiSafeCommand(click.Command):
 )
 @click.option("--lr", type=float, default=None, help="Base learning rate (default: the optimizer's).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Save the trained parameters to PARAMS.npz  [default: runs/<spec name>/params.npz].")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Save the trained parameters to PARAMS.npz  [default: runs/<spec name>/params.npz].",
+)
 @click.option("--plot", type=click.Path(dir_okay=False), default=None, help="Save the training curve to LOSS.png.")
-@click.option("--log", type=click.Path(dir_okay=False), default=None,
-              help="Write per-epoch metrics to METRICS.csv (one row per epoch).")
-@click.option("--val-split", type=float, default=None,
-              help="Hold out this fraction of the training data as a validation set, evaluated every epoch "
-                   "(the test set is then evaluated once, at the end).")
-@click.option("--dtype", type=click.Choice(["float64", "float32"]), default="float64", show_default=True,
-              help="Floating-point type of the parameters and the arithmetic.")
-@click.option("--constant", multiple=True, metavar="NAME=VALUE",
-              help="Set a spec constant, e.g. --constant beta=0.5. Repeatable.")
+@click.option(
+    "--log",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write per-epoch metrics to METRICS.csv (one row per epoch).",
+)
+@click.option(
+    "--val-split",
+    type=float,
+    default=None,
+    help="Hold out this fraction of the training data as a validation set, evaluated every epoch "
+    "(the test set is then evaluated once, at the end).",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["float64", "float32"]),
+    default="float64",
+    show_default=True,
+    help="Floating-point type of the parameters and the arithmetic.",
+)
+@click.option(
+    "--constant", multiple=True, metavar="NAME=VALUE", help="Set a spec constant, e.g. --constant beta=0.5. Repeatable."
+)
 @click.option("--schedule", multiple=True, metavar="SCHEDULE", help=SCHEDULE_HELP)
-@click.option("--init", type=click.Path(dir_okay=False), default=None,
-              help="Start from these parameters (a PARAMS.npz written by symgrad train) instead of the spec's init.")
+@click.option(
+    "--init",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Start from these parameters (a PARAMS.npz written by symgrad train) instead of the spec's init.",
+)
 @click.option(
     "--resume",
     type=click.Path(dir_okay=False),
@@ -489,19 +538,57 @@ class _MpiSafeCommand(click.Command):
 @click.option("--clip-norm", type=float, default=None, help="Clip each step's gradient to this norm.")
 @click.option("--device", type=click.Choice(backends.names()), default="cpu", show_default=True)
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
-def train_command(spec: str, data: str, epochs: int, batch_size: int, optimizer: str, lr: float | None, seed: int,
-                  out: str | None, plot: str | None, log: str | None, val_split: float | None, dtype: str,
-                  constant: tuple[str, ...], schedule: tuple[str, ...], init: str | None, resume: str | None,
-                  checkpoint: str | None, clip_norm: float | None, device: str, progress: bool) -> None:
+def train_command(
+    spec: str,
+    data: str,
+    epochs: int,
+    batch_size: int,
+    optimizer: str,
+    lr: float | None,
+    seed: int,
+    out: str | None,
+    plot: str | None,
+    log: str | None,
+    val_split: float | None,
+    dtype: str,
+    constant: tuple[str, ...],
+    schedule: tuple[str, ...],
+    init: str | None,
+    resume: str | None,
+    checkpoint: str | None,
+    clip_norm: float | None,
+    device: str,
+    progress: bool,
+) -> None:
     """Train SPEC with mini-batches; prints one line per epoch and saves the parameters (to
     runs/<spec name>/params.npz unless --out says otherwise; the path is printed at the end).
 
     The epoch line names the objective `loss` (minimised) or `objective` (a maximised ELBO or
     log-likelihood: it goes up), then the held-out set's values: `val_...` with --val-split,
     else `test_...` when the data has a test set."""
-    _guard(_run, spec, data, epochs, batch_size, optimizer, lr, seed, out, plot, resume, checkpoint, clip_norm,
-           device, progress, val_split=val_split, log=log, dtype=dtype, constant=constant, schedule=schedule,
-           init=init)
+    _guard(
+        _run,
+        spec,
+        data,
+        epochs,
+        batch_size,
+        optimizer,
+        lr,
+        seed,
+        out,
+        plot,
+        resume,
+        checkpoint,
+        clip_norm,
+        device,
+        progress,
+        val_split=val_split,
+        log=log,
+        dtype=dtype,
+        constant=constant,
+        schedule=schedule,
+        init=init,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- predict, evaluate
@@ -533,8 +620,12 @@ def _predict(spec: str, params_path: str, data: str, out: str | None) -> None:
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False))
 @click.option("--params", "params_path", required=True, type=click.Path(dir_okay=False), help="Trained PARAMS.npz.")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="New inputs, FILE.npz.")
-@click.option("--out", type=click.Path(dir_okay=False), default=None,
-              help="Write the outputs here, one array per output  [default: runs/<spec name>/predictions.npz].")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the outputs here, one array per output  [default: runs/<spec name>/predictions.npz].",
+)
 def predict_command(spec: str, params_path: str, data: str, out: str | None) -> None:
     """Compute SPEC's outputs for new data with trained parameters."""
     _guard(_predict, spec, params_path, data, out)
@@ -552,8 +643,13 @@ def _evaluate(spec: str, params_path: str, data: str, split: str) -> None:
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False))
 @click.option("--params", "params_path", required=True, type=click.Path(dir_okay=False), help="Trained PARAMS.npz.")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Inputs and targets, FILE.npz.")
-@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True,
-              help="`train`: the arrays named like the inputs; `test`: the `<input>_test` arrays.")
+@click.option(
+    "--split",
+    type=click.Choice(["train", "test"]),
+    default="train",
+    show_default=True,
+    help="`train`: the arrays named like the inputs; `test`: the `<input>_test` arrays.",
+)
 def evaluate_command(spec: str, params_path: str, data: str, split: str) -> None:
     """Print SPEC's objective (and a classifier's accuracy) on a data set with trained parameters."""
     _guard(_evaluate, spec, params_path, data, split)

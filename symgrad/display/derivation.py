@@ -25,8 +25,11 @@ from symgrad.ir.derive import combined_equations
 from symgrad.ir.graph import Program
 from symgrad.lang.library import BATCH_SIZE, LogSumExp
 
-TITLES = {"forward": "Forward (one sample)", "backward": "Backward: adjoints, v_bar = d loss / d v",
-          "gradient": "Gradients of the objective"}
+TITLES = {
+    "forward": "Forward (one sample)",
+    "backward": "Backward: adjoints, v_bar = d loss / d v",
+    "gradient": "Gradients of the objective",
+}
 
 
 class softmax_of(sympy.Function):  # noqa: N801  (display only)
@@ -60,8 +63,11 @@ def _symbol_names(prog: Program, d: _Internal) -> dict:
 
 
 def _display_rewrites(expr: sympy.Expr, prog: Program, d: _Internal) -> sympy.Expr:
-    lse = {prog.arrays[st.name].base: st for st in prog.statements
-           if st.hidden and isinstance(st.body, LogSumExp) and not st.indices}  # a per-row lse shows as exp(.)
+    lse = {
+        prog.arrays[st.name].base: st
+        for st in prog.statements
+        if st.hidden and isinstance(st.body, LogSumExp) and not st.indices
+    }  # a per-row lse shows as exp(.)
     loss_bar = d.adjoint_bases[prog.loss_name]
     expr = expr.xreplace({loss_bar: sympy.S.One})
 
@@ -70,8 +76,12 @@ def _display_rewrites(expr: sympy.Expr, prog: Program, d: _Internal) -> sympy.Ex
         for base, st in lse.items():
             rest = sympy.expand(arg + base)
             inner = st.body.function
-            if isinstance(rest, Indexed) and isinstance(inner, Indexed) and rest.base == inner.base \
-                    and len(st.body.limits) == len(rest.indices):
+            if (
+                isinstance(rest, Indexed)
+                and isinstance(inner, Indexed)
+                and rest.base == inner.base
+                and len(st.body.limits) == len(rest.indices)
+            ):
                 return softmax_of(Symbol(rest.base.name, real=True), *rest.indices)
         return e
 
@@ -120,8 +130,10 @@ def _readable(lhs, rhs, loops) -> tuple:
     for e in (lhs, rhs):  # bound variables of Sums are not free
         for s in _basic(e).atoms(sympy.Sum):
             syms |= {v for v, *_ in s.limits}
-    reserved = sorted((s for s in syms if (isinstance(s, sympy.Dummy) or s.name.startswith("_")) and s != BATCH_SIZE),
-                      key=lambda s: s.name)
+    reserved = sorted(
+        (s for s in syms if (isinstance(s, sympy.Dummy) or s.name.startswith("_")) and s != BATCH_SIZE),
+        key=lambda s: s.name,
+    )
     if not reserved:
         return lhs, rhs, loops
     taken = {s.name for s in syms if s not in reserved}
@@ -165,8 +177,9 @@ def _topological(nodes: list) -> list:
     done: set[str] = set()
     out, rest = [], list(nodes)
     while rest:
-        pick = next((n for n in rest if all(r in done or r == n["target"] or r not in defined for r in n["reads"])),
-                    rest[0])  # a cycle cannot occur (reverse mode over a DAG); fall back to the given order
+        pick = next(
+            (n for n in rest if all(r in done or r == n["target"] or r not in defined for r in n["reads"])), rest[0]
+        )  # a cycle cannot occur (reverse mode over a DAG); fall back to the given order
         rest.remove(pick)
         done.add(pick["target"])
         out.append(pick)
@@ -192,8 +205,9 @@ def equations(d: _Internal, wrt: list[str] | None = None) -> list[Equation]:
             base = d.adjoint_bases[eq.target]
             lhs = base[tuple(c.index)] if c.index else base
             rhs = _display_rewrites(c.expr.xreplace(inline), prog, d)
-            lines.append(Equation("backward", eq.target, lhs, rhs, "+=", tuple((lp.var, lp.lo, lp.hi)
-                                                                              for lp in c.loops)))
+            lines.append(
+                Equation("backward", eq.target, lhs, rhs, "+=", tuple((lp.var, lp.lo, lp.hi) for lp in c.loops))
+            )
         reads = set().union(*(_reads_adjoint(ln.rhs, d) for ln in lines)) - {eq.target} if lines else set()
         nodes.append({"target": eq.target, "lines": lines, "eq": eq, "reads": reads})
     nodes = _topological(nodes)
@@ -218,9 +232,10 @@ def equations(d: _Internal, wrt: list[str] | None = None) -> list[Equation]:
             continue
         node = by_target.get(p.name)
         p_eq = node["eq"] if node else None
-        idx = list(p_eq.index) if p_eq is not None else [Symbol(c, integer=True) for c in "ijklmn"[:len(p.shape)]]
-        bar = d.adjoint_bases.get(p.name, sympy.IndexedBase(f"{p.name}_bar", real=True) if p.shape
-                                  else Symbol(f"{p.name}_bar", real=True))
+        idx = list(p_eq.index) if p_eq is not None else [Symbol(c, integer=True) for c in "ijklmn"[: len(p.shape)]]
+        bar = d.adjoint_bases.get(
+            p.name, sympy.IndexedBase(f"{p.name}_bar", real=True) if p.shape else Symbol(f"{p.name}_bar", real=True)
+        )
         lhs = bar[tuple(idx)] if idx else bar
         if node is None:
             rhs = sympy.S.Zero
@@ -259,8 +274,10 @@ def _formatted(d: _Internal, eqs: list[Equation], fmt: str) -> list[tuple[Equati
             if e.op == "=":
                 out.append((e, f"{show(e.lhs)} = {show(e.rhs)}"))
             else:
-                loops = ", ".join(f"{show(v)} \\in [{show(lo)}, {show(hi)}]" if fmt == "latex"
-                                  else f"{v} in {lo}..{hi}" for v, lo, hi in e.loops)
+                loops = ", ".join(
+                    f"{show(v)} \\in [{show(lo)}, {show(hi)}]" if fmt == "latex" else f"{v} in {lo}..{hi}"
+                    for v, lo, hi in e.loops
+                )
                 op = r"\mathrel{+}=" if fmt == "latex" else "+="
                 sep = r"\quad \text{for } " if fmt == "latex" else "  for "
                 out.append((e, f"{show(e.lhs)} {op} {show(e.rhs)}{sep}{loops}"))
@@ -270,8 +287,13 @@ def _formatted(d: _Internal, eqs: list[Equation], fmt: str) -> list[tuple[Equati
             mean = prog.spec.reduction == "mean"
             if fmt == "latex":
                 scale = (r"\frac{1}{|\mathcal{B}|}" if mean else "") + r"\sum_{\mathsf{b} \in \mathcal{B}}"
-                out.append((e, rf"\frac{{\partial \mathcal{{L}}}}{{\partial {show(target)}}} = {scale} "
-                               rf"\left[{show(e.rhs)}\right]^{{(\mathsf{{b}})}}"))
+                out.append(
+                    (
+                        e,
+                        rf"\frac{{\partial \mathcal{{L}}}}{{\partial {show(target)}}} = {scale} "
+                        rf"\left[{show(e.rhs)}\right]^{{(\mathsf{{b}})}}",
+                    )
+                )
             else:
                 scale = "mean" if mean else "sum"
                 out.append((e, f"d objective / d {sympy.sstr(target)} = {scale} over the batch of {sympy.sstr(e.rhs)}"))
@@ -284,8 +306,10 @@ def _check_wrt(prog: Program, wrt: list[str] | None) -> None:
         if unknown:
             from symgrad.errors import UsageError
 
-            raise UsageError(f"--wrt {unknown[0]!r} is not a parameter of {prog.spec.name} "
-                             f"(parameters: {', '.join(p.name for p in prog.params)})")
+            raise UsageError(
+                f"--wrt {unknown[0]!r} is not a parameter of {prog.spec.name} "
+                f"(parameters: {', '.join(p.name for p in prog.params)})"
+            )
 
 
 def render_text(d: _Internal, fmt: str, wrt: list[str] | None) -> str:
@@ -377,6 +401,13 @@ def derive(spec: str | Path, wrt: list[str] | str | None = None) -> Derivation:
     _check_wrt(d.program, wrt)
     eqs = equations(d, wrt)
     spec_ = d.program.spec
-    return Derivation(spec_.name, spec_.objective, spec_.reduction, [e for e in eqs if e.section == "forward"],
-                      [e for e in eqs if e.section == "backward"], [e for e in eqs if e.section == "gradient"],
-                      wrt, d)
+    return Derivation(
+        spec_.name,
+        spec_.objective,
+        spec_.reduction,
+        [e for e in eqs if e.section == "forward"],
+        [e for e in eqs if e.section == "backward"],
+        [e for e in eqs if e.section == "gradient"],
+        wrt,
+        d,
+    )

@@ -14,8 +14,11 @@ import re
 import tempfile
 from pathlib import Path
 
-TITLES = {"forward": "Forward (one sample)", "backward": "Backward: adjoints (v̄ = ∂ℓ/∂v)",
-          "gradient": "Gradients of the objective"}
+TITLES = {
+    "forward": "Forward (one sample)",
+    "backward": "Backward: adjoints (v̄ = ∂ℓ/∂v)",
+    "gradient": "Gradients of the objective",
+}
 NOTES = {
     "forward": "The spec's statements for one sample, with the hidden reductions symgrad stores.",
     "backward": "Reverse mode, in dependency order: every adjoint is defined before a line reads it.",
@@ -77,12 +80,12 @@ def split_terms(line: str) -> list[str]:
         elif c == "}":
             depth -= 1
         elif depth == 0 and not seen_eq and line.startswith(" = ", k):
-            pieces.append(line[start:k + 2])
+            pieces.append(line[start : k + 2])
             start, seen_eq = k + 3, True
             k += 3
             continue
         elif depth == 0 and not seen_eq and line.startswith(r" \mathrel{+}= ", k):
-            pieces.append(line[start:k + 13])
+            pieces.append(line[start : k + 13])
             start, seen_eq = k + 14, True
             k += 14
             continue
@@ -111,8 +114,7 @@ def _mathml(latex: str) -> str:
     from latex2mathml.converter import convert
 
     out = convert(latex, display="block").replace('display="block"', 'display="inline" displaystyle="true"', 1)
-    out = _ITALIC_RUN.sub(lambda m: '<mi class="name">' + "".join(re.findall(r">([^<])<", m.group(0))) + "</mi>",
-                          out)
+    out = _ITALIC_RUN.sub(lambda m: '<mi class="name">' + "".join(re.findall(r">([^<])<", m.group(0))) + "</mi>", out)
     out = _css_overlines(out).replace("<mo><mrow><mo>&#x0002B;</mo></mrow></mo><mo>&#x0003D;</mo>", "<mo>+=</mo>")
     return re.sub(r"<mo>([A-Za-z]{2,})</mo>", r"<mi>\1</mi>", out)
 
@@ -134,7 +136,7 @@ def _css_overlines(mathml: str) -> str:
         if k < 0:  # not found (cannot happen for latex2mathml's output): keep the accent, stop
             return mathml.replace(_OVERLINE, '<mo accent="true" stretchy="true">&#x0203E;</mo></mover>')
         start = mathml.index(">", k) + 1
-        mathml = mathml[:k] + f'<mrow class="overline">{mathml[start:end]}</mrow>' + mathml[end + len(_OVERLINE):]
+        mathml = mathml[:k] + f'<mrow class="overline">{mathml[start:end]}</mrow>' + mathml[end + len(_OVERLINE) :]
     return mathml
 
 
@@ -148,8 +150,12 @@ def html_body(lines: list[tuple[str, str]], name: str, standalone: bool = True) 
     """The page (standalone) or a fragment for Jupyter's `_repr_html_`: sections, MathML equations, LaTeX folded."""
     parts = []
     if standalone:
-        parts += ["<!DOCTYPE html>", "<html lang='en'><head><meta charset='utf-8'>",
-                  f"<title>symgrad derive: {html.escape(name)}</title>", f"<style>{CSS}</style></head><body>"]
+        parts += [
+            "<!DOCTYPE html>",
+            "<html lang='en'><head><meta charset='utf-8'>",
+            f"<title>symgrad derive: {html.escape(name)}</title>",
+            f"<style>{CSS}</style></head><body>",
+        ]
     else:  # a notebook cell: the same look, scoped to this fragment
         parts.append(f"<div class='symgrad-derive'><style>{_scoped_css()}</style>")
     parts.append(f"<h1>symgrad derive: {html.escape(name)}</h1>")
@@ -162,10 +168,13 @@ def html_body(lines: list[tuple[str, str]], name: str, standalone: bool = True) 
             parts.append(f"<p class='note'>{html.escape(NOTES[section])}</p>")
             current = section
         # `{}` before a piece's leading + or - keeps it a binary operator, spaced as in the unbroken line
-        pieces = "".join(f"<span class='piece'>{_mathml('{}' + p if p[:1] in '+-' and n else p)}</span>"
-                         for n, p in enumerate(split_terms(text)))
-        parts.append(f"<div class='eq'>{pieces}<details><summary>LaTeX</summary><pre>{html.escape(text)}</pre>"
-                     "</details></div>")
+        pieces = "".join(
+            f"<span class='piece'>{_mathml('{}' + p if p[:1] in '+-' and n else p)}</span>"
+            for n, p in enumerate(split_terms(text))
+        )
+        parts.append(
+            f"<div class='eq'>{pieces}<details><summary>LaTeX</summary><pre>{html.escape(text)}</pre></details></div>"
+        )
     if current is not None:
         parts.append("</section>")
     parts.append("</body></html>" if standalone else "</div>")
@@ -186,8 +195,8 @@ def _paren_nested_subscripts(s: str) -> str:
                 if depth == 0:
                     break
                 j += 1
-            inner = _paren_nested_subscripts(s[k + 1:j])
-            if "_" in s[k + 1:j] and s.startswith("_", j + 1):
+            inner = _paren_nested_subscripts(s[k + 1 : j])
+            if "_" in s[k + 1 : j] and s.startswith("_", j + 1):
                 out.append(f"({inner})")
             else:
                 out.append("{" + inner + "}")
@@ -200,8 +209,13 @@ def _paren_nested_subscripts(s: str) -> str:
 
 def _mathtext(line: str) -> str:
     """mathtext knows most of LaTeX's maths but not these few macros."""
-    line = (line.replace(r"\mathbb{1}", r"\mathbf{1}").replace(r"\operatorname", r"\mathrm")
-            .replace(r"\mathrel{+}=", "+=").replace(r"\text{for }", r"\mathrm{for}\ ").replace(r"\ell", "l"))
+    line = (
+        line.replace(r"\mathbb{1}", r"\mathbf{1}")
+        .replace(r"\operatorname", r"\mathrm")
+        .replace(r"\mathrel{+}=", "+=")
+        .replace(r"\text{for }", r"\mathrm{for}\ ")
+        .replace(r"\ell", "l")
+    )
     return _paren_nested_subscripts(line)
 
 
@@ -250,8 +264,14 @@ def _png(lines: list[tuple[str, str]], out: str, name: str, width_in: float = 10
             y -= 0.4
         x = indent if kind == "math" else 0.1
         label = f"${_mathtext(text)}$" if kind == "math" else text
-        fig.text(x / width_in, y / height, label, fontsize=fontsize + (3 if kind == "head" else 0), va="top",
-                 weight="normal" if kind == "math" else "bold")
+        fig.text(
+            x / width_in,
+            y / height,
+            label,
+            fontsize=fontsize + (3 if kind == "head" else 0),
+            va="top",
+            weight="normal" if kind == "math" else "bold",
+        )
         y -= h + gap
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)

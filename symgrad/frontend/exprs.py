@@ -92,9 +92,16 @@ class Scope:
         candidates = [hint] if hint else []
         candidates += list(_INDEX_NAMES) + [f"i{n}" for n in range(1, 1000)]
         for name in candidates:
-            if name and name not in self.used_names and name not in self.arrays and name not in self.dims \
-                    and name not in self.constants and name not in self.later and name not in self.functions \
-                    and name != self.current:
+            if (
+                name
+                and name not in self.used_names
+                and name not in self.arrays
+                and name not in self.dims
+                and name not in self.constants
+                and name not in self.later
+                and name not in self.functions
+                and name != self.current
+            ):
                 self.used_names.add(name)
                 return Symbol(name, integer=True)
         raise ExprError("too many indices")
@@ -136,15 +143,23 @@ def collect_plain_uses(node: ast.AST, scope: Scope) -> None:
                     if prev is not None and prev != size:
                         raise ExprError(
                             f"index {elt.id} ranges over {prev} elsewhere but over {size} in "
-                            f"{sub.value.id}[...] (shape mismatch)")
+                            f"{sub.value.id}[...] (shape mismatch)"
+                        )
                     scope.ranges[elt.id] = size
 
 
 def _is_index_name(name: str, scope: Scope) -> bool:
-    return (name != scope.current and name not in scope.arrays and name not in scope.dims
-            and name not in scope.constants
-            and name not in scope.functions and name not in ELEMENTWISE and name not in LIBRARY
-            and name not in scope.later and name not in CONSTANTS)
+    return (
+        name != scope.current
+        and name not in scope.arrays
+        and name not in scope.dims
+        and name not in scope.constants
+        and name not in scope.functions
+        and name not in ELEMENTWISE
+        and name not in LIBRARY
+        and name not in scope.later
+        and name not in CONSTANTS
+    )
 
 
 class Builder:
@@ -238,8 +253,10 @@ class Builder:
         ref = self.scope.arrays[node.value.id]
         elts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
         if len(elts) != len(ref.shape):
-            raise ExprError(f"{ref.name} has {len(ref.shape)} ax{'i' if len(ref.shape) == 1 else 'e'}s "
-                            f"(shape {list(ref.shape)}) but is indexed with {len(elts)}")
+            raise ExprError(
+                f"{ref.name} has {len(ref.shape)} ax{'i' if len(ref.shape) == 1 else 'e'}s "
+                f"(shape {list(ref.shape)}) but is indexed with {len(elts)}"
+            )
         if not ref.shape:
             raise ExprError(f"{ref.name} is a scalar and cannot be indexed")
         idx, named = [], set()
@@ -251,8 +268,11 @@ class Builder:
 
     def _bound(self, node: ast.AST) -> sympy.Expr:
         """A Sum bound: an affine index expression, or Max/Min of them (zero padding: (u, Max(0, 1 - i), 2))."""
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
-                and node.func.id in ("Max", "Min", "max", "min"):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("Max", "Min", "max", "min")
+        ):
             if len(node.args) < 2 or node.keywords:
                 raise ExprError(f"{node.func.id} in a Sum bound takes two or more index expressions")
             fn = sympy.Max if node.func.id.lower() == "max" else sympy.Min
@@ -298,8 +318,13 @@ class Builder:
     def _BinOp(self, node: ast.BinOp) -> TExpr:
         if isinstance(node.op, ast.MatMult):
             return self.matmul(self.build(node.left), self.build(node.right))
-        ops = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b, ast.Mult: lambda a, b: a * b,
-               ast.Div: lambda a, b: a / b, ast.Pow: lambda a, b: a ** b}
+        ops = {
+            ast.Add: lambda a, b: a + b,
+            ast.Sub: lambda a, b: a - b,
+            ast.Mult: lambda a, b: a * b,
+            ast.Div: lambda a, b: a / b,
+            ast.Pow: lambda a, b: a**b,
+        }
         op = ops.get(type(node.op))
         if op is None:
             raise ExprError(f"operator {type(node.op).__name__} is not allowed (use + - * / ** @)")
@@ -321,8 +346,9 @@ class Builder:
             raise ExprError(f"attribute access .{node.attr} is not allowed (only x.T, the transpose of a 2-D array)")
         x = self.build(node.value)
         if len(x.axes) != 2:
-            raise ExprError(f"x.T needs a 2-D array; this value has {len(x.axes)} positional ax"
-                            f"{'i' if len(x.axes) == 1 else 'e'}s")
+            raise ExprError(
+                f"x.T needs a 2-D array; this value has {len(x.axes)} positional ax{'i' if len(x.axes) == 1 else 'e'}s"
+            )
         return TExpr(x.expr, x.axes[::-1], x.named)
 
     def condition(self, node: ast.AST) -> TExpr:
@@ -337,10 +363,18 @@ class Builder:
             fn = sympy.And if isinstance(node.op, ast.And) else sympy.Or
             return self.elementwise(lambda *a: fn(*a), [self.condition(v) for v in node.values], "a condition")
         if not isinstance(node, ast.Compare):
-            raise ExprError(f"a condition must be a comparison (a < b, a == b, ...), possibly combined with "
-                            f"and/or/not; got {_describe(node)}")
-        rel = {ast.Gt: sympy.Gt, ast.Lt: sympy.Lt, ast.GtE: sympy.Ge, ast.LtE: sympy.Le,
-               ast.Eq: sympy.Eq, ast.NotEq: sympy.Ne}
+            raise ExprError(
+                f"a condition must be a comparison (a < b, a == b, ...), possibly combined with "
+                f"and/or/not; got {_describe(node)}"
+            )
+        rel = {
+            ast.Gt: sympy.Gt,
+            ast.Lt: sympy.Lt,
+            ast.GtE: sympy.Ge,
+            ast.LtE: sympy.Le,
+            ast.Eq: sympy.Eq,
+            ast.NotEq: sympy.Ne,
+        }
         parts = [self.build(node.left)] + [self.build(c) for c in node.comparators]
         conds = []
         for op, a, b in zip(node.ops, parts, parts[1:], strict=False):
@@ -384,8 +418,9 @@ class Builder:
             if body is None:
                 body = parse_source(LIBRARY[name][1])
             if len(node.args) != len(params):
-                raise ExprError(f"{name} takes {len(params)} argument{'s' if len(params) != 1 else ''}, "
-                                f"got {len(node.args)}")
+                raise ExprError(
+                    f"{name} takes {len(params)} argument{'s' if len(params) != 1 else ''}, got {len(node.args)}"
+                )
             args = [self.build(a) for a in node.args]
             saved, saved_internal = self.env, self.internal
             self.env = dict(zip(params, args, strict=True))
@@ -446,8 +481,10 @@ class Builder:
             if not isinstance(a, ast.Name):
                 raise ExprError(f"{name}(expr, j, ...) takes index names after the expression")
             if a.id not in s.ranges:
-                raise ExprError(f"cannot infer the range of index {a.id!r}: use it plainly in a subscript "
-                                f"(like x[{a.id}]) or write Sum(expr, ({a.id}, lo, hi))")
+                raise ExprError(
+                    f"cannot infer the range of index {a.id!r}: use it plainly in a subscript "
+                    f"(like x[{a.id}]) or write Sum(expr, ({a.id}, lo, hi))"
+                )
             limits.append((a.id, Integer(0), Integer(s.ranges[a.id] - 1)))
         out = self._bind(body, limits)
         if name == "mean":
@@ -500,7 +537,7 @@ class Builder:
         finally:
             self.axis = saved
         if saved is None and len(out.axes) == rank and out.axes[k][0] not in out.expr.free_symbols:
-            out = TExpr(out.expr, out.axes[:k] + out.axes[k + 1:], out.named)
+            out = TExpr(out.expr, out.axes[:k] + out.axes[k + 1 :], out.named)
         return out
 
     def _reduce_axis(self, x: TExpr) -> tuple[sympy.Expr, list]:
@@ -540,8 +577,7 @@ class Builder:
             cond = self.condition(a.elts[1])
             pieces.append((value, cond))
         flat = [t for pair in pieces for t in pair]
-        return self.elementwise(lambda *xs: Select(*zip(xs[::2], xs[1::2], strict=True)), flat,
-                                "Piecewise")
+        return self.elementwise(lambda *xs: Select(*zip(xs[::2], xs[1::2], strict=True)), flat, "Piecewise")
 
     # -- shape algebra ---------------------------------------------------------------------------------
     def elementwise(self, fn, args: list[TExpr], what: str) -> TExpr:
@@ -565,8 +601,10 @@ class Builder:
             value = fn(*exprs)
         except (TypeError, ValueError, AttributeError) as exc:
             if any(_is_condition(e) for e in exprs):
-                raise ExprError(f"a condition (comparison, not, and, or) is true or false, not a number, so it "
-                                f"cannot be used in {what}; write Piecewise((1, cond), (0, True))") from None
+                raise ExprError(
+                    f"a condition (comparison, not, and, or) is true or false, not a number, so it "
+                    f"cannot be used in {what}; write Piecewise((1, cond), (0, True))"
+                ) from None
             raise ExprError(f"cannot form {what}: {str(exc).splitlines()[0][:100]}") from None
         return TExpr(value, axes, frozenset(named))
 
@@ -582,8 +620,9 @@ class Builder:
         return TExpr(Sum(body, (ka, 0, na - 1)), a.axes[:-1] + b.axes[1:], a.named | b.named)
 
 
-_CONDITION_ONLY = ("a comparison or and/or/not is allowed only as a condition: where(cond, a, b) or "
-                   "Piecewise((value, cond), ...)")
+_CONDITION_ONLY = (
+    "a comparison or and/or/not is allowed only as a condition: where(cond, a, b) or Piecewise((value, cond), ...)"
+)
 
 
 def _count(n: int) -> str:
@@ -623,20 +662,29 @@ def bound_literal_pow(base: sympy.Expr, exp: sympy.Expr) -> None:
         size = float("inf")
     if size > _MAX_LOG10:
         sign = "-" if (exp < 0) != (abs(base) < 1) else ""
-        raise ExprError(f"the literal power {_short(base)}**{_short(exp)} is about 10**{sign}{size:.3g}, "
-                        f"outside float64's range")
+        raise ExprError(
+            f"the literal power {_short(base)}**{_short(exp)} is about 10**{sign}{size:.3g}, outside float64's range"
+        )
 
 
 def bound_number(e: sympy.Expr) -> None:
     """A literal value (or the numeric coefficient SymPy folds into a product or sum) must fit float64 and stay a
     small exact number. O(1): SymPy keeps the coefficient first in a Mul's and an Add's args."""
-    n = e if isinstance(e, sympy.Number) else (e.args[0] if isinstance(e, sympy.Mul | sympy.Add) and e.args
-                                               and isinstance(e.args[0], sympy.Number) else None)
+    n = (
+        e
+        if isinstance(e, sympy.Number)
+        else (
+            e.args[0]
+            if isinstance(e, sympy.Mul | sympy.Add) and e.args and isinstance(e.args[0], sympy.Number)
+            else None
+        )
+    )
     if n is None or not isinstance(n, sympy.Rational) or n == 0:
         return
     if int(n.p).bit_length() > _MAX_BITS or int(n.q).bit_length() > _MAX_BITS:
-        raise ExprError("literal arithmetic needs more than 1,200 digits of exact precision; write the value "
-                        "as a decimal number")
+        raise ExprError(
+            "literal arithmetic needs more than 1,200 digits of exact precision; write the value as a decimal number"
+        )
     if _log10_abs(n) > _MAX_LOG10:
         raise ExprError(f"the literal value {_short(n)} is outside float64's range (|x| < 1.8e308)")
 
@@ -644,8 +692,10 @@ def bound_number(e: sympy.Expr) -> None:
 def _number_only(t: TExpr, what: str) -> TExpr:
     """A condition where a number is needed: one clear refusal instead of SymPy's TypeError."""
     if _is_condition(t.expr):
-        raise ExprError(f"a condition (comparison, not, and, or) is true or false, not a number, so it cannot be "
-                        f"used in {what}; write Piecewise((1, cond), (0, True))")
+        raise ExprError(
+            f"a condition (comparison, not, and, or) is true or false, not a number, so it cannot be "
+            f"used in {what}; write Piecewise((1, cond), (0, True))"
+        )
     return t
 
 
@@ -660,10 +710,12 @@ def check_literals(expr: sympy.Expr) -> None:
     """A whole expression: no literal outside float64, nothing complex (`sqrt(-1)`), infinite (`1/0`) or
     undefined, and a number, not a condition."""
     if _is_condition(expr):
-        raise ExprError("the expression is a condition (true or false), not a number; write "
-                        "Piecewise((1, cond), (0, True))")
-    if expr.has(sympy.I) or any(p.base.is_Number and p.base < 0 and p.exp.is_integer is False
-                                for p in expr.atoms(sympy.Pow)):
+        raise ExprError(
+            "the expression is a condition (true or false), not a number; write Piecewise((1, cond), (0, True))"
+        )
+    if expr.has(sympy.I) or any(
+        p.base.is_Number and p.base < 0 and p.exp.is_integer is False for p in expr.atoms(sympy.Pow)
+    ):
         raise ExprError("the expression is complex (a square root or log of a negative literal?)")
     if expr.has(sympy.zoo, sympy.oo, -sympy.oo, sympy.nan):
         raise ExprError("the expression divides by zero or is otherwise undefined for every input")
@@ -679,8 +731,10 @@ def check_literals(expr: sympy.Expr) -> None:
         if _is_condition(node) or isinstance(node, sympy.Tuple):
             continue
         if any(_is_condition(a) for a in node.args):
-            raise ExprError("a condition (comparison, not, and, or) is true or false, not a number; use it only "
-                            "as a Piecewise condition, e.g. Piecewise((1, cond), (0, True))")
+            raise ExprError(
+                "a condition (comparison, not, and, or) is true or false, not a number; use it only "
+                "as a Piecewise condition, e.g. Piecewise((1, cond), (0, True))"
+            )
 
 
 def _short(n: sympy.Expr) -> str:
@@ -689,10 +743,22 @@ def _short(n: sympy.Expr) -> str:
 
 
 def _describe(node: ast.AST) -> str:
-    names = {ast.Attribute: "attribute access", ast.Lambda: "a lambda", ast.ListComp: "a comprehension",
-             ast.GeneratorExp: "a comprehension", ast.JoinedStr: "an f-string", ast.List: "a list",
-             ast.Dict: "a dict", ast.Set: "a set", ast.IfExp: "a conditional expression", ast.NamedExpr: "':='",
-             ast.Starred: "a starred argument", ast.Await: "await", ast.Yield: "yield", ast.Slice: "a slice"}
+    names = {
+        ast.Attribute: "attribute access",
+        ast.Lambda: "a lambda",
+        ast.ListComp: "a comprehension",
+        ast.GeneratorExp: "a comprehension",
+        ast.JoinedStr: "an f-string",
+        ast.List: "a list",
+        ast.Dict: "a dict",
+        ast.Set: "a set",
+        ast.IfExp: "a conditional expression",
+        ast.NamedExpr: "':='",
+        ast.Starred: "a starred argument",
+        ast.Await: "await",
+        ast.Yield: "yield",
+        ast.Slice: "a slice",
+    }
     return names.get(type(node), type(node).__name__)
 
 

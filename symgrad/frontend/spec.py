@@ -26,8 +26,18 @@ _MAX_BYTES = 1_000_000
 _MAX_NODES = 20_000
 
 TOP_KEYS = {
-    "name", "description", "dims", "inputs", "params", "constants", "functions", "forward", "loss",
-    "objective", "reduction", "outputs",
+    "name",
+    "description",
+    "dims",
+    "inputs",
+    "params",
+    "constants",
+    "functions",
+    "forward",
+    "loss",
+    "objective",
+    "reduction",
+    "outputs",
 }
 REQUIRED = ("name", "params", "loss")
 
@@ -147,8 +157,11 @@ class _Reader:
             value = float(_decimal_int(self, node, what))
         else:
             try:
-                value = float(node.value.replace("_", "")) if _PLAIN_FLOAT.fullmatch(node.value) else \
-                    float(yaml.safe_load(node.value))
+                value = (
+                    float(node.value.replace("_", ""))
+                    if _PLAIN_FLOAT.fullmatch(node.value)
+                    else float(yaml.safe_load(node.value))
+                )
             except (ValueError, TypeError, OverflowError):
                 raise self.fail(node, f"{what} must be a number, got {node.value!r}") from None
         if value != value or value in (float("inf"), float("-inf")):
@@ -169,8 +182,13 @@ def _rejoin_flow_commas(node: yaml.MappingNode) -> list:
     out: list = []
     pending = None
     for key, value in node.value:
-        if pending is not None and isinstance(key, yaml.ScalarNode) and isinstance(value, yaml.ScalarNode) \
-                and value.value == "" and value.tag.endswith(":null"):
+        if (
+            pending is not None
+            and isinstance(key, yaml.ScalarNode)
+            and isinstance(value, yaml.ScalarNode)
+            and value.value == ""
+            and value.tag.endswith(":null")
+        ):
             k0, v0 = pending
             text = f"{v0.value}, {key.value}"
             v0 = yaml.ScalarNode("tag:yaml.org,2002:str", text, v0.start_mark, key.end_mark)
@@ -294,8 +312,9 @@ def _read(r: _Reader, root: yaml.Node, path: str, sha: str) -> Spec:
     if not _IDENT.fullmatch(name_t.value) or keyword.iskeyword(name_t.value):
         raise SpecError(f"name {name_t.value!r} is not a valid identifier", path, name_t.line)
     if len(name_t.value) > _MAX_NAME:
-        raise SpecError(f"name {name_t.value[:20]!r}... is longer than {_MAX_NAME} characters (it names files)",
-                        path, name_t.line)
+        raise SpecError(
+            f"name {name_t.value[:20]!r}... is longer than {_MAX_NAME} characters (it names files)", path, name_t.line
+        )
     description = r.string(top["description"], "description").value if "description" in top else ""
 
     dims, dim_lines = {}, {}
@@ -328,8 +347,11 @@ def _read(r: _Reader, root: yaml.Node, path: str, sha: str) -> Spec:
             text = r.string(fields["sample"][1], f"sample of {iname}").value
             sample = sampling.parse(text)
             if sample is None:
-                raise r.fail(fields["sample"][1], f"unknown sample kind {text!r} for input {iname} (expected "
-                                                  f"{', '.join(sampling.KINDS)} with 0 <= p <= 1)")
+                raise r.fail(
+                    fields["sample"][1],
+                    f"unknown sample kind {text!r} for input {iname} (expected "
+                    f"{', '.join(sampling.KINDS)} with 0 <= p <= 1)",
+                )
         inputs[iname] = ArrayDecl(iname, _shape(r, fields["shape"][1], iname), line, sample=sample)
 
     params = {}
@@ -382,8 +404,11 @@ def _read(r: _Reader, root: yaml.Node, path: str, sha: str) -> Spec:
                     raise r.fail(key, f"statement {key.value} needs an expr")
                 expr = r.string(fields["expr"][1], f"expr of {key.value}", allow_numbers=True)
                 shape = _shape(r, fields["shape"][1], str(key.value)) if "shape" in fields else None
-                init = r.string(fields["init"][1], f"init of {key.value}", allow_numbers=True) \
-                    if "init" in fields else None
+                init = (
+                    r.string(fields["init"][1], f"init of {key.value}", allow_numbers=True)
+                    if "init" in fields
+                    else None
+                )
             else:
                 expr = r.string(value, f"statement {key.value}", allow_numbers=True)
                 shape = init = None
@@ -403,8 +428,24 @@ def _read(r: _Reader, root: yaml.Node, path: str, sha: str) -> Spec:
             outputs = [r.string(onode, "outputs")]
         else:
             outputs = [r.string(item, "an output name") for item in r.sequence(onode, "outputs")]
-    return Spec(path, sha, name_t.value, description, dims, dim_lines, inputs, params, constants, functions,
-                forward, loss, objective, reduction, outputs, line_of)
+    return Spec(
+        path,
+        sha,
+        name_t.value,
+        description,
+        dims,
+        dim_lines,
+        inputs,
+        params,
+        constants,
+        functions,
+        forward,
+        loss,
+        objective,
+        reduction,
+        outputs,
+        line_of,
+    )
 
 
 def _closest(word: str, options: set[str]) -> str | None:

@@ -73,8 +73,11 @@ def derive(program: Program) -> Derivation:
                 reaches |= reads[st.name]
     needs &= reaches
     if program.loss_name not in needs:
-        raise SpecError("the loss does not depend on any parameter, so there is nothing to differentiate",
-                        program.spec.path, program.spec.loss.line)
+        raise SpecError(
+            "the loss does not depend on any parameter, so there is nothing to differentiate",
+            program.spec.path,
+            program.spec.loss.line,
+        )
     bases = {}
     for name in needs:
         shape = arrays[name].shape
@@ -145,8 +148,9 @@ def index_loops(st: Statement) -> list[Loop]:
     return [Loop(i, sympy.Integer(0), sympy.Integer(n - 1)) for i, n in zip(st.indices, st.shape, strict=True)]
 
 
-def _pieces(piece: sympy.Expr, seed: sympy.Expr, loops: list[Loop], st: Statement, d: Derivation,
-            reuse) -> list[Contribution]:
+def _pieces(
+    piece: sympy.Expr, seed: sympy.Expr, loops: list[Loop], st: Statement, d: Derivation, reuse
+) -> list[Contribution]:
     reads = [r for r in _reads(piece, d.program.arrays) if _array_name(r) in d.needs_grad]
     if not reads:
         return []
@@ -158,8 +162,11 @@ def _pieces(piece: sympy.Expr, seed: sympy.Expr, loops: list[Loop], st: Statemen
         partial = sympy.diff(scalar, plain[r])
         if partial.has(sympy.Derivative) or partial.has(sympy.Subs):
             fns = sorted({type(f).__name__ for f in partial.atoms(sympy.Derivative)} or {"?"})
-            raise SpecError(f"no derivative rule for a function in statement {st.name} ({', '.join(fns)})",
-                            d.program.spec.path, st.line)
+            raise SpecError(
+                f"no derivative rule for a function in statement {st.name} ({', '.join(fns)})",
+                d.program.spec.path,
+                st.line,
+            )
         partial = partial.xreplace(back)
         if reuse is not None:
             partial = _reuse_stored(partial, *reuse)
@@ -167,8 +174,11 @@ def _pieces(piece: sympy.Expr, seed: sympy.Expr, loops: list[Loop], st: Statemen
             continue
         # powsimp first: d/dp (1-p)**g is g*(1-p)**g/(1-p) until combined, and that divides by 0 at p = 1
         partial = sympy.factor_terms(sympy.powsimp(partial, combine="exp"))
-        out.append(Contribution(_array_name(r), tuple(r.indices) if isinstance(r, Indexed) else (), list(loops),
-                                seed * partial, st.name))
+        out.append(
+            Contribution(
+                _array_name(r), tuple(r.indices) if isinstance(r, Indexed) else (), list(loops), seed * partial, st.name
+            )
+        )
     return out
 
 

@@ -168,8 +168,9 @@ class _GraphBuilder:
             try:
                 n = int(str(v), 10)
             except ValueError:
-                raise self.err(f"size {v!r} in the shape of {what} is neither a positive integer nor a dim",
-                               t.line) from None
+                raise self.err(
+                    f"size {v!r} in the shape of {what} is neither a positive integer nor a dim", t.line
+                ) from None
             if n <= 0:
                 raise self.err(f"size {n} in the shape of {what} must be positive", t.line)
             out.append(n)
@@ -186,11 +187,15 @@ class _GraphBuilder:
 
     def declare(self, name: str, line: int) -> None:
         s = self.spec
-        taken = (name in self.arrays and "an earlier " + self.arrays[name].kind) or \
-                (name in s.dims and "a dim") or (name in s.constants and "a constant") or \
-                (name in ELEMENTWISE and "a built-in function") or (name in LIBRARY and "a library function") or \
-                (name in ("sum", "Sum", "mean", "Piecewise") and "a built-in") or \
-                (name in KERNEL_GLOBALS and "a name generated code uses")
+        taken = (
+            (name in self.arrays and "an earlier " + self.arrays[name].kind)
+            or (name in s.dims and "a dim")
+            or (name in s.constants and "a constant")
+            or (name in ELEMENTWISE and "a built-in function")
+            or (name in LIBRARY and "a library function")
+            or (name in ("sum", "Sum", "mean", "Piecewise") and "a built-in")
+            or (name in KERNEL_GLOBALS and "a name generated code uses")
+        )
         if taken:
             raise self.err(f"{name!r} is already {taken}; choose another name", line)
 
@@ -209,8 +214,9 @@ class _GraphBuilder:
         for name, decl in s.inputs.items():
             self.declare(name, decl.line)
             shape = self.shape(decl.shape, name)
-            self.arrays[name] = Array(name, shape, make_base(name, shape), ArrayKind.INPUT, True, decl.line,
-                                      sample=decl.sample)
+            self.arrays[name] = Array(
+                name, shape, make_base(name, shape), ArrayKind.INPUT, True, decl.line, sample=decl.sample
+            )
         for name, decl in s.params.items():
             self.declare(name, decl.line)
             shape = self.shape(decl.shape, name)
@@ -225,14 +231,17 @@ class _GraphBuilder:
         self.regions: list[tuple[int, str]] = []  # (first statement index, name of the last carried statement)
         for pos, stmt_decl in enumerate(s.forward):
             self._region_start = len(self.statements)
-            self.statement(stmt_decl, set(stmt_names[pos + 1:]) - set(self.carried))
+            self.statement(stmt_decl, set(stmt_names[pos + 1 :]) - set(self.carried))
         self.recurrences = self.finish_recurrences()
         loss_name = self.names.take("L")
         body = self.expression(s.loss.value, s.loss.line, set(), lhs=None, shape=None)
         if body.axes or body.named:
             loss_shape = [n for _, n in body.axes]
-            raise self.err(f"loss must be a scalar per sample, but it has shape {loss_shape or 'with free indices'}; "
-                           f"reduce it with sum(...)", s.loss.line)
+            raise self.err(
+                f"loss must be a scalar per sample, but it has shape {loss_shape or 'with free indices'}; "
+                f"reduce it with sum(...)",
+                s.loss.line,
+            )
         self.add_statement(loss_name, (), (), body.expr, s.loss.line)
         outputs = []
         for out in s.outputs or []:
@@ -277,8 +286,11 @@ class _GraphBuilder:
                 continue
             m = re.match(rf"^({_NAME})\s*\[(.*)\]$", decl.lhs.value.strip())
             if not m or decl.shape is None:
-                raise self.err("a statement with init: is a recurrence over its first index: write it in index form "
-                               "with a shape, e.g. h[t, j]: {shape: [T, H], expr: ..., init: 0}", decl.line)
+                raise self.err(
+                    "a statement with init: is a recurrence over its first index: write it in index form "
+                    "with a shape, e.g. h[t, j]: {shape: [T, H], expr: ..., init: 0}",
+                    decl.line,
+                )
             name = m.group(1)
             self.declare(name, decl.line)
             shape = self.shape(decl.shape, name)
@@ -301,14 +313,21 @@ class _GraphBuilder:
             return num
         if isinstance(node, ast.Name) and node.id in self.spec.constants and not shape:
             return node.id
-        if isinstance(node, ast.Name) and node.id in self.arrays \
-                and self.arrays[node.id].kind in (ArrayKind.PARAM, ArrayKind.INPUT):
+        if (
+            isinstance(node, ast.Name)
+            and node.id in self.arrays
+            and self.arrays[node.id].kind in (ArrayKind.PARAM, ArrayKind.INPUT)
+        ):
             if self.arrays[node.id].shape != shape:
-                raise self.err(f"init {node.id} of {name} has shape {list(self.arrays[node.id].shape)}, but one "
-                               f"step of {name} has shape {list(shape)}", t.line)
+                raise self.err(
+                    f"init {node.id} of {name} has shape {list(self.arrays[node.id].shape)}, but one "
+                    f"step of {name} has shape {list(shape)}",
+                    t.line,
+                )
             return node.id
-        raise self.err(f"init of {name} must be a number or the name of a param or input of shape {list(shape)}",
-                       t.line)
+        raise self.err(
+            f"init of {name} must be a number or the name of a param or input of shape {list(shape)}", t.line
+        )
 
     def _init_read(self, init, rest: tuple) -> sympy.Expr:
         if isinstance(init, float):
@@ -334,12 +353,18 @@ class _GraphBuilder:
             if pending:
                 step = self._step_offset(i0)
                 if step is None or step[1] < 1:
-                    raise self.err(f"{name} reads {arr.name}[{', '.join(map(str, r.indices))}] before it is "
-                                   f"computed; a recurrence reads its state at an earlier step, "
-                                   f"{arr.name}[t - 1, ...]", line)
+                    raise self.err(
+                        f"{name} reads {arr.name}[{', '.join(map(str, r.indices))}] before it is "
+                        f"computed; a recurrence reads its state at an earlier step, "
+                        f"{arr.name}[t - 1, ...]",
+                        line,
+                    )
                 if not syms or syms[0] != step[0]:
-                    raise self.err(f"{name} reads {arr.name} at step {step[0]} - {step[1]}, so its first index "
-                                   f"must be the step index {step[0]}", line)
+                    raise self.err(
+                        f"{name} reads {arr.name} at step {step[0]} - {step[1]}, so its first index "
+                        f"must be the step index {step[0]}",
+                        line,
+                    )
                 self.regions.append((self._region_start, arr.name))
             bounds = dict(self._scope.bounds)
             bounds.update({sym: (Integer(0), Integer(n - 1)) for sym, n in zip(syms, shape, strict=True)})
@@ -374,19 +399,23 @@ class _GraphBuilder:
         for a, b in merged:
             members, hoisted, time_of, pending = [], [], {}, []
             size = None
-            for st in self.statements[a:b + 1]:
+            for st in self.statements[a : b + 1]:
                 if st.hidden:
                     pending.append(st)
                     continue
                 if not st.indices:
-                    raise self.err(f"statement {st.name} sits inside a recurrence but does not run over its step "
-                                   f"index; move it before or after the recurrence", st.line)
+                    raise self.err(
+                        f"statement {st.name} sits inside a recurrence but does not run over its step "
+                        f"index; move it before or after the recurrence",
+                        st.line,
+                    )
                 t = st.indices[0]
                 if size is None:
                     size = st.shape[0]
                 if st.shape[0] != size:
-                    raise self.err(f"statement {st.name} runs over {st.shape[0]} steps inside a recurrence of "
-                                   f"{size}", st.line)
+                    raise self.err(
+                        f"statement {st.name} runs over {st.shape[0]} steps inside a recurrence of {size}", st.line
+                    )
                 for h in pending:
                     if t in h.indices:
                         members.append(h.name)
@@ -423,9 +452,12 @@ class _GraphBuilder:
                 step = self._step_offset(idx)
                 need = 0 if order[target] < order[st.name] else 1
                 if step is None or step[0] != t or step[1] < need:
-                    raise self.err(f"{st.name} reads {target} at step {idx}; inside a recurrence over {t} a "
-                                   f"statement reads the current step ({t}) of earlier statements and an earlier "
-                                   f"step ({t} - 1) of itself and later ones", st.line)
+                    raise self.err(
+                        f"{st.name} reads {target} at step {idx}; inside a recurrence over {t} a "
+                        f"statement reads the current step ({t}) of earlier statements and an earlier "
+                        f"step ({t} - 1) of itself and later ones",
+                        st.line,
+                    )
 
     def _time_axis(self, name: str, rec: Recurrence) -> int:
         st = next(x for x in self.statements if x.name == name)
@@ -472,8 +504,14 @@ class _GraphBuilder:
                 raise self.err(f"function {name} needs at least one parameter", sig.line)
             if len(set(params)) != len(params):
                 raise self.err(f"function {name} repeats a parameter name", sig.line)
-            if name in ELEMENTWISE or name in LIBRARY or name in ("sum", "Sum", "mean", "Piecewise") \
-                    or name in self.arrays or name in self.spec.dims or name in self.spec.constants:
+            if (
+                name in ELEMENTWISE
+                or name in LIBRARY
+                or name in ("sum", "Sum", "mean", "Piecewise")
+                or name in self.arrays
+                or name in self.spec.dims
+                or name in self.spec.constants
+            ):
                 raise self.err(f"function name {name!r} is already taken", sig.line)
             try:
                 tree = parse_source(str(body.value))
@@ -500,8 +538,15 @@ class _GraphBuilder:
         consts = {n: sym for n, (_, sym) in self.constants.items()}
         return Scope(refs, dict(self.spec.dims), consts, self.functions, later, current)
 
-    def expression(self, text: str, line: int, later: set[str], lhs: list[str] | None,
-                   shape: tuple[int, ...] | None, current: str | None = None) -> TExpr:
+    def expression(
+        self,
+        text: str,
+        line: int,
+        later: set[str],
+        lhs: list[str] | None,
+        shape: tuple[int, ...] | None,
+        current: str | None = None,
+    ) -> TExpr:
         scope = self.scope(later, current)
         try:
             tree = parse_source(str(text))
@@ -512,8 +557,10 @@ class _GraphBuilder:
                     if shape is not None:
                         prev = scope.ranges.get(idx)
                         if prev is not None and prev != shape[pos]:
-                            raise ExprError(f"index {idx} ranges over {prev} in the expression but the declared "
-                                            f"shape gives {shape[pos]}")
+                            raise ExprError(
+                                f"index {idx} ranges over {prev} in the expression but the declared "
+                                f"shape gives {shape[pos]}"
+                            )
                         scope.ranges[idx] = shape[pos]
                     scope.index(idx)
             result = Builder(scope).build(tree)
@@ -543,12 +590,17 @@ class _GraphBuilder:
             body = self.expression(decl.expr.value, decl.expr.line, later, lhs=None, shape=None, current=name)
             if body.named:
                 free = ", ".join(sorted(s.name for s in body.named))
-                raise self.err(f"index {free} is free on the right of {name} but the statement has no indices; "
-                               f"write {name}[{free}]: ... or sum over it", decl.expr.line)
+                raise self.err(
+                    f"index {free} is free on the right of {name} but the statement has no indices; "
+                    f"write {name}[{free}]: ... or sum over it",
+                    decl.expr.line,
+                )
             shape = tuple(n for _, n in body.axes)
             if declared is not None and declared != shape:
-                raise self.err(f"{name} is declared with shape {list(declared)} but its expression has shape "
-                               f"{list(shape)}", decl.line)
+                raise self.err(
+                    f"{name} is declared with shape {list(declared)} but its expression has shape {list(shape)}",
+                    decl.line,
+                )
             indices = tuple(s for s, _ in body.axes)
             expr = self.recurrent_reads(name, indices, shape, body.expr, decl.expr.line)
             self.add_statement(name, indices, shape, expr, decl.line)
@@ -565,19 +617,27 @@ class _GraphBuilder:
         body = self.expression(decl.expr.value, decl.expr.line, later, lhs=idx_names, shape=declared, current=name)
         scope = self._scope
         if body.axes:
-            raise self.err(f"{name}[{', '.join(idx_names)}] is in index form but its expression is a whole array "
-                           f"of shape {[n for _, n in body.axes]}; index it", decl.expr.line)
+            raise self.err(
+                f"{name}[{', '.join(idx_names)}] is in index form but its expression is a whole array "
+                f"of shape {[n for _, n in body.axes]}; index it",
+                decl.expr.line,
+            )
         syms = tuple(scope.index(p) for p in idx_names)
         extra = body.named - set(syms)
         if extra:
             free = ", ".join(sorted(s.name for s in extra))
-            raise self.err(f"index {free} is free on the right of {name} but not on the left; sum over it or add it",
-                           decl.expr.line)
+            raise self.err(
+                f"index {free} is free on the right of {name} but not on the left; sum over it or add it",
+                decl.expr.line,
+            )
         if declared is None:
             missing = [p for p in idx_names if p not in scope.ranges]
             if missing:
-                raise self.err(f"cannot infer the range of index {missing[0]} of {name}: no plain use fixes it; "
-                               f"give the statement a shape in long form", decl.line)
+                raise self.err(
+                    f"cannot infer the range of index {missing[0]} of {name}: no plain use fixes it; "
+                    f"give the statement a shape in long form",
+                    decl.line,
+                )
             declared = tuple(scope.ranges[p] for p in idx_names)
         expr = self.recurrent_reads(name, syms, declared, body.expr, decl.expr.line)
         self.add_statement(name, syms, declared, expr, decl.line)
@@ -632,9 +692,13 @@ class _GraphBuilder:
         while isinstance(t, Sum) and len(t.limits) >= 2 and isinstance(t.function, sympy.Mul):
             factors = [f for f in t.function.args if isinstance(f, Indexed)]
             coeff = sympy.Mul(*[f for f in t.function.args if not isinstance(f, Indexed)])
-            if len(factors) < 3 or coeff.free_symbols & set(self._array_symbols()) or coeff.has(Indexed) \
-                    or any(not all(isinstance(i, Symbol) for i in f.indices) for f in factors) \
-                    or any(not (lo.is_Integer and hi.is_Integer) for _, lo, hi in t.limits):
+            if (
+                len(factors) < 3
+                or coeff.free_symbols & set(self._array_symbols())
+                or coeff.has(Indexed)
+                or any(not all(isinstance(i, Symbol) for i in f.indices) for f in factors)
+                or any(not (lo.is_Integer and hi.is_Integer) for _, lo, hi in t.limits)
+            ):
                 return t
             inner = dict(bounds)
             for v, lo, hi in t.limits:
@@ -690,8 +754,14 @@ class _GraphBuilder:
         if not _has_reduction(e):
             return e
         if isinstance(e, sympy.Function):
-            return e.func(*[self.hoist(a, bounds, line) if isinstance(a, sympy.Add) and _has_reduction(a)
-                            else self.hoist_all(a, bounds, line) for a in e.args])
+            return e.func(
+                *[
+                    self.hoist(a, bounds, line)
+                    if isinstance(a, sympy.Add) and _has_reduction(a)
+                    else self.hoist_all(a, bounds, line)
+                    for a in e.args
+                ]
+            )
         return e.func(*[self.hoist_all(a, bounds, line) for a in e.args])
 
     def hoist(self, r: sympy.Expr, bounds: dict, line: int) -> sympy.Expr:
@@ -712,8 +782,9 @@ class _GraphBuilder:
     @staticmethod
     def _hoist_key(r: sympy.Expr, order, canon, bounds: dict) -> tuple:
         ren = dict(zip(order, canon, strict=True))
-        bound = [lim[0] for node in sympy.preorder_traversal(r) if isinstance(node, Sum | LogSumExp)
-                 for lim in node.limits]
+        bound = [
+            lim[0] for node in sympy.preorder_traversal(r) if isinstance(node, Sum | LogSumExp) for lim in node.limits
+        ]
         ren.update({v: Symbol(f"_k{n}", integer=True) for n, v in enumerate(dict.fromkeys(bound))})
         return r.xreplace(ren), tuple(interval(s, bounds) for s in order)  # same maths over the same index ranges
 
@@ -932,11 +1003,13 @@ def _int_fn(e: sympy.Expr):
     if isinstance(e, sympy.Add):
         return lambda env: sum(f(env) for f in args)
     if isinstance(e, sympy.Mul):
+
         def mul(env):
             out = 1
             for f in args:
                 out *= f(env)
             return out
+
         return mul
     if isinstance(e, sympy.Max):
         return lambda env: max(f(env) for f in args)
@@ -960,8 +1033,10 @@ def check_ranges(expr: sympy.Expr, scope: Scope, arrays: dict, carried: set | No
                 lo, hi = interval(ix, bounds)
             except ExprError:
                 missing = next(iter(ix.free_symbols), ix)
-                raise ExprError(f"cannot infer the range of index {missing} in {read}: use it plainly in a "
-                                f"subscript or give the statement a shape in long form") from None
+                raise ExprError(
+                    f"cannot infer the range of index {missing} in {read}: use it plainly in a "
+                    f"subscript or give the statement a shape in long form"
+                ) from None
             low_ok = lo >= 0 or (axis == 0 and arr.name in (carried or ()))
             if not low_ok or hi > arr.shape[axis] - 1:
                 exact = _exact_interval(ix, bounds)
@@ -970,5 +1045,7 @@ def check_ranges(expr: sympy.Expr, scope: Scope, arrays: dict, carried: set | No
                     low_ok = lo >= 0 or (axis == 0 and arr.name in (carried or ()))
             if not low_ok or hi > arr.shape[axis] - 1:
                 shown = sympy.sstr(ix.xreplace({s: Symbol(s.name) for s in ix.free_symbols}))
-                raise ExprError(f"index out of range: {shown} in {arr.name}[...] takes values "
-                                f"{lo}..{hi} but axis {axis} of {arr.name} has size {arr.shape[axis]}")
+                raise ExprError(
+                    f"index out of range: {shown} in {arr.name}[...] takes values "
+                    f"{lo}..{hi} but axis {axis} of {arr.name} has size {arr.shape[axis]}"
+                )

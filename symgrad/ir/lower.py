@@ -109,9 +109,15 @@ class KernelIR:
 def lower(d: Derivation) -> KernelIR:
     prog = d.program
     fwd_bufs = [Buffer(st.name, st.shape, st.batched) for st in prog.statements]
-    adj_bufs = [Buffer(d.adjoint_bases[name].name if hasattr(d.adjoint_bases[name], "name") else str(
-        d.adjoint_bases[name]), prog.arrays[name].shape, prog.arrays[name].batched)
-        for name in _adjoint_order(d) if prog.arrays[name].kind == ArrayKind.STMT and name != prog.loss_name]
+    adj_bufs = [
+        Buffer(
+            d.adjoint_bases[name].name if hasattr(d.adjoint_bases[name], "name") else str(d.adjoint_bases[name]),
+            prog.arrays[name].shape,
+            prog.arrays[name].batched,
+        )
+        for name in _adjoint_order(d)
+        if prog.arrays[name].kind == ArrayKind.STMT and name != prog.loss_name
+    ]
     ir = KernelIR(prog, fwd_bufs, adj_bufs)
     member = {n: rec for rec in prog.recurrences for n in rec.members}
     hoisted = {n: rec for rec in prog.recurrences for n in rec.hoisted}
@@ -148,8 +154,9 @@ def lower(d: Derivation) -> KernelIR:
                 ir.backward_ops.extend(_lower_contribution(c, st, d, written, loss_bar))
                 continue
             if id(rec) not in back:
-                back[id(rec)] = TimeLoop(_step_var(rec), rec.size, True,
-                                         comment=f"back through the recurrence over {rec.members[-1]}")
+                back[id(rec)] = TimeLoop(
+                    _step_var(rec), rec.size, True, comment=f"back through the recurrence over {rec.members[-1]}"
+                )
                 ir.backward_ops.append(back[id(rec)])
             for op in _lower_contribution(c, st, d, written, loss_bar, gemm=False):
                 _in_step(back[id(rec)], op, rec.time_of[st.name], ir.backward_ops)
@@ -188,8 +195,16 @@ def _in_step(loop: TimeLoop, op, t: Symbol, outside: list) -> None:
     if op.reduce != Reduce.NONE and any(lp.var == t for lp in op.inner) and mode == Mode.ASSIGN:
         mode = Mode.ACCUMULATE  # pragma: no cover - forward reductions never run over their own step index
     target = op.target.xreplace(ren)
-    new = LoopNest(outer, inner, target, op.expr.xreplace(ren), mode, op.reduce,
-                   op.init.xreplace(ren) if isinstance(op.init, sympy.Basic) else op.init, op.comment)
+    new = LoopNest(
+        outer,
+        inner,
+        target,
+        op.expr.xreplace(ren),
+        mode,
+        op.reduce,
+        op.init.xreplace(ren) if isinstance(op.init, sympy.Basic) else op.init,
+        op.comment,
+    )
     conds = []
     if isinstance(target, Indexed):
         conds = [ix >= 0 for ix in target.indices if loop.var in ix.free_symbols and ix != loop.var]
@@ -216,8 +231,9 @@ def _lower_statement(st: Statement, prog: Program, gemm: bool = True) -> list:
     e0, sums = split_body(st.body)
     ops: list = []
     if len(sums) == 1 and gemm:
-        matched = _match_gemm(st.name, st.indices, st.batched, sums[0].function, limit_loops(sums[0].limits), prog,
-                              accumulate=False)
+        matched = _match_gemm(
+            st.name, st.indices, st.batched, sums[0].function, limit_loops(sums[0].limits), prog, accumulate=False
+        )
         if matched is not None:
             matched.comment = _comment(st)
             ops.append(matched)
@@ -227,8 +243,11 @@ def _lower_statement(st: Statement, prog: Program, gemm: bool = True) -> list:
     if not sums:
         return [LoopNest(outer, [], target, e0, Mode.ASSIGN, reduce=Reduce.NONE, comment=_comment(st))]
     if len(sums) == 1:
-        return [LoopNest(outer, limit_loops(sums[0].limits), target, sums[0].function, Mode.ASSIGN, init=e0,
-                         comment=_comment(st))]
+        return [
+            LoopNest(
+                outer, limit_loops(sums[0].limits), target, sums[0].function, Mode.ASSIGN, init=e0, comment=_comment(st)
+            )
+        ]
     ops.append(LoopNest(outer, [], target, e0, Mode.ASSIGN, reduce=Reduce.NONE, comment=_comment(st)))
     for s in sums:
         ops.append(LoopNest(outer, limit_loops(s.limits), target, s.function, Mode.ACCUMULATE))
@@ -240,8 +259,16 @@ def _comment(st: Statement) -> str:
     return f"{label}{st.name}" + (f"[{', '.join(map(str, st.indices))}]" if st.indices else "")
 
 
-def _match_gemm(out_name: str, out_idx: tuple, out_batched: bool, g: sympy.Expr, inner: list[Loop],
-                prog: Program, accumulate: bool, operand_lookup=None) -> Gemm | None:
+def _match_gemm(
+    out_name: str,
+    out_idx: tuple,
+    out_batched: bool,
+    g: sympy.Expr,
+    inner: list[Loop],
+    prog: Program,
+    accumulate: bool,
+    operand_lookup=None,
+) -> Gemm | None:
     """g == A[...] * B[...] with plain, full-range indices that split into (m, n, k) groups of one index each."""
     if not isinstance(g, sympy.Mul) or len(g.args) != 2:
         return None
@@ -254,8 +281,10 @@ def _match_gemm(out_name: str, out_idx: tuple, out_batched: bool, g: sympy.Expr,
     (na, ia, ba, sa), (nb, ib, bb, sb) = ops
     o_idx = ((BATCH,) if out_batched else ()) + tuple(out_idx)
     for lp in inner:
-        pos = [sa[list(ia).index(lp.var)] - 1 if lp.var in ia else None,
-               sb[list(ib).index(lp.var)] - 1 if lp.var in ib else None]
+        pos = [
+            sa[list(ia).index(lp.var)] - 1 if lp.var in ia else None,
+            sb[list(ib).index(lp.var)] - 1 if lp.var in ib else None,
+        ]
         if not any(p is not None and lp.hi == p for p in pos):
             return None
     if len(set(o_idx)) != len(o_idx) or not o_idx:  # a 0-d result (a dot product per batch) is a plain loop
@@ -301,8 +330,9 @@ def _operand(read, prog: Program):
 
 
 # -- backward ------------------------------------------------------------------------------------------------
-def _lower_contribution(c: Contribution, st: Statement, d: Derivation, written: set[str], loss_bar,
-                        gemm: bool = True) -> list:
+def _lower_contribution(
+    c: Contribution, st: Statement, d: Derivation, written: set[str], loss_bar, gemm: bool = True
+) -> list:
     prog = d.program
     arr = prog.arrays[c.target]
     expr = c.expr.xreplace({loss_bar: GSCALE})
@@ -312,8 +342,11 @@ def _lower_contribution(c: Contribution, st: Statement, d: Derivation, written: 
     t_idx = ((BATCH,) if arr.batched else ()) + tuple(c.index)
     plain = all(isinstance(i, Symbol) for i in t_idx) and len(set(t_idx)) == len(t_idx)
     loop_vars = [lp.var for lp in loops]
-    full = plain and all(i in loop_vars for i in t_idx) and all(
-        lp.lo == 0 and _full_hi(lp, arr, t_idx) for lp in loops if lp.var in t_idx)
+    full = (
+        plain
+        and all(i in loop_vars for i in t_idx)
+        and all(lp.lo == 0 and _full_hi(lp, arr, t_idx) for lp in loops if lp.var in t_idx)
+    )
     target_name = d.program.adjoint[c.target]
     first = target_name not in written
     ops: list = []
@@ -338,15 +371,34 @@ def _lower_contribution(c: Contribution, st: Statement, d: Derivation, written: 
             # a sum over the batch only (bias gradients): batch outermost keeps every read row-contiguous
             if first:
                 ops.append(Fill(target_name))
-            ops.append(LoopNest(r_loops + t_loops, [], target, expr, Mode.ACCUMULATE, reduce=Reduce.NONE,
-                                comment=f"d {st.name} / d {c.target}"))
+            ops.append(
+                LoopNest(
+                    r_loops + t_loops,
+                    [],
+                    target,
+                    expr,
+                    Mode.ACCUMULATE,
+                    reduce=Reduce.NONE,
+                    comment=f"d {st.name} / d {c.target}",
+                )
+            )
             return ops
         if movable:
-            ops.append(LoopNest(t_loops, r_loops, target, expr, mode, reduce=Reduce.SUM if r_loops else Reduce.NONE,
-                                comment=f"d {st.name} / d {c.target}"))
+            ops.append(
+                LoopNest(
+                    t_loops,
+                    r_loops,
+                    target,
+                    expr,
+                    mode,
+                    reduce=Reduce.SUM if r_loops else Reduce.NONE,
+                    comment=f"d {st.name} / d {c.target}",
+                )
+            )
             return ops
-    ops.append(LoopNest(loops, [], target, expr, Mode.ACCUMULATE, reduce=Reduce.NONE,
-                        comment=f"d {st.name} / d {c.target}"))
+    ops.append(
+        LoopNest(loops, [], target, expr, Mode.ACCUMULATE, reduce=Reduce.NONE, comment=f"d {st.name} / d {c.target}")
+    )
     return ops
 
 
@@ -382,8 +434,7 @@ def _match_gemm_adjoint(target: str, t_idx: tuple, expr: sympy.Expr, loops: list
     # the batch loop is always full; check the others against operand sizes
     out_batched = bool(t_idx) and t_idx[0] == BATCH
     out_idx = t_idx[1:] if out_batched else t_idx
-    return _match_gemm(target, out_idx, out_batched, expr, inner_check, prog, accumulate=False,
-                       operand_lookup=lookup)
+    return _match_gemm(target, out_idx, out_batched, expr, inner_check, prog, accumulate=False, operand_lookup=lookup)
 
 
 # -- numeric rewrites applied before printing (STYLE.md 10): the rules are rows' rewrites in lang.primitives ----

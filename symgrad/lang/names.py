@@ -20,11 +20,39 @@ import keyword
 from collections.abc import Iterable
 
 # Globals the generated kernels read (CPU and CUDA templates, printers, helpers).
-KERNEL_GLOBALS = frozenset({
-    "math", "np", "numba", "njit", "cuda", "config", "float32", "float64", "prange",
-    "range", "max", "min", "abs", "float", "int", "len", "bool", "tuple", "id", "print", "ValueError", "RuntimeError",
-    "sigmoid", "relu", "step", "softplus", "log_sigmoid", "heaviside", "sign",
-})
+KERNEL_GLOBALS = frozenset(
+    {
+        "math",
+        "np",
+        "numba",
+        "njit",
+        "cuda",
+        "config",
+        "float32",
+        "float64",
+        "prange",
+        "range",
+        "max",
+        "min",
+        "abs",
+        "float",
+        "int",
+        "len",
+        "bool",
+        "tuple",
+        "id",
+        "print",
+        "ValueError",
+        "RuntimeError",
+        "sigmoid",
+        "relu",
+        "step",
+        "softplus",
+        "log_sigmoid",
+        "heaviside",
+        "sign",
+    }
+)
 RESERVED = frozenset(keyword.kwlist) | KERNEL_GLOBALS
 
 

@@ -59,8 +59,15 @@ def _row(row: Primitive) -> Callable:
     return row.sympy
 
 
-def _function(name: str, nargs: int, derivative: Callable, latex: Callable, reference: Callable,
-              doc: str, real: bool | None = None) -> type[sympy.Function]:
+def _function(
+    name: str,
+    nargs: int,
+    derivative: Callable,
+    latex: Callable,
+    reference: Callable,
+    doc: str,
+    real: bool | None = None,
+) -> type[sympy.Function]:
     """A SymPy function class from a row's derivative (one partial per argument) and LaTeX."""
 
     def fdiff(self, argindex=1):
@@ -84,13 +91,28 @@ def _function(name: str, nargs: int, derivative: Callable, latex: Callable, refe
             value = reference(*[a._to_mpmath(prec) for a in args])
         return sympy.Float(value, precision=prec)
 
-    attrs = {"nargs": nargs, "fdiff": fdiff, "_latex": _latex, "_eval_is_real": _eval_is_real,
-             "_eval_evalf": _eval_evalf, "__doc__": doc, "__module__": __name__}
+    attrs = {
+        "nargs": nargs,
+        "fdiff": fdiff,
+        "_latex": _latex,
+        "_eval_is_real": _eval_is_real,
+        "_eval_evalf": _eval_evalf,
+        "__doc__": doc,
+        "__module__": __name__,
+    }
     return type(name, (sympy.Function,), attrs)
 
 
-def _define(name: str, nargs: int, derivative: Callable, latex: Callable, reference: Callable, doc: str,
-            real: bool | None = None, **row) -> type[sympy.Function]:
+def _define(
+    name: str,
+    nargs: int,
+    derivative: Callable,
+    latex: Callable,
+    reference: Callable,
+    doc: str,
+    real: bool | None = None,
+    **row,
+) -> type[sympy.Function]:
     cls = _function(name, nargs, derivative, latex, reference, doc, real)
     TABLE.append(Primitive(name, cls, nargs, reference, doc=doc, **row))
     return cls
@@ -179,67 +201,154 @@ _row(Primitive("abs", sympy.Abs, 1, abs, aliases=("Abs",), doc="abs'(0) = sign(0
 _row(Primitive("tanh", sympy.tanh, 1, mpmath.tanh, "math.tanh", "tanh", "math.tanh"))
 _row(Primitive("sin", sympy.sin, 1, mpmath.sin, "math.sin", None, "math.sin"))
 _row(Primitive("cos", sympy.cos, 1, mpmath.cos, "math.cos", None, "math.cos"))
-_row(Primitive("erf", sympy.erf, 1, mpmath.erf, "math.erf", None, "math.erf",
-               doc="exact GELU: x*(1 + erf(x/sqrt(2)))/2"))
+_row(
+    Primitive("erf", sympy.erf, 1, mpmath.erf, "math.erf", None, "math.erf", doc="exact GELU: x*(1 + erf(x/sqrt(2)))/2")
+)
 _row(Primitive("Max", sympy.Max, (2, None), max, test_args=("x", "y"), doc="printed as nested max(a, b)"))
 _row(Primitive("Min", sympy.Min, (2, None), min, test_args=("x", "y"), doc="printed as nested min(a, b)"))
 
 # -- introduced by derivatives only ------------------------------------------------------------------------------
-_row(Primitive("Heaviside", sympy.Heaviside, 1, lambda x: mpmath.mpf(1) if x > 0 else mpmath.mpf(0 if x < 0 else 0.5),
-               "heaviside", None, "heaviside", spec=False, doc="Max/Min's derivative; H(0) = 1/2"))
+_row(
+    Primitive(
+        "Heaviside",
+        sympy.Heaviside,
+        1,
+        lambda x: mpmath.mpf(1) if x > 0 else mpmath.mpf(0 if x < 0 else 0.5),
+        "heaviside",
+        None,
+        "heaviside",
+        spec=False,
+        doc="Max/Min's derivative; H(0) = 1/2",
+    )
+)
 _row(Primitive("sympy.sign", sympy.sign, 1, mpmath.sign, "sign", None, "sign", spec=False, doc="Abs's derivative"))
 
 step = _define(
-    "step", 1, lambda x: [sympy.S.Zero], lambda x: rf"\mathbb{{1}}\left[{x} > 0\right]",
-    lambda x: mpmath.mpf(1 if x > 0 else 0), "Indicator of x > 0: relu's derivative (the subgradient 0 at the kink).",
-    real=True, cpu="step", cuda="step", spec=False)
+    "step",
+    1,
+    lambda x: [sympy.S.Zero],
+    lambda x: rf"\mathbb{{1}}\left[{x} > 0\right]",
+    lambda x: mpmath.mpf(1 if x > 0 else 0),
+    "Indicator of x > 0: relu's derivative (the subgradient 0 at the kink).",
+    real=True,
+    cpu="step",
+    cuda="step",
+    spec=False,
+)
 
 digamma = _define(
-    "digamma", 1, lambda x: [sympy.polygamma(1, x)], lambda x: rf"\psi{_lr(x)}", mpmath.digamma,
-    "psi(x) = d/dx log|Gamma(x)|: lgamma's derivative.", cpu="digamma", cuda="digamma", spec=False,
-    test_args=("pos",))
+    "digamma",
+    1,
+    lambda x: [sympy.polygamma(1, x)],
+    lambda x: rf"\psi{_lr(x)}",
+    mpmath.digamma,
+    "psi(x) = d/dx log|Gamma(x)|: lgamma's derivative.",
+    cpu="digamma",
+    cuda="digamma",
+    spec=False,
+    test_args=("pos",),
+)
 
 # -- symgrad's functions: semantics, derivative and LaTeX written here -------------------------------------------
 sigmoid: type[sympy.Function] = _define(
-    "sigmoid", 1, lambda x: [sigmoid(x) * (1 - sigmoid(x))], lambda x: rf"\sigma{_lr(x)}",
+    "sigmoid",
+    1,
+    lambda x: [sigmoid(x) * (1 - sigmoid(x))],
+    lambda x: rf"\sigma{_lr(x)}",
     lambda x: 1 / (1 + mpmath.exp(-x)),
     "Logistic function. Its derivative is written with its own value, so backward reuses the stored forward.",
-    cpu="sigmoid", cpu32="sigmoid_w", cuda="sigmoid", rewrites=(_rw_sigmoid,))
+    cpu="sigmoid",
+    cpu32="sigmoid_w",
+    cuda="sigmoid",
+    rewrites=(_rw_sigmoid,),
+)
 
 relu = _define(
-    "relu", 1, lambda x: [step(x)], lambda x: rf"\operatorname{{relu}}{_lr(x)}", lambda x: max(x, mpmath.mpf(0)),
-    "max(x, 0); relu'(0) = 0.", cpu="relu", cuda="relu")
+    "relu",
+    1,
+    lambda x: [step(x)],
+    lambda x: rf"\operatorname{{relu}}{_lr(x)}",
+    lambda x: max(x, mpmath.mpf(0)),
+    "max(x, 0); relu'(0) = 0.",
+    cpu="relu",
+    cuda="relu",
+)
 
 softplus = _define(
-    "softplus", 1, lambda x: [sigmoid(x)], lambda x: rf"\operatorname{{softplus}}{_lr(x)}",
-    lambda x: mpmath.log1p(mpmath.exp(x)), "log(1 + e^x), printed in the stable form max(x, 0) + log1p(e^-|x|).",
-    cpu="softplus", cpu32="softplus_w", cuda="softplus", rewrites=(_rw_softplus,))
+    "softplus",
+    1,
+    lambda x: [sigmoid(x)],
+    lambda x: rf"\operatorname{{softplus}}{_lr(x)}",
+    lambda x: mpmath.log1p(mpmath.exp(x)),
+    "log(1 + e^x), printed in the stable form max(x, 0) + log1p(e^-|x|).",
+    cpu="softplus",
+    cpu32="softplus_w",
+    cuda="softplus",
+    rewrites=(_rw_softplus,),
+)
 
 log_sigmoid = _define(
-    "log_sigmoid", 1, lambda x: [sigmoid(-x)], lambda x: rf"\log\sigma{_lr(x)}",
+    "log_sigmoid",
+    1,
+    lambda x: [sigmoid(-x)],
+    lambda x: rf"\log\sigma{_lr(x)}",
     lambda x: -mpmath.log1p(mpmath.exp(-x)),
     "log σ(x) = -softplus(-x): finite for x = -1e4 where log(sigmoid(x)) is -inf.",
-    cpu="log_sigmoid", cpu32="log_sigmoid_w", cuda="log_sigmoid", rewrites=(_rw_log_sigmoid,))
+    cpu="log_sigmoid",
+    cpu32="log_sigmoid_w",
+    cuda="log_sigmoid",
+    rewrites=(_rw_log_sigmoid,),
+)
 
 log1p = _define(
-    "log1p", 1, lambda x: [1 / (1 + x)], lambda x: rf"\log\left(1 + {x}\right)", mpmath.log1p,
-    "log(1 + x), exact for tiny x.", cpu="math.log1p", cpu32="log1p", cuda="math.log1p", test_args=("pos",),
-    rewrites=(_rw_log1p,))
+    "log1p",
+    1,
+    lambda x: [1 / (1 + x)],
+    lambda x: rf"\log\left(1 + {x}\right)",
+    mpmath.log1p,
+    "log(1 + x), exact for tiny x.",
+    cpu="math.log1p",
+    cpu32="log1p",
+    cuda="math.log1p",
+    test_args=("pos",),
+    rewrites=(_rw_log1p,),
+)
 
 expm1 = _define(
-    "expm1", 1, lambda x: [sympy.exp(x)], lambda x: rf"\left(e^{{{x}}} - 1\right)", mpmath.expm1,
-    "e^x - 1, exact for tiny x.", cpu="math.expm1", cpu32="expm1", cuda="math.expm1",
-    rewrites=(_rw_expm1,))
+    "expm1",
+    1,
+    lambda x: [sympy.exp(x)],
+    lambda x: rf"\left(e^{{{x}}} - 1\right)",
+    mpmath.expm1,
+    "e^x - 1, exact for tiny x.",
+    cpu="math.expm1",
+    cpu32="expm1",
+    cuda="math.expm1",
+    rewrites=(_rw_expm1,),
+)
 
 lgamma = _define(
-    "lgamma", 1, lambda x: [digamma(x)], lambda x: rf"\log\Gamma{_lr(x)}",
+    "lgamma",
+    1,
+    lambda x: [digamma(x)],
+    lambda x: rf"\log\Gamma{_lr(x)}",
     lambda x: mpmath.log(abs(mpmath.gamma(x))),
     "log|Γ(x)| (Python's math.lgamma): negative binomial and Dirichlet likelihoods.",
-    cpu="math.lgamma", cuda="math.lgamma", test_args=("pos",))
+    cpu="math.lgamma",
+    cuda="math.lgamma",
+    test_args=("pos",),
+)
 
 sign = _define(
-    "sign", 1, lambda x: [sympy.S.Zero], lambda x: rf"\operatorname{{sign}}{_lr(x)}", mpmath.sign,
-    "-1, 0 or 1; its derivative is 0 everywhere (the subgradient at 0 included).", cpu="sign", cuda="sign")
+    "sign",
+    1,
+    lambda x: [sympy.S.Zero],
+    lambda x: rf"\operatorname{{sign}}{_lr(x)}",
+    mpmath.sign,
+    "-1, 0 or 1; its derivative is 0 everywhere (the subgradient at 0 included).",
+    cpu="sign",
+    cuda="sign",
+)
 
 
 def _clip_parts(x, lo, hi):
@@ -248,9 +357,16 @@ def _clip_parts(x, lo, hi):
 
 
 clip = _define(
-    "clip", 3, _clip_parts, lambda x, lo, hi: rf"\operatorname{{clip}}\left({x}, {lo}, {hi}\right)",
-    lambda x, lo, hi: min(max(x, lo), hi), "min(max(x, lo), hi), NumPy's clip.", cpu="clip", cuda="clip",
-    test_args=("x", "lo", "hi"))
+    "clip",
+    3,
+    _clip_parts,
+    lambda x, lo, hi: rf"\operatorname{{clip}}\left({x}, {lo}, {hi}\right)",
+    lambda x, lo, hi: min(max(x, lo), hi),
+    "min(max(x, lo), hi), NumPy's clip.",
+    cpu="clip",
+    cuda="clip",
+    test_args=("x", "lo", "hi"),
+)
 
 
 def where(cond, a, b):
@@ -258,8 +374,16 @@ def where(cond, a, b):
     return sympy.Piecewise((a, cond), (b, True))
 
 
-_row(Primitive("where", where, 3, lambda c, a, b: a if c else b, test_args=("cond", "x", "y"),
-               doc="a Piecewise: printed as a conditional expression on every backend"))
+_row(
+    Primitive(
+        "where",
+        where,
+        3,
+        lambda c, a, b: a if c else b,
+        test_args=("cond", "x", "y"),
+        doc="a Piecewise: printed as a conditional expression on every backend",
+    )
+)
 
 # Named constants. A spec's own dim, constant or array of the same name wins (`E` is a common dim name).
 CONSTANTS: dict[str, sympy.Expr] = {"pi": sympy.pi, "E": sympy.E}

@@ -140,8 +140,15 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     }
 
 
-def validate(ck: Mapping[str, Any], path: str | os.PathLike, meta: Mapping[str, Any], *, epochs: int,
-             steps_per_epoch: int, total_steps: int) -> None:
+def validate(
+    ck: Mapping[str, Any],
+    path: str | os.PathLike,
+    meta: Mapping[str, Any],
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    total_steps: int,
+) -> None:
     """Refuse a checkpoint this run cannot continue identically: another spec or settings, an impossible position."""
     where = f"checkpoint {os.fspath(path)}"
     for key, mine in meta.items():

@@ -57,14 +57,10 @@ def _digits(model: ModuleType, binarize: bool | None) -> tuple[dict[str, np.ndar
     inputs = _data_inputs(model)
     unknown = [n for n in inputs if n not in ("x", "y")]
     if "x" not in inputs or unknown:
-        raise DataError(
-            f"the digits data set provides inputs 'x' (and 'y'); the spec needs {', '.join(inputs)}"
-        )
+        raise DataError(f"the digits data set provides inputs 'x' (and 'y'); the spec needs {', '.join(inputs)}")
     x_shape = inputs["x"]
     if int(np.prod(x_shape)) != 64 or x_shape not in ((64,), (8, 8), (1, 8, 8)):
-        raise DataError(
-            f"digits images fit x of shape [64], [8, 8] or [1, 8, 8], the spec has {list(x_shape)}"
-        )
+        raise DataError(f"digits images fit x of shape [64], [8, 8] or [1, 8, 8], the spec has {list(x_shape)}")
     digits = load_digits()
     pixels = digits.data.astype(np.float64)
     labels = digits.target
@@ -81,9 +77,7 @@ def _digits(model: ModuleType, binarize: bool | None) -> tuple[dict[str, np.ndar
                 f"digits labels fit y of shape [10] (one-hot) or [] (the class), the spec has {list(y_shape)}"
             )
         x = (pixels > 7).astype(np.float64) if binarize else pixels / 16.0
-        idx_train, idx_test = train_test_split(
-            np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=0
-        )
+        idx_train, idx_test = train_test_split(np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=0)
         train = {"x": x[idx_train].reshape(-1, *x_shape), "y": y[idx_train]}
         test = {"x": x[idx_test].reshape(-1, *x_shape), "y": y[idx_test]}
         return train, test
@@ -278,6 +272,7 @@ def _load(source: str | os.PathLike, model: ModuleType, binarize: bool | None):
 
 def describe(train: dict[str, Any], test: dict[str, Any] | None) -> str:
     """One line for the CLI: sizes of the split."""
+
     def count(arrays: dict[str, Any] | None) -> int:
         first = next(iter(arrays.values()), None) if arrays else None
         return int(np.shape(first)[0]) if first is not None and np.ndim(first) else 0

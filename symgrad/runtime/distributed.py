@@ -210,8 +210,7 @@ def _ranks_str(ranks: list[int]) -> str:
 def _fingerprint(arrays: Mapping[str, np.ndarray]) -> tuple:
     # an ndarray is a buffer; numpy's stubs declare its __buffer__ for Python >= 3.12 only
     return tuple(
-        (name, arr.shape, str(arr.dtype),
-         zlib.crc32(memoryview(np.ascontiguousarray(arr)).cast("B")))  # type: ignore[arg-type]
+        (name, arr.shape, str(arr.dtype), zlib.crc32(memoryview(np.ascontiguousarray(arr)).cast("B")))  # type: ignore[arg-type]
         for name, arr in sorted(arrays.items())
     )
 
@@ -361,8 +360,9 @@ class DistributedTrainer(Trainer):
             if bad
             else "in the reduced gradient (every rank's share was finite: overflow in the sum)"
         )
-        exc = TrainingDiverged(diverged_message(step, self.step_count, f" {where}"), step=step,
-                               params=self.params_copy())
+        exc = TrainingDiverged(
+            diverged_message(step, self.step_count, f" {where}"), step=step, params=self.params_copy()
+        )
         exc.objectives = np.asarray(self.objective(np.asarray(done, np.float64), batch_size))
         exc.ranks = bad
         exc.where = f" {where}"

@@ -60,7 +60,7 @@ def flatten(params_layout, offsets, n_theta: int, params: dict, dtype=None) -> n
         if value.shape != tuple(shape):
             raise DataError(f"param {name!r} has shape {value.shape}, expected {tuple(shape)}")
         size = int(np.prod(shape)) if shape else 1
-        theta[off:off + size] = value.reshape(-1)
+        theta[off : off + size] = value.reshape(-1)
     return theta
 
 
@@ -68,7 +68,7 @@ def unflatten(params_layout, offsets, theta: np.ndarray) -> dict[str, np.ndarray
     out = {}
     for (name, shape), off in zip(params_layout, offsets, strict=True):
         size = int(np.prod(shape)) if shape else 1
-        out[name] = theta[off:off + size].reshape(shape)
+        out[name] = theta[off : off + size].reshape(shape)
     return out
 
 
@@ -124,9 +124,7 @@ def check_arrays(
             continue
         arr = np.asarray(data[name])
         if arr.dtype.kind not in "biuf":
-            raise DataError(
-                f"{what}[{name!r}] has non-numeric dtype {arr.dtype}; expected numbers of shape {expected}"
-            )
+            raise DataError(f"{what}[{name!r}] has non-numeric dtype {arr.dtype}; expected numbers of shape {expected}")
         if arr.ndim != len(lead) + len(shape) or arr.shape[len(lead) :] != shape:
             raise DataError(f"{what}[{name!r}] has shape {arr.shape}, expected {expected}")
         if leading is None:
@@ -148,8 +146,9 @@ def check_arrays(
 PLACEHOLDER = 0.5  # fills an input no requested output reads (finite, and no common singularity sits at 0.5)
 
 
-def batch_arrays(module, batch: dict | None, dtype, rng: np.random.Generator | None = None,
-                 required: set[str] | None = None) -> tuple:
+def batch_arrays(
+    module, batch: dict | None, dtype, rng: np.random.Generator | None = None, required: set[str] | None = None
+) -> tuple:
     """Check a batch against the spec's inputs (`check_arrays`) and return the kernel's positional arrays in
     theta's dtype. An input outside `required` (None: all) may be missing; it is filled with a placeholder the
     results never read, so `forward` needs no labels."""

@@ -44,9 +44,7 @@ def _split_schedule(schedule: Any, const_names: list[str]) -> tuple[Callable | N
     if callable(schedule):
         return schedule, {}
     if not isinstance(schedule, Mapping):
-        raise UsageError(
-            "schedule must be a callable step -> value or a dict of them keyed by 'lr' or constant names"
-        )
+        raise UsageError("schedule must be a callable step -> value or a dict of them keyed by 'lr' or constant names")
     lr = schedule.get("lr")
     consts: dict[str, Callable] = {}
     for key, sched in schedule.items():
@@ -56,9 +54,7 @@ def _split_schedule(schedule: Any, const_names: list[str]) -> tuple[Callable | N
             continue
         if key not in const_names:
             known = ", ".join(const_names) or "none"
-            raise UsageError(
-                f"schedule: {key!r} is neither 'lr' nor a constant of the spec (constants: {known})"
-            )
+            raise UsageError(f"schedule: {key!r} is neither 'lr' nor a constant of the spec (constants: {known})")
         consts[key] = sched
     return lr, consts
 
@@ -98,9 +94,7 @@ class Trainer:
         except KeyError as exc:
             raise UsageError(f"params: missing parameter {exc}") from None
         if self.theta.shape != (model.N_THETA,):
-            raise UsageError(
-                f"params flatten to {self.theta.shape[0]} numbers, the model has {model.N_THETA}"
-            )
+            raise UsageError(f"params flatten to {self.theta.shape[0]} numbers, the model has {model.N_THETA}")
         self.grad = np.zeros_like(self.theta)
         self.opt_state = np.zeros((2, model.N_THETA), self.dtype)
         self.step_count = 0
@@ -162,9 +156,7 @@ class Trainer:
         """Batch objective from the kernel's loss sum: what `model.loss` would return for the batch."""
         return loss_sum if self.model.REDUCTION == "sum" else loss_sum / batch_size
 
-    def _inputs(
-        self, batches: dict[str, np.ndarray], n_steps: int, batch_size: int
-    ) -> tuple[np.ndarray, ...]:
+    def _inputs(self, batches: dict[str, np.ndarray], n_steps: int, batch_size: int) -> tuple[np.ndarray, ...]:
         """Positional kernel inputs in INPUTS order, drawing sampled inputs the batches do not supply."""
         args = []
         for name, shape, sample in self.model.INPUTS:
@@ -195,8 +187,9 @@ class Trainer:
         if n == 0:
             return np.zeros(0), 0
         with blas.limit(blas.threads_for(int(self.theta.size), batch_size)):
-            losses, done = _interruptible(self, lambda: self._train_epoch_call(t0, n, batch_size,
-                                                                               tuple(a[:n] for a in inputs)))
+            losses, done = _interruptible(
+                self, lambda: self._train_epoch_call(t0, n, batch_size, tuple(a[:n] for a in inputs))
+            )
         return np.asarray(losses[: int(done)], np.float64), int(done)
 
     def _run(self, batches: dict[str, np.ndarray], n_steps: int, batch_size: int) -> np.ndarray:
@@ -237,9 +230,7 @@ class Trainer:
             self.step_count = self._before_last[2]
         # else: the very first step (or the first after a restore) failed; theta is the starting point
 
-    def run_epoch(
-        self, batches: Mapping[str, Any] | None = None, *, n_steps: int | None = None
-    ) -> np.ndarray:
+    def run_epoch(self, batches: Mapping[str, Any] | None = None, *, n_steps: int | None = None) -> np.ndarray:
         """Run every batch in one compiled call; `batches[name]` has shape (n_batches, batch_size, ...).
 
         Returns the per-step batch objectives. A spec with no data inputs needs `n_steps=`.

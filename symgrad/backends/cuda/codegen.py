@@ -124,8 +124,18 @@ class CudaKernelWriter(KernelWriter):
         if name in self.batched:
             loops = [Loop(BATCH, sympy.Integer(0), B_SYM - 1)] + loops
         target = sympy.IndexedBase(name, real=True)[tuple(idx)] if shape else Symbol(name, real=True)
-        self.loopnest(LoopNest(loops, [], target, sympy.Float(op.value), Mode.ASSIGN, reduce=Reduce.NONE,
-                               comment=f"{name} = {op.value}"), out)
+        self.loopnest(
+            LoopNest(
+                loops,
+                [],
+                target,
+                sympy.Float(op.value),
+                Mode.ASSIGN,
+                reduce=Reduce.NONE,
+                comment=f"{name} = {op.value}",
+            ),
+            out,
+        )
 
     def _loopvars(self, op: LoopNest) -> dict:
         return self.loop_names(op.outer + op.inner)
@@ -146,8 +156,11 @@ class CudaKernelWriter(KernelWriter):
             if _extent_estimate(shared) <= SEQUENTIAL_LIMIT:
                 par = [lp for lp in par if lp not in shared]
                 t_vars = op.target.free_symbols if isinstance(op.target, Indexed) else set()
-                if reduce == Reduce.NONE and not any(lp.var in t_vars for lp in op.outer if lp not in par) \
-                        and not any(lp not in rect for lp in op.outer):
+                if (
+                    reduce == Reduce.NONE
+                    and not any(lp.var in t_vars for lp in op.outer if lp not in par)
+                    and not any(lp not in rect for lp in op.outer)
+                ):
                     inner = shared + inner  # target fixed per thread: accumulate in a register, write once
                     reduce = Reduce.SUM
         seq = [lp for lp in op.outer if lp not in par and lp not in inner]
@@ -242,12 +255,17 @@ def unsupported(prog: Program) -> tuple[str, int] | None:
     """Why this backend cannot build the program (message, spec line), or None: what `build --target all` skips."""
     if prog.recurrences:
         rec = prog.recurrences[0]
-        return (f"recurrence {rec.members[-1]} runs on the CPU backend only (the CUDA writer has no step loop yet); "
-                f"build it with --target cpu", prog.arrays[rec.members[-1]].line)
+        return (
+            f"recurrence {rec.members[-1]} runs on the CPU backend only (the CUDA writer has no step loop yet); "
+            f"build it with --target cpu",
+            prog.arrays[rec.members[-1]].line,
+        )
     batch_stat = next((st for st in prog.statements if isinstance(st.body, BatchSum)), None)
     if batch_stat is not None:
-        return ("batch statistics (batch_mean, batch_sum) run on the CPU backend only; build it with --target cpu",
-                batch_stat.line)
+        return (
+            "batch statistics (batch_mean, batch_sum) run on the CPU backend only; build it with --target cpu",
+            batch_stat.line,
+        )
     return None
 
 
@@ -273,18 +291,28 @@ def render_cuda_module(spec_path: str, display_path: str | None = None) -> str:
 
     deps = statement_inputs(prog)
     ctx = module_context(c, display_path, prog.spec.description)
-    ctx.update({
-        "consts": [{"name": n, "default": v} for n, (v, _) in prog.constants.items()],
-        "statements": [{"name": st.name, "user_shape": tuple(st.shape), "batched": st.batched,
-                        "inputs": deps[st.name], "dev_shape": dev_shape(tuple(st.shape), st.batched)}
-                       for st in prog.statements],
-        "adjoints": [{"name": b.name, "dev_shape": dev_shape(tuple(b.shape), b.batched)}
-                     for b in ir.adjoint_buffers],
-        "kernels": fw.kernels + bw.kernels,
-        "cuda_helpers": helper_imports("cuda"),  # the template's import line: every row's CUDA device form
-        "forward_lines": forward_lines,
-        "backward_lines": backward_lines,
-        "loss_index": [st.name for st in prog.statements].index(prog.loss_name),
-        "grad_names": [p["grad_name"] for p in ctx["params"]],
-    })
+    ctx.update(
+        {
+            "consts": [{"name": n, "default": v} for n, (v, _) in prog.constants.items()],
+            "statements": [
+                {
+                    "name": st.name,
+                    "user_shape": tuple(st.shape),
+                    "batched": st.batched,
+                    "inputs": deps[st.name],
+                    "dev_shape": dev_shape(tuple(st.shape), st.batched),
+                }
+                for st in prog.statements
+            ],
+            "adjoints": [
+                {"name": b.name, "dev_shape": dev_shape(tuple(b.shape), b.batched)} for b in ir.adjoint_buffers
+            ],
+            "kernels": fw.kernels + bw.kernels,
+            "cuda_helpers": helper_imports("cuda"),  # the template's import line: every row's CUDA device form
+            "forward_lines": forward_lines,
+            "backward_lines": backward_lines,
+            "loss_index": [st.name for st in prog.statements].index(prog.loss_name),
+            "grad_names": [p["grad_name"] for p in ctx["params"]],
+        }
+    )
     return render_template("cuda", ctx, spec_path)

@@ -63,8 +63,15 @@ class CudaSession:
     `run(lrs, consts_steps, inputs_d | index)` runs n steps; `pull()` copies theta and state back to the host.
     """
 
-    def __init__(self, module_cuda: ModuleType, theta: np.ndarray, state: np.ndarray, kind: int,
-                 hyper: np.ndarray, clip_norm: float = 0.0):
+    def __init__(
+        self,
+        module_cuda: ModuleType,
+        theta: np.ndarray,
+        state: np.ndarray,
+        kind: int,
+        hyper: np.ndarray,
+        clip_norm: float = 0.0,
+    ):
         from numba import cuda
 
         require_cuda()
@@ -86,8 +93,20 @@ class CudaSession:
         n = int(len(lrs))
         lrs_d = self.cuda.to_device(np.asarray(lrs, np.float64))
         consts_d = self.cuda.to_device(np.asarray(consts_steps, np.float64).reshape(n, -1))
-        out = self.m._train_steps_dev(self.theta_d, self.grad_d, self.state_d, self.kind, self.hyper_d, self.t,
-                                      lrs_d, consts_d, self.clip_norm, float(gscale), n, *inputs_d)
+        out = self.m._train_steps_dev(
+            self.theta_d,
+            self.grad_d,
+            self.state_d,
+            self.kind,
+            self.hyper_d,
+            self.t,
+            lrs_d,
+            consts_d,
+            self.clip_norm,
+            float(gscale),
+            n,
+            *inputs_d,
+        )
         self.t += n
         return out
 
@@ -97,8 +116,8 @@ class CudaSession:
         losses_d, status_d = self.run_async(lrs, consts_steps, gscale, inputs_d)
         n_done = int(status_d.copy_to_host()[0])
         self.t = t_before + n_done
-        losses = losses_d.copy_to_host()[:len(lrs)].copy()
-        losses[n_done + 1:] = 0.0
+        losses = losses_d.copy_to_host()[: len(lrs)].copy()
+        losses[n_done + 1 :] = 0.0
         return losses, n_done
 
     def pull(self) -> tuple[np.ndarray, np.ndarray]:

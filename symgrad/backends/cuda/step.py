@@ -197,8 +197,21 @@ def _update_k(theta, g, state, kind, lrs, hyper, t0, i, clip_norm, losses, sq, s
             state[0, j] = v
             theta[j] = th
         else:
-            th, m, v = _adam(1.0 * theta[j], 1.0 * g[j], 1.0 * state[0, j], 1.0 * state[1, j], step, inv_c2, b1, b2,
-                             1.0 - b1, 1.0 - b2, hyper[3], stepmath.TINY, 0.0)
+            th, m, v = _adam(
+                1.0 * theta[j],
+                1.0 * g[j],
+                1.0 * state[0, j],
+                1.0 * state[1, j],
+                step,
+                inv_c2,
+                b1,
+                b2,
+                1.0 - b1,
+                1.0 - b2,
+                hyper[3],
+                stepmath.TINY,
+                0.0,
+            )
             state[0, j] = m
             state[1, j] = v
             theta[j] = th
