@@ -33,6 +33,9 @@ METHOD = [
     "have nothing to cache, their figure is just a second start).",
     "- 'other load' = CPU time used by processes other than the worker while it ran, as a share of "
     "the machine (from /proc/stat minus the worker's own CPU time).",
+    "- Peak RSS = the worker process's maximum resident set (`getrusage` ru_maxrss) at its end: the "
+    "framework, the workload's data (the whole epoch of batches), the model, optimizer state and "
+    "compilation; median over rounds.",
 ]
 
 
@@ -169,14 +172,15 @@ def render(wids, peers, results, refs, peak, info, rounds, budget, command, elap
             f"batch {w.batch}, {w.dtype}, {n_steps} steps per epoch, Adam lr 1e-3.",
             "",
             f"| peer | steps/s | min-max | vs {REF_PEER} | fwd us/step | bwd+update us/step | import s "
-            "| first step, cold s | first step, warm cache s | other load | quietest round steps/s (load) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| first step, cold s | first step, warm cache s | peak RSS MB | other load "
+            "| quietest round steps/s (load) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for p in peers:
             runs = results[(wid, p)]
             ok = _ok(runs)
             if not ok:
-                out.append(f"| {p} | {_why(runs)} | | | | | | | | | |")
+                out.append(f"| {p} | {_why(runs)} | | | | | | | | | | |")
                 continue
             s = _sps(runs)
             med = statistics.median(s)
@@ -186,10 +190,12 @@ def render(wids, peers, results, refs, peak, info, rounds, budget, command, elap
             imp = statistics.median(r["import_s"] for r in ok)
             cold = [r["first_step_s"] for r in ok if r["round"] == 0]
             warm = [r["first_step_s"] for r in ok if r["round"] > 0]
+            rss = [r["peak_rss_mb"] for r in ok if "peak_rss_mb" in r]
             out.append(
                 f"| {p} | {_fmt_rate(med)} | {_fmt_rate(min(s))}-{_fmt_rate(max(s))} | {ratio} | {fwd:,.0f} "
                 f"| {bwd:,.0f} | {imp:.2f} | {f'{cold[0]:.2f}' if cold else '-'} "
-                f"| {f'{statistics.median(warm):.2f}' if warm else '-'} | {_load(ok)} | {_quiet(ok)} |"
+                f"| {f'{statistics.median(warm):.2f}' if warm else '-'} "
+                f"| {f'{statistics.median(rss):,.0f}' if rss else '-'} | {_load(ok)} | {_quiet(ok)} |"
             )
         out.append("")
 

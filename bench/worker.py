@@ -12,6 +12,7 @@ T0 = time.perf_counter()
 
 import importlib  # noqa: E402
 import json  # noqa: E402
+import resource  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
@@ -70,6 +71,8 @@ def run(peer: str, wid: str, npz: str, budget_s: float, min_epochs: int) -> dict
         "fwd_s": fwd_s,
         "n_train_epochs": len(train),
         "n_fwd_epochs": len(fwd),
+        # the process's peak resident set (Linux reports KiB): data, framework, model and training state
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
