@@ -26,6 +26,9 @@ import numpy as np
 from hypothesis import strategies as st
 
 LOSS_RTOL = 1e-9
+# a loss that cancels to rounding noise (the mean of softmax(a) - softmax(b) is 0) has no relative precision: two
+# correct evaluations differ by a few 1e-17 (fz0dee5e382e: 1.4e-17 against 2.8e-17, "rel 0.5")
+LOSS_ATOL = 1e-13
 GRAD_RTOL = 1e-5
 FD_EPS = 1e-6
 F32_RTOL = 2e-3
@@ -646,7 +649,7 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
         source = Path(module.__spec_path__).read_text(encoding="utf-8")
         if re.search(r"/([A-Za-z_]\w*(?:\[[^\]]*\])?)\*\1(?![\w\[])", source):
             suffix += ":recip-square-print"
-        for adj in re.findall(r"^\s+(\w+_bar) = np\.empty", source, re.M):  # allocated, never written
+        for adj in re.findall(r"^\s+(\w+_bar) = (?:np\.empty|_w\[)", source, re.M):  # allocated, never written
             if not re.search(rf"\b{adj}\[[^\]]*\] \+?=|, {adj}\)|\b{adj} \+= ", source):
                 suffix += ":unwritten-adjoint"
                 break
@@ -677,7 +680,7 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
             text,
         )
     err = max(rel_error(gen, ref), rel_error(gen_only, ref))
-    if err > LOSS_RTOL:
+    if err > LOSS_RTOL and max(abs(gen - ref), abs(gen_only - ref)) > LOSS_ATOL:
         from symgrad.checks.gradcheck import generated_statements
 
         bad = ""
@@ -733,7 +736,10 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
 
                 rich = (4 * central(1e-3) - central(2e-3)) / 3  # error O(h**4); rounding 1e-16/h
                 noise = abs(rich - (16 * central(5e-4) - central(1e-3)) / 15)
-                e = max(abs(rich - an) - 10 * noise, 0.0) / max(abs(rich), abs(an), 1e-300)
+                # the differences' own rounding: ulp(loss) / h, which two estimates can happen to share (a
+                # saturated tanh's 1e-8 derivative of a loss of 65, fz9870a22ea1: exact to 5e-9, FD off by 1e-3)
+                rounding = 8 * np.finfo(np.float64).eps * max(abs(ref), 1.0) / 5e-4
+                e = max(abs(rich - an) - 10 * noise - rounding, 0.0) / max(abs(rich), abs(an), 1e-300)
             if e > worst[0]:
                 worst = (e, name)
     if worst[0] > GRAD_RTOL:
