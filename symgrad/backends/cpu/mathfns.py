@@ -127,7 +127,7 @@ def exp32(x):
     x = _F(x)
     x = x if x > _F(-87.33654) else _F(-87.33654)
     x = x if x < _F(88.0) else _F(88.0)
-    k = _F(math.floor(x * _F(1.44269504) + _F(0.5)))
+    k = np.floor(x * _F(1.44269504) + _F(0.5))  # a float floor (vectorises; math.floor goes through int64)
     r = x - k * _F(0.693359375) + k * _F(2.12194440e-4)
     p = _F(1.9875691500e-4)
     p = p * r + _F(1.3981999507e-3)
