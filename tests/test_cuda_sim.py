@@ -193,10 +193,10 @@ def test_forward_matches_cpu(tmp_path_factory):
 
 
 @device_only
-@pytest.mark.parametrize("clip", [0.0, 0.5])
-@pytest.mark.parametrize("kind", [0, 1, 2, 3])
+@pytest.mark.parametrize(("kind", "clip"), [(0, 0.5), (1, 0.5), (2, 0.5), (3, 0.5), (3, 0.0)])
 def test_every_optimizer_kind_clipping_and_divergence(kind, clip, tmp_path_factory):
-    """Three steps of each optimizer, clipping off and on, on linreg; then a poisoned batch stops the device loop."""
+    """Three steps of each optimizer with clipping (and Adam without: the unclipped path is shared by every rule) on
+    linreg; then a poisoned batch stops the device loop."""
     spec = "specs/linreg.yaml"
     cpu, gpu = _modules(spec, tmp_path_factory.mktemp("cuda"))
     rng = np.random.default_rng(kind)
