@@ -34,14 +34,14 @@ def _offset(per_sample: int, fixed: int) -> str:
     return " + ".join(terms) or "0"
 
 
-def workspace(buffers: list[dict]) -> tuple[int, int]:
-    """Give each buffer its slot in one flat workspace (`ws`: the slice text, `alloc_shape`: its shape) and return
-    the workspace's size as (per sample, fixed): `_B * per + fixed` elements.
+def workspace(buffers: list[dict], start: tuple[int, int] = (0, 0)) -> tuple[int, int]:
+    """Give each buffer its slot in one flat workspace (`ws`: the slice text, `alloc_shape`: its shape), the first at
+    `start`, and return where the last one ends as (per sample, fixed): `_B * per + fixed` elements.
 
     Why: the training loop allocates the workspace once per `_train_epoch` call and every step reuses it; fresh
     arrays per step cost page faults (W3: 187 -> 230 steps/s when the allocator stopped returning memory).
     """
-    per = fixed = 0
+    per, fixed = start
     for b in buffers:
         size = 1
         for d in b["user_shape"] if b["batched"] else b["shape"]:
@@ -93,8 +93,8 @@ def render(spec_path: str, display_path: str | None = None) -> str:
         {"name": b.name, "shape": b.shape or (1,), "user_shape": tuple(b.shape), "batched": b.batched}
         for b in ir.adjoint_buffers
     ]
-    ws_forward = workspace(statements)
-    ws_all = workspace(statements + adjoints)
+    ws_forward = workspace(statements)  # the forward pass's part comes first: _loss_grad hands it on whole
+    ws_all = workspace(adjoints, start=ws_forward)
     ctx.update(
         {
             "consts": [
