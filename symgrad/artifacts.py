@@ -19,6 +19,7 @@ _COMPILER = ("lang", "frontend", "ir", "backends")
 _RUNTIME_ONLY = {
     "backends/cpu/mathfns.py",
     "backends/cpu/jitcache.py",
+    "backends/cpu/blasload.py",
     "backends/cuda/mathfns.py",
     "backends/cuda/device.py",
     "backends/cuda/step.py",

@@ -649,7 +649,8 @@ def run_case(text: str, seed: int = 0, f32: bool = True, workdir: str | None = N
         source = Path(module.__spec_path__).read_text(encoding="utf-8")
         if re.search(r"/([A-Za-z_]\w*(?:\[[^\]]*\])?)\*\1(?![\w\[])", source):
             suffix += ":recip-square-print"
-        for adj in re.findall(r"^\s+(\w+_bar) = (?:np\.empty|_w\[)", source, re.M):  # allocated, never written
+        # allocated (a workspace slot), never written
+        for adj in re.findall(r"^\s+(\w+_bar) = (?:np\.empty|_w\[|_mf\.slot\(_w,)", source, re.M):
             if not re.search(rf"\b{adj}\[[^\]]*\] \+?=|, {adj}\)|\b{adj} \+= ", source):
                 suffix += ":unwritten-adjoint"
                 break

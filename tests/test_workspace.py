@@ -56,5 +56,6 @@ def test_train_epoch_allocates_the_workspace_once():
     """The epoch kernel's text makes one workspace and passes it to every step's `_loss_grad`."""
     src = Path(symgrad.load(ROOT / "specs/vae.yaml").__file__).read_text()
     body = src.split("def _train_epoch", 1)[1].split("\ndef ", 1)[0]
-    assert body.count("np.empty(") == 1 and ", _ws)" in body
-    assert "np.empty((" not in src.split("def _loss_grad", 1)[1].split("\ndef ", 1)[0]
+    assert body.count("_mf.scratch(") == 1 and ", _ws)" in body
+    lg = src.split("def _loss_grad", 1)[1].split("\ndef ", 1)[0]
+    assert "np.empty(" not in lg and lg.count("_mf.scratch(") == 1  # only when the caller passes no workspace

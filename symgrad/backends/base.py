@@ -347,9 +347,9 @@ class KernelWriter:
         if op.comment:
             out.add(f"# {op.comment}: one BLAS call")
         if op.accumulate:
-            out.add(f"{op.out} += np.dot({a}, {b})")
+            out.add(f"_mf.gemm_acc({a}, {b}, {op.out})")
         else:
-            out.add(f"np.dot({a}, {b}, {op.out})")
+            out.add(f"_mf.gemm({a}, {b}, {op.out})")
 
     def loopnest(self, group, out: _Lines) -> None:
         """One loop nest, or several fused ones sharing their outer loops (one pass over the data)."""

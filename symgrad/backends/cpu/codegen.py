@@ -35,8 +35,8 @@ def _offset(per_sample: int, fixed: int) -> str:
 
 
 def workspace(buffers: list[dict], start: tuple[int, int] = (0, 0)) -> tuple[int, int]:
-    """Give each buffer its slot in one flat workspace (`ws`: the slice text, `alloc_shape`: its shape), the first at
-    `start`, and return where the last one ends as (per sample, fixed): `_B * per + fixed` elements.
+    """Give each buffer its slot in one flat workspace (`ws`: its offset as text, `alloc_shape`: its shape), the first
+    at `start`, and return where the last one ends as (per sample, fixed): `_B * per + fixed` elements.
 
     Why: the training loop allocates the workspace once per `_train_epoch` call and every step reuses it; fresh
     arrays per step cost page faults (W3: 187 -> 230 steps/s when the allocator stopped returning memory).
@@ -46,16 +46,13 @@ def workspace(buffers: list[dict], start: tuple[int, int] = (0, 0)) -> tuple[int
         size = 1
         for d in b["user_shape"] if b["batched"] else b["shape"]:
             size *= int(d)
-        lo = (per, fixed)
+        b["ws"] = _offset(per, fixed)
         if b["batched"]:
             per += _ceil(size)
-            hi = (lo[0] + size, lo[1])
             b["alloc_shape"] = "(_B, " + ", ".join(str(d) for d in b["user_shape"]) + ")"
         else:
             fixed += _ceil(size)
-            hi = (lo[0], lo[1] + size)
             b["alloc_shape"] = str(tuple(b["shape"]))
-        b["ws"] = f"{_offset(*lo)}:{_offset(*hi)}"
     return per, fixed
 
 
@@ -78,6 +75,7 @@ def render(spec_path: str, display_path: str | None = None) -> str:
     for p in ctx["params"]:
         p["in_forward"] = p["name"] in fwd_names
         p["in_backward"] = p["name"] in bwd_names
+        p["in_backward_only"] = p["in_backward"] and not p["in_forward"]  # _loss_grad has the forward's views
     deps = statement_inputs(prog)
     statements = [
         {
@@ -98,7 +96,14 @@ def render(spec_path: str, display_path: str | None = None) -> str:
     ctx.update(
         {
             "consts": [
-                {"name": n, "index": k, "default": v, "in_forward": n in fwd_names, "in_backward": n in bwd_names}
+                {
+                    "name": n,
+                    "index": k,
+                    "default": v,
+                    "in_forward": n in fwd_names,
+                    "in_backward": n in bwd_names,
+                    "in_backward_only": n in bwd_names and n not in fwd_names,
+                }
                 for k, (n, (v, _)) in enumerate(prog.constants.items())
             ],
             "statements": statements,

@@ -39,6 +39,9 @@ def install() -> None:
     if _INSTALLED:
         return
     _INSTALLED.append(True)
+    from symgrad.backends.cpu import blasload
+
+    blasload.preload()  # also before any kernel: Numba's first compile or cache load imports SciPy's BLAS
     from numba.core import caching, config
 
     base = getattr(caching, "UserProvidedCacheLocator", None)

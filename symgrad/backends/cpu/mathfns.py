@@ -1,29 +1,135 @@
-"""Scalar primitives in their numerically stable forms, compiled by Numba and called from generated kernels.
+"""Run-time helpers of generated CPU kernels: scalar primitives in their numerically stable forms, and the array
+plumbing (views, BLAS products, scratch) every kernel uses.
 
-Each is finite for |x| up to 1e4 (and beyond): no exp of a large positive number is ever taken.
+Each scalar primitive is finite for |x| up to 1e4 (and beyond): no exp of a large positive number is ever taken.
+
+Why everything a kernel calls is a small `@njit(cache=True)` function here and not inline code or an IR-inlined
+(`inline="always"`) function: Numba types and compiles a called dispatcher once per signature and keeps it in its
+on-disk cache, while inline code and IR inlining are typed again at every call site of every new spec. The scalar
+primitives carry `forceinline=True`, an LLVM attribute: LLVM still inlines and vectorises them (float32 tanh, exp
+and log in a loop), at no typing cost. Measured on the benchmark's VAE (W4, float32): 11.8 s -> 4.6 s from a new
+spec to its first step, 7,720 steps/s either way.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
+from numba.core import cgutils
 from numba.core.errors import NumbaIRAssumptionWarning
-from numba.extending import intrinsic, overload
+from numba.core.imputils import impl_ret_borrowed
+from numba.extending import intrinsic, lower_builtin, overload, type_callable
+from numba.np.arrayobj import make_array, make_view
 
 from symgrad.backends.cpu import jitcache
 
 jitcache.install()  # before the decorators below: their .nbc cache goes to the user cache, not the package
 
-# Inlining the float32 overloads trips a pedantic SSA self-check in Numba ("variable ... is not in scope"); the
-# code is correct (every float32 path is tested against float64), so that one message is not shown to users.
+# Numba's SSA self-check can flag the float32 branches ("variable ... is not in scope"); the code is correct
+# (every float32 path is tested against float64), so that one message is not shown to users.
 warnings.filterwarnings("ignore", message=r".*is not in scope", category=NumbaIRAssumptionWarning)
 
+_SCALAR: dict[str, Any] = {"cache": True, "error_model": "numpy", "forceinline": True}
+_ARRAY: dict[str, Any] = {"cache": True, "nogil": True, "error_model": "numpy", "forceinline": True}
 
-@njit(cache=True, inline="always")
+
+# -- array plumbing: compiled once per signature (a handful per dtype) and cached, whatever the spec ------------
+
+
+def slot(flat, lo, shape):
+    """flat[lo:lo + prod(shape)] seen as a C-contiguous array of `shape`, no copy: a parameter, its gradient, or a
+    workspace slot (the renderer lays them out, so every slot lies inside its buffer).
+
+    In a kernel this is a Numba builtin (typing and lowering below), not a jitted function: it costs no compilation
+    per call site or per new spec (a dispatcher called from a kernel is compiled again for the literal offsets and
+    shapes of each), and the kernel's own optimisation sees the shape's constants, as it did with
+    `flat[lo:hi].reshape(shape)`. Called from Python (NUMBA_DISABLE_JIT, tests) it is exactly that expression.
+    """
+    size = 1
+    for d in shape:
+        size *= d
+    return flat[lo : lo + size].reshape(shape)
+
+
+@type_callable(slot)
+def _slot_type(context):
+    def typer(flat, lo, shape):
+        if not (isinstance(flat, types.Array) and flat.ndim == 1 and flat.layout == "C"):
+            return None
+        if not isinstance(lo, types.Integer) or not isinstance(shape, types.BaseTuple):
+            return None
+        if not all(isinstance(t, types.Integer) for t in shape.types):
+            return None
+        return types.Array(flat.dtype, len(shape.types), "C")
+
+    return typer
+
+
+@lower_builtin(slot, types.Array, types.Integer, types.BaseTuple)
+def _slot_lower(context, builder, sig, args):
+    aryty, loty, shapety = sig.args
+    ary = make_array(aryty)(context, builder, args[0])
+    start = context.cast(builder, args[1], loty, types.intp)
+    dims = [context.cast(builder, builder.extract_value(args[2], k), t, types.intp) for k, t in enumerate(shapety)]
+    steps = []
+    step = ary.itemsize
+    for d in reversed(dims):
+        steps.append(step)
+        step = builder.mul(step, d)
+    steps.reverse()
+    intp = context.get_value_type(types.intp)
+    view = make_view(
+        context,
+        builder,
+        aryty,
+        ary,
+        sig.return_type,
+        builder.gep(ary.data, [start]),
+        cgutils.pack_array(builder, dims, ty=intp),
+        cgutils.pack_array(builder, steps, ty=intp),
+    )
+    return impl_ret_borrowed(context, builder, sig.return_type, view._getvalue())
+
+
+def scratch(n, like):
+    """An uninitialised workspace of n elements of `like`'s dtype (every kernel writes a slot before reading it)."""
+    return np.empty(n, dtype=like.dtype)
+
+
+# An overload (plain argument types first): `n` is a literal in specs without inputs, and a jitted function would
+# be compiled once per such size.
+overload(scratch, jit_options=_ARRAY)(lambda n, like: scratch)  # type: ignore[arg-type]
+
+
+@njit(**_ARRAY)
+def zeros(n):
+    return np.zeros(n)
+
+
+@njit(**_ARRAY)
+def total(a):
+    """The sum of a per-sample array (the batch's objective)."""
+    return a.sum()
+
+
+@njit(**_ARRAY)
+def gemm(a, b, out):
+    """out <- a @ b, one BLAS call (operands may be transposed views)."""
+    np.dot(a, b, out)
+
+
+@njit(**_ARRAY)
+def gemm_acc(a, b, out):
+    """out += a @ b (a product adding into an adjoint that another term already wrote)."""
+    out += np.dot(a, b)
+
+
+@njit(**_SCALAR)
 def sigmoid(x):
     if x >= 0:
         return 1.0 / (1.0 + math.exp(-x))
@@ -31,27 +137,27 @@ def sigmoid(x):
     return e / (1.0 + e)
 
 
-@njit(cache=True, inline="always")
+@njit(**_SCALAR)
 def softplus(x):
     return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
-@njit(cache=True, inline="always")
+@njit(**_SCALAR)
 def log_sigmoid(x):
     return min(x, 0.0) - math.log1p(math.exp(-abs(x)))
 
 
-@njit(cache=True, inline="always")
+@njit(**_SCALAR)
 def relu(x):
     return x if x > 0 else 0.0 * x
 
 
-@njit(cache=True, inline="always")
+@njit(**_SCALAR)
 def step(x):
     return 1.0 if x > 0 else 0.0
 
 
-@njit(cache=True, inline="always")
+@njit(**_SCALAR)
 def heaviside(x):
     """SymPy's Heaviside, H(0) = 1/2: what the derivative of Max/Min gives at a tie."""
     if x > 0:
@@ -61,7 +167,7 @@ def heaviside(x):
     return 0.5
 
 
-@njit(cache=True, inline="always")
+@njit(**_SCALAR)
 def sign(x):
     if x > 0:
         return 1.0
@@ -70,7 +176,7 @@ def sign(x):
     return 0.0
 
 
-@njit(cache=True, inline="always")
+@njit(**_SCALAR)
 def clip(x, lo, hi):
     return min(max(x, lo), hi)
 
@@ -122,7 +228,7 @@ def _bits_from_f32(typingctx, x):
 _F = np.float32
 
 
-@njit(cache=True, inline="always")
+@njit(**_SCALAR)
 def exp32(x):
     x = _F(x)
     x = x if x > _F(-87.33654) else _F(-87.33654)
@@ -139,7 +245,7 @@ def exp32(x):
     return y * _f32_from_bits(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
 
 
-@njit(cache=True, inline="always")
+@njit(**_SCALAR)
 def tanh32(x):
     x = _F(x)
     x = x if x > _F(-7.90531110763549805) else _F(-7.90531110763549805)
@@ -160,7 +266,7 @@ def tanh32(x):
     return p / q
 
 
-@njit(cache=True, inline="always")
+@njit(**_SCALAR)
 def log32(x):
     x = _F(x)
     bits = _bits_from_f32(x)
@@ -187,7 +293,7 @@ def log32(x):
     return r
 
 
-@njit(cache=True, inline="always")
+@njit(**_SCALAR)
 def log1p32(x):
     x = _F(x)
     u = _F(1.0) + x
@@ -196,7 +302,7 @@ def log1p32(x):
     return x if d == _F(0.0) else log32(u) * (x / d)
 
 
-@njit(cache=True, inline="always")
+@njit(**_SCALAR)
 def expm1_32(x):
     x = _F(x)
     u = exp32(x)
@@ -208,19 +314,19 @@ def expm1_32(x):
     return _F(-1.0) if d == _F(-1.0) else d * (x / log32(u))
 
 
-@njit(cache=True, inline="always")
+@njit(**_SCALAR)
 def sigmoid32(x):
     e = exp32(-abs(_F(x)))
     s = _F(1.0) / (_F(1.0) + e)
     return s if x >= 0 else e * s
 
 
-@njit(cache=True, inline="always")
+@njit(**_SCALAR)
 def softplus32(x):
     return (_F(x) if x > 0 else _F(0.0)) + log1p32(exp32(-abs(_F(x))))
 
 
-@njit(cache=True, inline="always")
+@njit(**_SCALAR)
 def log_sigmoid32(x):
     return (_F(x) if x < 0 else _F(0.0)) - log1p32(exp32(-abs(_F(x))))
 
@@ -257,7 +363,7 @@ def _dtype_aware(name: str, f64, f32):
             return lambda x, w: f32(x)
         return lambda x, w: f64(x)
 
-    overload(stub, jit_options={"cache": True}, inline="always")(impl)  # type: ignore[typeddict-unknown-key]
+    overload(stub, jit_options=_SCALAR)(impl)  # type: ignore[arg-type]  # numba's stub omits cache
     return stub
 
 
