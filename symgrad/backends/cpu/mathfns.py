@@ -117,16 +117,161 @@ def total(a):
     return a.sum()
 
 
+# -- products: Numba's own BLAS entry point, called with beta 0 (out <- a @ b) or 1 (out += a @ b) ---------------
+#
+# Why not `np.dot(a, b, out)` and `out += np.dot(a, b)`: the accumulating form allocates a temporary each step and
+# adds it in a second pass over `out`, and Numba's np.dot lowering carries its gemv/dot special cases, typed and
+# compiled for every layout (0.6 s of W4's first-ever start went to `gemm_acc` alone). `numba_xxgemm` is the C
+# helper np.dot itself ends in (it calls SciPy's cython_blas ?gemm): the same BLAS, one call, beta as asked.
+# A transposed operand is passed as its C-contiguous base and a flag, so the checked core below is compiled once
+# per dtype; only the three-line layout wrappers are typed per layout.
+
+_F_INT_MAX = 2**31 - 1  # SciPy's BLAS takes C ints
+
+
+def _c_float_matrix(t) -> bool:
+    return isinstance(t, types.Array) and t.ndim == 2 and t.layout == "C" and t.dtype in (types.float32, types.float64)
+
+
+@intrinsic
+def _xgemm(typingctx, a, ta, b, tb, out, m, n, k, beta):
+    """One ?gemm call: out <- op(a) @ op(b) + beta * out, where op(x) is x.T when its flag is set; a, b and out are
+    C-contiguous matrices of one float dtype and m, n, k the (checked, non-zero) sizes of the product."""
+    from numba.np.linalg import ensure_blas, get_blas_kind
+
+    if not all(_c_float_matrix(t) for t in (a, b, out)) or not a.dtype == b.dtype == out.dtype:
+        return None
+    ensure_blas()  # SciPy's BLAS, found as np.dot finds it (a clear ImportError without SciPy)
+    sig = types.none(a, ta, b, tb, out, m, n, k, beta)
+
+    def codegen(context, builder, signature, args):
+        dtype = a.dtype
+        char = ir.IntType(8)
+        intp = context.get_value_type(types.intp)
+        voidp = ir.IntType(8).as_pointer()
+        fnty = ir.FunctionType(
+            ir.IntType(32),
+            [char, char, char, intp, intp, intp, voidp, voidp, intp, voidp, intp, voidp, voidp, intp],
+        )
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "numba_xxgemm")
+        xa, xb, xo = (make_array(t)(context, builder, args[i]) for t, i in ((a, 0), (b, 2), (out, 4)))
+        flag_a, flag_b = (context.cast(builder, args[i], signature.args[i], types.boolean) for i in (1, 3))
+        sm, sn, sk = (context.cast(builder, args[i], signature.args[i], types.intp) for i in (5, 6, 7))
+        alpha = cgutils.alloca_once_value(builder, context.get_constant(dtype, 1.0))
+        beta_p = cgutils.alloca_once_value(builder, context.cast(builder, args[8], signature.args[8], dtype))
+        n_char, t_char = ir.Constant(char, ord("n")), ir.Constant(char, ord("t"))
+
+        def lead(ary):  # a C matrix's rows are its leading dimension, transposed or not
+            return cgutils.unpack_tuple(builder, ary.shape)[1]
+
+        # Column-major BLAS sees row-major C = A @ B as C^T = B^T @ A^T: b goes first, m and n swap.
+        res = builder.call(
+            fn,
+            (
+                ir.Constant(char, ord(get_blas_kind(dtype))),
+                builder.select(flag_b, t_char, n_char),
+                builder.select(flag_a, t_char, n_char),
+                sn, sm, sk,
+                builder.bitcast(alpha, voidp),
+                builder.bitcast(xb.data, voidp), lead(xb),
+                builder.bitcast(xa.data, voidp), lead(xa),
+                builder.bitcast(beta_p, voidp),
+                builder.bitcast(xo.data, voidp), lead(xo),
+            ),
+        )  # fmt: skip
+        with builder.if_then(cgutils.is_not_null(builder, res), likely=False):
+            pyapi = context.get_python_api(builder)
+            pyapi.gil_ensure()
+            pyapi.fatal_error("BLAS wrapper returned with an error")  # what np.dot does: it cannot happen
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(**_ARRAY)
+def _gemm_c(a, ta, b, tb, out, beta):
+    """out <- op(a) @ op(b) + beta * out (beta 0 or 1) for C-contiguous a, b, out: shapes checked, empty cases done
+    without BLAS (k == 0 is a product of zeros)."""
+    m, k = (a.shape[1], a.shape[0]) if ta else (a.shape[0], a.shape[1])
+    k2, n = (b.shape[1], b.shape[0]) if tb else (b.shape[0], b.shape[1])
+    if k != k2 or out.shape[0] != m or out.shape[1] != n:
+        raise ValueError("gemm: incompatible shapes")
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        if beta == 0:
+            out[...] = 0
+        return
+    if max(m, n, k) > _F_INT_MAX:
+        raise ValueError("gemm: a dimension is too large for BLAS")
+    _xgemm(a, ta, b, tb, out, m, n, k, beta)
+
+
+def _product(a, b, out, beta):
+    """out <- a @ b + beta * out (beta 0 or 1); Python's own form (NUMBA_DISABLE_JIT, tests)."""
+    if a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1]):
+        raise ValueError("gemm: incompatible shapes")
+    if beta:
+        out += a @ b
+    else:
+        out[...] = a @ b
+
+
+def _operand(x):
+    """In a kernel: x as a C-contiguous matrix and whether it stands transposed (an F matrix is the transpose of
+    its C base; a strided view is copied)."""
+    return x, False
+
+
+@intrinsic
+def _stands_transposed(typingctx, x):
+    """x's layout is F, as a plain (not literal) boolean: `_gemm_c` is then compiled once, not once per flag."""
+    return types.boolean(x), lambda context, builder, sig, args: context.get_constant(types.boolean, x.layout == "F")
+
+
+def _operand_impl(x):
+    if x.layout == "C":
+        return lambda x: (x, _stands_transposed(x))
+    if x.layout == "F":
+        return lambda x: (x.T, _stands_transposed(x))
+    return lambda x: (np.ascontiguousarray(x), _stands_transposed(x))
+
+
+def _product_impl(a, b, out, beta):
+    if _c_float_matrix(out) and a.dtype == b.dtype == out.dtype:
+
+        def blas(a, b, out, beta):
+            ca, ta = _operand(a)
+            cb, tb = _operand(b)
+            _gemm_c(ca, ta, cb, tb, out, beta)
+
+        return blas
+
+    def generic(a, b, out, beta):  # an output that is a strided view, other dtypes: NumPy's semantics
+        if a.shape[1] != b.shape[0] or out.shape[0] != a.shape[0] or out.shape[1] != b.shape[1]:
+            raise ValueError("gemm: incompatible shapes")
+        if beta:
+            out += np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b))
+        else:
+            out[...] = np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b))
+
+    return generic
+
+
+overload(_operand, jit_options=_ARRAY)(_operand_impl)  # type: ignore[arg-type]
+overload(_product, jit_options=_ARRAY)(_product_impl)  # type: ignore[arg-type]
+
+
 @njit(**_ARRAY)
 def gemm(a, b, out):
     """out <- a @ b, one BLAS call (operands may be transposed views)."""
-    np.dot(a, b, out)
+    _product(a, b, out, 0.0)
 
 
 @njit(**_ARRAY)
 def gemm_acc(a, b, out):
-    """out += a @ b (a product adding into an adjoint that another term already wrote)."""
-    out += np.dot(a, b)
+    """out += a @ b in the same single call (a product adding into an adjoint that another term already wrote)."""
+    _product(a, b, out, 1.0)
 
 
 @njit(**_SCALAR)
