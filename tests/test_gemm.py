@@ -5,13 +5,19 @@ called for."""
 
 from __future__ import annotations
 
+import ast
 import itertools
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 
 from symgrad.backends.cpu import mathfns as mf
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SHAPES = [(3, 4, 5), (1, 7, 1), (64, 1, 9), (1, 1, 1), (17, 33, 2)]
 
@@ -77,14 +83,57 @@ def test_shape_mismatch_is_an_error_not_a_wild_write():
 
 
 @pytest.mark.skipif(os.environ.get("NUMBA_DISABLE_JIT") == "1", reason="nothing is compiled")
-def test_checked_core_is_compiled_once_per_dtype():
+def test_checked_core_is_compiled_once_per_dtype(tmp_path):
     """Transposed operands reach the BLAS core as their C base and a plain boolean flag: one compilation per
-    dtype, not one per layout or per literal flag (each costs ~0.15 s on a machine's first start)."""
-    for dtype in (np.float64, np.float32):
-        for ta, tb in itertools.product((False, True), repeat=2):
-            a, b = _operands(np.random.default_rng(0), 3, 4, 5, ta, tb, dtype)
-            mf.gemm(a, b, np.zeros((3, 5), dtype))
-            mf.gemm_acc(a, b, np.zeros((3, 5), dtype))
-    sigs = mf._gemm_c.signatures
+    dtype, not one per layout or per literal flag (each costs ~0.15 s on a machine's first start). Run with empty
+    caches in a fresh process: a product loaded from Numba's cache lists no compiled signatures."""
+    code = textwrap.dedent(
+        """
+        import itertools
+        import numpy as np
+        from symgrad.backends.cpu import mathfns as mf
+        for dtype in (np.float64, np.float32):
+            for ta, tb in itertools.product((False, True), repeat=2):
+                a = np.ones((4, 3) if ta else (3, 4), dtype)
+                b = np.ones((5, 4) if tb else (4, 5), dtype)
+                out = np.zeros((3, 5), dtype)
+                mf.gemm(a.T if ta else a, b.T if tb else b, out)
+                mf.gemm_acc(a.T if ta else a, b.T if tb else b, out)
+                assert (out == 8).all()
+            mf.gemm(np.ones(4, dtype), np.ones((5, 4), dtype).T, np.zeros(5, dtype))
+        print(repr([str(s) for s in mf._gemm_c.signatures]))
+        """
+    )
+    env = dict(os.environ, SYMGRAD_CACHE=str(tmp_path / "s"), NUMBA_CACHE_DIR=str(tmp_path / "n"))
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    sigs = ast.literal_eval(p.stdout.strip().splitlines()[-1])
     assert len(sigs) == 2, sigs
-    assert all("Literal" not in str(s) for s in sigs), sigs
+    assert all("Literal" not in s for s in sigs), sigs
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_vector_products(dtype):
+    """`w @ x.T` (a weight vector against a batch) and `A @ v` reach the same BLAS core as (1, k) and (k, 1)
+    matrices; a strided vector is copied first."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal(6).astype(dtype)
+    x = rng.standard_normal((5, 6)).astype(dtype)
+    atol, rtol = _tol(dtype, 6)
+    for b in (x.T, np.ascontiguousarray(x.T)):  # F and C
+        out = np.full(5, 2.0, dtype)
+        mf.gemm(w, b, out)
+        np.testing.assert_allclose(out, w.astype(np.float64) @ b, rtol=rtol, atol=atol)
+        mf.gemm_acc(w, b, out)
+        np.testing.assert_allclose(out, 2 * (w.astype(np.float64) @ b), rtol=rtol, atol=atol)
+    for a in (x, np.asfortranarray(x)):
+        out = np.zeros(5, dtype)
+        mf.gemm(a, w, out)
+        np.testing.assert_allclose(out, x.astype(np.float64) @ w, rtol=rtol, atol=atol)
+    strided = rng.standard_normal(12).astype(dtype)[::2]
+    out = np.zeros(5, dtype)
+    mf.gemm(x, strided, out)
+    np.testing.assert_allclose(out, x.astype(np.float64) @ strided, rtol=rtol, atol=atol)
+    with pytest.raises(ValueError, match="incompatible"):
+        mf.gemm(x, w, np.zeros(4, dtype))

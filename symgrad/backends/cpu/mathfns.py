@@ -209,12 +209,16 @@ def _gemm_c(a, ta, b, tb, out, beta):
 
 def _product(a, b, out, beta):
     """out <- a @ b + beta * out (beta 0 or 1); Python's own form (NUMBA_DISABLE_JIT, tests)."""
-    if a.shape[1] != b.shape[0] or out.shape != (a.shape[0], b.shape[1]):
+    try:
+        res = a @ b
+    except ValueError as e:
+        raise ValueError("gemm: incompatible shapes") from e
+    if res.shape != out.shape:
         raise ValueError("gemm: incompatible shapes")
     if beta:
-        out += a @ b
+        out += res
     else:
-        out[...] = a @ b
+        out[...] = res
 
 
 def _operand(x):
@@ -237,27 +241,89 @@ def _operand_impl(x):
     return lambda x: (np.ascontiguousarray(x), _stands_transposed(x))
 
 
+def _row(x):
+    """In a kernel: a vector left of a product as a (1, n) matrix, a matrix as itself."""
+    return x
+
+
+def _col(x):
+    """In a kernel: a vector right of a product as an (n, 1) matrix, a matrix as itself."""
+    return x
+
+
+def _vector_as(row: bool):
+    def impl(x):
+        if x.ndim == 2:
+            return lambda x: x
+        if row:
+            if x.layout == "C":
+                return lambda x: x.reshape((1, x.shape[0]))
+            return lambda x: np.ascontiguousarray(x).reshape((1, x.shape[0]))
+        if x.layout == "C":
+            return lambda x: x.reshape((x.shape[0], 1))
+        return lambda x: np.ascontiguousarray(x).reshape((x.shape[0], 1))
+
+    return impl
+
+
+def _out_matrix(out, m, n):
+    """In a kernel: the product's output seen as the (m, n) matrix BLAS writes (a vector output has m or n == 1)."""
+    return out
+
+
+def _out_matrix_impl(out, m, n):
+    if out.ndim == 2:
+        return lambda out, m, n: out
+
+    def impl(out, m, n):
+        if out.shape[0] != m * n:
+            raise ValueError("gemm: incompatible shapes")
+        return out.reshape((m, n))
+
+    return impl
+
+
+def _blas_product(a, b, out) -> bool:
+    """Typing-time: the (matrix or vector) product a @ b -> out goes to BLAS (not vector . vector, which has no
+    array output, and not a strided output or mixed dtypes, which take NumPy's path)."""
+    arrays = (a, b, out)
+    if not all(isinstance(t, types.Array) for t in arrays) or a.ndim not in (1, 2) or b.ndim not in (1, 2):
+        return False
+    return (
+        out.ndim == a.ndim + b.ndim - 2 >= 1
+        and out.layout == "C"
+        and a.dtype == b.dtype == out.dtype
+        and a.dtype in (types.float32, types.float64)
+    )
+
+
 def _product_impl(a, b, out, beta):
-    if _c_float_matrix(out) and a.dtype == b.dtype == out.dtype:
+    if _blas_product(a, b, out):
 
         def blas(a, b, out, beta):
-            ca, ta = _operand(a)
-            cb, tb = _operand(b)
-            _gemm_c(ca, ta, cb, tb, out, beta)
+            ca, ta = _operand(_row(a))
+            cb, tb = _operand(_col(b))
+            m = ca.shape[1] if ta else ca.shape[0]
+            n = cb.shape[0] if tb else cb.shape[1]
+            _gemm_c(ca, ta, cb, tb, _out_matrix(out, m, n), beta)
 
         return blas
 
-    def generic(a, b, out, beta):  # an output that is a strided view, other dtypes: NumPy's semantics
-        if a.shape[1] != b.shape[0] or out.shape[0] != a.shape[0] or out.shape[1] != b.shape[1]:
+    def generic(a, b, out, beta):  # a strided output, other dtypes: NumPy's semantics
+        res = np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b))
+        if res.shape != out.shape:
             raise ValueError("gemm: incompatible shapes")
         if beta:
-            out += np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b))
+            out += res
         else:
-            out[...] = np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b))
+            out[...] = res
 
     return generic
 
 
+overload(_row, jit_options=_ARRAY)(_vector_as(row=True))  # type: ignore[arg-type]
+overload(_col, jit_options=_ARRAY)(_vector_as(row=False))  # type: ignore[arg-type]
+overload(_out_matrix, jit_options=_ARRAY)(_out_matrix_impl)  # type: ignore[arg-type]
 overload(_operand, jit_options=_ARRAY)(_operand_impl)  # type: ignore[arg-type]
 overload(_product, jit_options=_ARRAY)(_product_impl)  # type: ignore[arg-type]
 
