@@ -207,18 +207,24 @@ def _gemm_c(a, ta, b, tb, out, beta):
     _xgemm(a, ta, b, tb, out, m, n, k, beta)
 
 
-def _product(a, b, out, beta):
-    """out <- a @ b + beta * out (beta 0 or 1); Python's own form (NUMBA_DISABLE_JIT, tests)."""
-    try:
-        res = a @ b
-    except ValueError as e:
-        raise ValueError("gemm: incompatible shapes") from e
+@njit(**_ARRAY)
+def _store(res, out, beta):
+    """out <- res + beta * out (beta 0 or 1) for a product computed outside BLAS's output."""
     if res.shape != out.shape:
         raise ValueError("gemm: incompatible shapes")
     if beta:
         out += res
     else:
         out[...] = res
+
+
+def _product(a, b, out, beta):
+    """out <- a @ b + beta * out (beta 0 or 1); Python's own form (NUMBA_DISABLE_JIT, tests)."""
+    try:
+        res = a @ b
+    except ValueError as e:
+        raise ValueError("gemm: incompatible shapes") from e
+    _store(res, out, beta)
 
 
 def _operand(x):
@@ -310,13 +316,7 @@ def _product_impl(a, b, out, beta):
         return blas
 
     def generic(a, b, out, beta):  # a strided output, other dtypes: NumPy's semantics
-        res = np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b))
-        if res.shape != out.shape:
-            raise ValueError("gemm: incompatible shapes")
-        if beta:
-            out += res
-        else:
-            out[...] = res
+        _store(np.dot(np.ascontiguousarray(a), np.ascontiguousarray(b)), out, beta)
 
     return generic
 
