@@ -258,15 +258,12 @@ def _col(x):
 
 
 def _vector_as(row: bool):
+    # np.ascontiguousarray returns a C vector itself (no copy) and copies a strided one
     def impl(x):
         if x.ndim == 2:
             return lambda x: x
         if row:
-            if x.layout == "C":
-                return lambda x: x.reshape((1, x.shape[0]))
             return lambda x: np.ascontiguousarray(x).reshape((1, x.shape[0]))
-        if x.layout == "C":
-            return lambda x: x.reshape((x.shape[0], 1))
         return lambda x: np.ascontiguousarray(x).reshape((x.shape[0], 1))
 
     return impl
