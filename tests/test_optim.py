@@ -139,3 +139,16 @@ def test_clipping_bounds_the_step_norm():
     assert np.linalg.norm(step) == pytest.approx(0.5, rel=1e-12)
     # same direction as the unclipped step
     np.testing.assert_allclose(step / 0.5, (free.theta - before) / np.linalg.norm(free.theta - before))
+
+
+def test_update_kernels_state_numpys_error_model():
+    """Unset, Numba's error model is inherited from whichever caller compiles a kernel first and that variant is
+    cached: Adam then ran scalar (Python's model checks every division) when called from Python, 3.5x slower."""
+    from numba.core.registry import CPUDispatcher
+
+    from symgrad.runtime import optim
+
+    kernels = [v for v in vars(optim).values() if isinstance(v, CPUDispatcher)]
+    assert len(kernels) >= 10
+    for k in kernels:
+        assert k.targetoptions.get("error_model") == "numpy", k.__name__
