@@ -23,7 +23,7 @@ import numpy as np
 
 from symgrad.errors import TrainingDiverged, UsageError
 from symgrad.lang import sampling
-from symgrad.runtime import blas
+from symgrad.runtime import blas, warmup
 from symgrad.runtime.optim import Optimizer, as_optimizer
 from symgrad.runtime.support import check_arrays
 
@@ -89,6 +89,10 @@ class Trainer:
         if params is None:
             params = model.init_params(seed)
         self.dtype = _params_dtype(params)
+        if getattr(model, "TARGET", "cpu") == "cpu":
+            warmup.start(
+                self.dtype.name, model
+            )  # a first run on this machine: symgrad's kernels compile on the other core
         try:
             self.theta = np.ascontiguousarray(model.flatten(dict(params), self.dtype))
         except KeyError as exc:

@@ -37,6 +37,14 @@ def package_digest() -> str:
     return _DIGEST[0]
 
 
+def entries_root() -> Path:
+    """Where symgrad's Numba entries are: `NUMBA_CACHE_DIR` when the user set it, else `cache_root()`."""
+    from numba.core import config
+
+    given = getattr(config, "CACHE_DIR", "")
+    return Path(given) if given else cache_root()
+
+
 def cache_root() -> Path:
     from symgrad.artifacts import cache_dir
 
@@ -78,8 +86,7 @@ def install() -> None:
         def __init__(self, py_func, py_file):
             self._py_file = py_file
             self._lineno = py_func.__code__.co_firstlineno
-            root = Path(config.CACHE_DIR) if config.CACHE_DIR else cache_root()
-            self._cache_path = str(root / self.get_suitable_cache_subpath(py_file))
+            self._cache_path = str(entries_root() / self.get_suitable_cache_subpath(py_file))
 
         def get_source_stamp(self):
             return super().get_source_stamp(), package_digest()
