@@ -89,10 +89,6 @@ class Trainer:
         if params is None:
             params = model.init_params(seed)
         self.dtype = _params_dtype(params)
-        if getattr(model, "TARGET", "cpu") == "cpu":
-            warmup.start(
-                self.dtype.name, model
-            )  # a first run on this machine: symgrad's kernels compile on the other core
         try:
             self.theta = np.ascontiguousarray(model.flatten(dict(params), self.dtype))
         except KeyError as exc:
@@ -101,6 +97,8 @@ class Trainer:
             raise UsageError(f"params flatten to {self.theta.shape[0]} numbers, the model has {model.N_THETA}")
         self.grad = np.zeros_like(self.theta)
         self.opt_state = np.zeros((2, model.N_THETA), self.dtype)
+        if getattr(model, "TARGET", "cpu") == "cpu":  # params are valid: a first run starts compiling on core 2
+            warmup.start(self.dtype.name, model)
         self.step_count = 0
         self._before_last: tuple | None = None  # (theta, opt_state, step) before the last step of the last call
         self.seed = seed

@@ -168,15 +168,21 @@ def _caller(stub):
 
 def _main(argv: list[str]) -> int:
     dtype, lock, first = argv[0], Path(argv[1]), argv[2:]
+    status = "ok"
     try:
-        os.nice(5)  # behind the user's own work when the machine is busy
+        if hasattr(os, "nice"):
+            os.nice(5)  # behind the user's own work when the machine is busy
         compile_runtime(dtype, first)
+    except Exception as exc:  # noqa: BLE001  (a worker that fails costs time only; say so in the marker)
+        status = f"failed: {type(exc).__name__}: {exc}".splitlines()[0][:200]
+    try:
         from symgrad.artifacts import write_atomic
 
-        write_atomic(_marker(dtype), f"{time.time():.0f}\n")
-        return 0
+        # written on failure too: the same symgrad and Numba would fail the same way, so no run retries it
+        write_atomic(_marker(dtype), f"{time.time():.0f} {status}\n")
     finally:
         lock.unlink(missing_ok=True)
+    return 0 if status == "ok" else 1
 
 
 if __name__ == "__main__":
