@@ -9,9 +9,9 @@ meet in the middle instead of compiling the same functions side by side. The fir
 has cached when it gets there and compiles the rest itself: nothing waits on the worker, and its failure costs
 only time.
 
-Numba writes each cache entry to a temporary file and renames it, so a race costs at most a function compiled
-twice. A marker file (named by symgrad's source digest, Numba's version and the dtype) says a machine is warm; a
-lock file keeps concurrent trainings (MPI ranks, parallel jobs) to one worker. `SYMGRAD_WARMUP=0` turns it off.
+Numba writes each cache entry to a temporary file and renames it, but its index update is not locked (see
+`_wanted`): hence opt-in for now, `SYMGRAD_WARMUP=1`. A marker file (named by symgrad's source digest, Numba's
+version and the dtype) says a machine is warm; a lock file keeps concurrent trainings to one worker.
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ def _marker(dtype: str) -> Path:
 
 
 def _wanted(dtype: str) -> bool:
-    if dtype not in _DTYPES or os.environ.get("SYMGRAD_WARMUP", "1") == "0":
+    # Opt-in (SYMGRAD_WARMUP=1) until symgrad serialises its Numba cache writes: Numba's index save picks the next
+    # free data file without a lock, so two processes saving different signatures of one kernel at once can leave
+    # an index entry pointing at the other signature's code (numba/numba#10128).
+    if dtype not in _DTYPES or os.environ.get("SYMGRAD_WARMUP", "0") != "1":
         return False
     if os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"):
         return False
