@@ -44,10 +44,17 @@ def _run(spec: Path, cache: Path, digest: str) -> tuple[int, int]:
     return int(hits), int(misses)
 
 
-def test_package_digest_is_stable_and_covers_the_sources():
-    d = jitcache.package_digest()
-    assert len(d) == 64 and d == jitcache.package_digest()
-    assert (Path(jitcache._PACKAGE) / "runtime" / "optim.py").is_file()  # the files it hashes are symgrad's own
+def test_the_digest_changes_with_any_source_file(tmp_path):
+    tree = tmp_path / "pkg"
+    (tree / "runtime").mkdir(parents=True)
+    (tree / "runtime" / "optim.py").write_text("x = 1\n")
+    (tree / "notes.txt").write_text("not source")
+    before = jitcache.tree_digest(tree)
+    (tree / "notes.txt").write_text("edited")  # not a source file: same digest
+    assert jitcache.tree_digest(tree) == before
+    (tree / "runtime" / "optim.py").write_text("x = 2\n")
+    assert jitcache.tree_digest(tree) != before
+    assert jitcache.package_digest() == jitcache.tree_digest(Path(jitcache._PACKAGE))  # symgrad's own sources
 
 
 @pytest.mark.slow

@@ -43,7 +43,10 @@ def _wanted(dtype: str) -> bool:
     # an index entry pointing at the other signature's code (numba/numba#10128).
     if dtype not in _DTYPES or os.environ.get("SYMGRAD_WARMUP", "0") != "1":
         return False
-    if os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"):
+    from numba.core import config
+
+    # numba's config (set at its import, from the environment, .numba_config.yaml or code) or the environment now
+    if config.DISABLE_JIT or os.environ.get("NUMBA_DISABLE_JIT", "0") not in ("", "0"):  # type: ignore[attr-defined]
         return False
     try:
         cores = len(os.sched_getaffinity(0))
@@ -59,10 +62,10 @@ def start(dtype: str, model: ModuleType | None = None) -> bool:
     if not _wanted(dtype):
         return False
     marker = _marker(dtype)
-    if marker.exists():
-        return False
     lock = marker.with_name(marker.name + ".lock")
     try:
+        if marker.exists():
+            return False
         lock.parent.mkdir(parents=True, exist_ok=True)
         if lock.exists() and time.time() - lock.stat().st_mtime > _STALE_LOCK_S:
             lock.unlink(missing_ok=True)

@@ -20,6 +20,14 @@ _INSTALLED: list[bool] = []
 _DIGEST: list[str] = []
 
 
+def tree_digest(root: Path) -> str:
+    """SHA-256 over the relative paths and bytes of every `.py` file below `root`, in sorted order."""
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def package_digest() -> str:
     """SHA-256 of every symgrad source file, part of each cache entry's stamp.
 
@@ -29,11 +37,7 @@ def package_digest() -> str:
     a vectorised Adam did not reach a cached W3 epoch). With it, any change to symgrad recompiles its kernels once.
     """
     if not _DIGEST:
-        h = hashlib.sha256()
-        root = Path(_PACKAGE)
-        for path in sorted(root.rglob("*.py")):
-            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-        _DIGEST.append(h.hexdigest())
+        _DIGEST.append(tree_digest(Path(_PACKAGE)))
     return _DIGEST[0]
 
 
