@@ -26,7 +26,7 @@ THREAD_ENV = {
 # OpenMP threads sleep instead of spinning at barriers: on a 2-core machine shared with other processes, spinning
 # threads that wait for a descheduled sibling made torch 10-30x slower (measured); passive costs a little when idle.
 THREAD_ENV["OMP_WAIT_POLICY"] = "PASSIVE"
-THREAD_ENV["SYMGRAD_WARMUP"] = "1"  # symgrad's opt-in background warm-up (symgrad/runtime/warmup.py) is measured on
+THREAD_ENV["SYMGRAD_WARMUP"] = "1"  # symgrad's background warm-up (its default) is measured on, whatever the shell says
 os.environ.update(THREAD_ENV)  # before numpy is imported: the BLAS peak below runs under the same limit
 
 if __package__ in (None, ""):  # `python bench/run.py`

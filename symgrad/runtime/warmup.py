@@ -9,14 +9,16 @@ meet in the middle instead of compiling the same functions side by side. The fir
 has cached when it gets there and compiles the rest itself: nothing waits on the worker, and its failure costs
 only time.
 
-Numba writes each cache entry to a temporary file and renames it, but its index update is not locked (see
-`_wanted`): hence opt-in for now, `SYMGRAD_WARMUP=1`. A marker file (named by symgrad's source digest, Numba's
-version and the dtype) says a machine is warm; a lock file keeps concurrent trainings to one worker.
+On by default; `SYMGRAD_WARMUP=0` turns it off. Two processes writing one Numba cache is safe because symgrad's
+cache locks its index updates and checks every entry it loads (`jitcache._guard_entries`): it was opt-in until
+that was so. A marker file (named by symgrad's source digest, Numba's and Python's versions, the CPU and the
+dtype) says a machine is warm; a lock file (holding the worker's PID) keeps concurrent trainings to one worker.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -27,6 +29,15 @@ from types import ModuleType
 _DTYPES = ("float32", "float64")
 _WORKERS: list[subprocess.Popen] = []
 _STALE_LOCK_S = 300.0  # a worker that has not finished in 5 minutes is gone; another may start
+_ROOT = str(Path(__file__).resolve().parents[2])  # the directory symgrad itself was imported from
+# The worker is started with `-c` (not `-m`, which puts the working directory first on sys.path, where a user's own
+# `symgrad/` or `numpy.py` would be imported instead) and imports symgrad from where this process did.
+_LAUNCH = (
+    "import sys; sys.path[:] = [sys.argv[1]] + [p for p in sys.path if p]; "
+    "from symgrad.runtime.warmup import _main; sys.exit(_main(sys.argv[2:]))"
+)
+# Set by the MPI launchers (Open MPI, MPICH/Intel MPI, Slurm): ranks already use the cores a worker would take.
+_WORLD_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
 
 
 def _marker(dtype: str) -> Path:
@@ -34,15 +45,26 @@ def _marker(dtype: str) -> Path:
 
     from symgrad.backends.cpu import jitcache
 
-    return jitcache.entries_root() / f"warm-{jitcache.package_digest()[:16]}-numba{numba.__version__}-{dtype}"
+    return (
+        jitcache.entries_root() / f"warm-{jitcache.package_digest()[:16]}-{_machine()}-numba{numba.__version__}-{dtype}"
+    )
+
+
+def _machine() -> str:
+    """What else Numba's entries depend on: Python's version and the CPU (a home directory shared by machines)."""
+    import hashlib
+
+    from llvmlite import binding
+
+    cpu = f"{sys.version_info[0]}.{sys.version_info[1]} {platform.machine()} {binding.get_host_cpu_name()} {_ROOT}"
+    return hashlib.sha256(cpu.encode()).hexdigest()[:8]
 
 
 def _wanted(dtype: str) -> bool:
-    # Opt-in (SYMGRAD_WARMUP=1) until symgrad serialises its Numba cache writes: Numba's index save picks the next
-    # free data file without a lock, so two processes saving different signatures of one kernel at once can leave
-    # an index entry pointing at the other signature's code (numba/numba#10128).
-    if dtype not in _DTYPES or os.environ.get("SYMGRAD_WARMUP", "0") != "1":
+    if dtype not in _DTYPES or os.environ.get("SYMGRAD_WARMUP", "1") == "0" or getattr(sys, "frozen", False):
         return False
+    if any(_int(os.environ.get(name)) > 1 for name in _WORLD_SIZE_VARS):
+        return False  # an MPI job: its ranks compile side by side already, on the cores a worker would take
     from numba.core import config
 
     # numba's config (set at its import, from the environment, .numba_config.yaml or code) or the environment now
@@ -53,6 +75,29 @@ def _wanted(dtype: str) -> bool:
     except AttributeError:  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
     return cores >= 2  # on one core the worker would only slow the first step down
+
+
+def _int(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
+
+
+def _stale(lock: Path) -> bool:
+    """A lock left by a worker that is gone: its PID is not running, or it is older than `_STALE_LOCK_S`."""
+    if time.time() - lock.stat().st_mtime > _STALE_LOCK_S:
+        return True
+    pid = _int(lock.read_text(encoding="ascii", errors="replace").strip())
+    if pid <= 0 or os.name == "nt":
+        return False  # just made, its PID not written yet (or no cheap check here): the age alone decides
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive, another user's
+        return False
+    return False
 
 
 def start(dtype: str, model: ModuleType | None = None) -> bool:
@@ -67,24 +112,29 @@ def start(dtype: str, model: ModuleType | None = None) -> bool:
         if marker.exists():
             return False
         lock.parent.mkdir(parents=True, exist_ok=True)
-        if lock.exists() and time.time() - lock.stat().st_mtime > _STALE_LOCK_S:
+        if lock.exists() and _stale(lock):
             lock.unlink(missing_ok=True)
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError:  # held by another worker, or the cache is not writable: nothing to do
         return False
-    os.close(fd)
     try:
+        # not in the terminal's process group: Ctrl-C stops training, not this
+        nt_group = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0) if os.name == "nt" else 0
         worker = subprocess.Popen(
-            [sys.executable, "-m", "symgrad.runtime.warmup", dtype, str(lock), *used_forms(model)],
+            [sys.executable, "-c", _LAUNCH, _ROOT, dtype, str(lock), *used_forms(model)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,  # not in the terminal's process group: Ctrl-C stops training, not this
             close_fds=True,
+            start_new_session=os.name != "nt",
+            creationflags=nt_group,
         )
+        os.write(fd, f"{worker.pid}\n".encode())
     except OSError:
+        os.close(fd)
         lock.unlink(missing_ok=True)
         return False
+    os.close(fd)
     _WORKERS.append(worker)
     return True
 
@@ -138,9 +188,10 @@ def compile_runtime(dtype: str, first: tuple[str, ...] | list[str] = ()) -> None
     def form(name: str) -> None:
         if name in _PLAIN:
             getattr(mf, name)(f(0.5))
-        elif f is np.float32:  # float64 kernels call math.* directly: nothing of symgrad's to compile
-            for x in xs:
-                mf.FAST32[name][1](x)  # the dtype-dispatch overload around it is one line, typed in ~0.02 s
+            return
+        call = _caller(getattr(mf, name))  # the dtype dispatch: its float64 or float32 form, by the witness
+        for x in xs:
+            call(x, theta)
 
     wanted = [name for name in first if name in _FORMS or name in _PLAIN]
     for name in wanted:

@@ -12,9 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 _GENERATED: set[str] = set()
+_OUR_DIRS: set[str] = set()  # cache directories symgrad's locator chose: only their entries are wrapped below
+_ENTRY = "symgrad-entry-1"  # the tag of a self-checking entry: (tag, index file, source stamp, key, payload)
 _PACKAGE = str(Path(__file__).resolve().parents[2])  # the symgrad package: its own cached kernels
 _INSTALLED: list[bool] = []
 _DIGEST: list[str] = []
@@ -91,6 +96,7 @@ def install() -> None:
             self._py_file = py_file
             self._lineno = py_func.__code__.co_firstlineno
             self._cache_path = str(entries_root() / self.get_suitable_cache_subpath(py_file))
+            _OUR_DIRS.add(self._cache_path)
 
         def get_source_stamp(self):
             return super().get_source_stamp(), package_digest()
@@ -102,3 +108,68 @@ def install() -> None:
             return super(base, cls).from_function(py_func, py_file)
 
     impl._locator_classes.insert(0, SymgradCacheLocator)
+    _guard_entries(getattr(caching, "IndexDataCacheFile", None))
+
+
+def _guard_entries(index_file: Any) -> None:
+    """Make symgrad's cache entries safe to share between processes.
+
+    Numba updates a function's index by load, pick the first free `.N.nbc`, save, with no lock, and loads an entry
+    without checking that the data is the one its key names (numba/numba#10128). Two processes saving different
+    signatures of one function at once (MPI ranks, parallel jobs, the warm-up worker) can lose an entry or leave
+    one pointing at another's code, which is then served as if it were right. Numba's key does not even tell
+    `math.exp(x)` from `math.expm1(x)` (same bytecode; the names differ only in co_names), only the index file
+    does. For symgrad's directories only: saves hold an exclusive lock on the directory's `.index.flock` (loads
+    a shared one), so no update is lost, and every entry stores its index file's name (the function: qualified
+    name and line), its source stamp (file and package digest) and its key, and is refused (compiled again)
+    unless all match what was asked for, so a wrong entry is never served, with or without the lock (Windows has
+    no flock: there the check alone stands).
+    """
+    if index_file is None or getattr(index_file, "_symgrad_guarded", False):  # pragma: no cover - other Numba
+        return
+    if not all(hasattr(index_file, a) for a in ("save", "load")):  # pragma: no cover
+        return
+    save, load = index_file.save, index_file.load
+
+    def guarded_save(self, key, data):
+        if self._cache_path not in _OUR_DIRS:
+            return save(self, key, data)
+        with _dir_lock(self._cache_path, exclusive=True):
+            return save(self, key, (*_entry_id(self), key, data))
+
+    def guarded_load(self, key):
+        if self._cache_path not in _OUR_DIRS:
+            return load(self, key)
+        with _dir_lock(self._cache_path, exclusive=False):
+            got = load(self, key)
+        if isinstance(got, tuple) and len(got) == 5 and got[:3] == _entry_id(self) and got[3] == key:
+            return got[4]
+        return None  # absent, written by another symgrad, or another key's data: compile again (and resave)
+
+    index_file.save, index_file.load = guarded_save, guarded_load
+    index_file._symgrad_guarded = True
+
+
+def _entry_id(cache_file: Any) -> tuple[str, str, Any]:
+    return _ENTRY, cache_file._index_name, cache_file._source_stamp
+
+
+@contextmanager
+def _dir_lock(directory: str, exclusive: bool) -> Iterator[None]:
+    """flock on `directory/.index.flock` (never through a link); no lock where there is none to take."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    try:
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(os.path.join(directory, ".index.flock"), flags, 0o644)
+    except OSError:  # no directory yet (nothing to load) or not writable: the entry check still stands
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)

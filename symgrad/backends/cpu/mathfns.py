@@ -552,28 +552,99 @@ FAST32 = {
     "log_sigmoid_w": (log_sigmoid, log_sigmoid32),
 }
 
+# What each overload compiles: module-level functions with no closure, one per form and dtype, each in its own
+# cache index. Why not one closure `lambda x, w: f(x)` made in a loop (as before): Numba keys a cached function by
+# its bytecode and the pickled contents of its closure cells, and a closed-over dispatcher pickles differently in
+# every process (it carries a random uuid). Every new spec's first compile then appended ~4 fresh entries to one
+# index shared by all sixteen forms (measured: 9 entries after three specs, growing without end), and two
+# processes appending at once could leave an entry pointing at another form's code (CI: expm1 computed exp).
+# Named functions have stable keys: a form is compiled once per machine, and no two forms share an index.
+
+
+def _exp_64(x, w):
+    return math.exp(x)
+
+
+def _exp_32(x, w):
+    return exp32(x)
+
+
+def _tanh_64(x, w):
+    return math.tanh(x)
+
+
+def _tanh_32(x, w):
+    return tanh32(x)
+
+
+def _log_64(x, w):
+    return math.log(x)
+
+
+def _log_32(x, w):
+    return log32(x)
+
+
+def _log1p_64(x, w):
+    return math.log1p(x)
+
+
+def _log1p_32(x, w):
+    return log1p32(x)
+
+
+def _expm1_64(x, w):
+    return math.expm1(x)
+
+
+def _expm1_32(x, w):
+    return expm1_32(x)
+
+
+def _sigmoid_w_64(x, w):
+    return sigmoid(x)
+
+
+def _sigmoid_w_32(x, w):
+    return sigmoid32(x)
+
+
+def _softplus_w_64(x, w):
+    return softplus(x)
+
+
+def _softplus_w_32(x, w):
+    return softplus32(x)
+
+
+def _log_sigmoid_w_64(x, w):
+    return log_sigmoid(x)
+
+
+def _log_sigmoid_w_32(x, w):
+    return log_sigmoid32(x)
+
 
 def _is_f32(w) -> bool:
     return isinstance(w, types.Array) and w.dtype == types.float32
 
 
-def _dtype_aware(name: str, f64, f32):
-    """A Python stub `name(x, w)` and its Numba overload: f32(x) when the witness w is a float32 array."""
+def _dtype_aware(name: str):
+    """A Python stub `name(x, w)` and its Numba overload: the float32 form when the witness w is a float32 array."""
+    f64, f32 = globals()[f"_{name}_64"], globals()[f"_{name}_32"]
 
     def stub(x, w):
-        return f64(x)
+        return f64(x, w)
 
     stub.__name__ = stub.__qualname__ = name
     stub.__doc__ = f"{name}(x, w): float64 or float32 form, by the dtype of the witness array w."
 
     def impl(x, w):
-        if _is_f32(w):
-            return lambda x, w: f32(x)
-        return lambda x, w: f64(x)
+        return f32 if _is_f32(w) else f64
 
     overload(stub, jit_options=_SCALAR)(impl)  # type: ignore[arg-type]  # numba's stub omits cache
     return stub
 
 
-for _name, (_f64, _f32) in FAST32.items():
-    globals()[_name] = _dtype_aware(_name, _f64, _f32)
+for _name in FAST32:
+    globals()[_name] = _dtype_aware(_name)
