@@ -208,3 +208,27 @@ print("OK", sum(mathfns.total.stats.cache_misses.values()))
         )
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         assert "OK 0" in r.stdout  # every signature served from the cache, each with its own code
+
+
+def test_the_index_lock_never_stops_a_compile(tmp_path, monkeypatch):
+    """No directory yet, a link in the lock's place, a file system without flock: the compile goes on unlocked
+    (the entry check alone keeps wrong code out)."""
+    import fcntl
+
+    ran = []
+    with jitcache._dir_lock(str(tmp_path / "absent"), exclusive=True):
+        ran.append("absent")
+    (tmp_path / "target").write_text("")
+    (tmp_path / ".index.flock").symlink_to(tmp_path / "target")
+    with jitcache._dir_lock(str(tmp_path), exclusive=True):
+        ran.append("link")
+    assert (tmp_path / "target").read_text() == ""
+
+    def no_locks(fd, op):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    (tmp_path / "nfs").mkdir()
+    with jitcache._dir_lock(str(tmp_path / "nfs"), exclusive=False):
+        ran.append("nfs")
+    assert ran == ["absent", "link", "nfs"]

@@ -3,11 +3,10 @@
 A first training step on a machine compiles two things: the spec's generated kernels, and symgrad's runtime (the
 optimizer step, the products in each operand layout, the float32 scalar forms), ~2 s of W4's 5 s and compiled once
 per machine, symgrad and Numba version. Numba compiles on one core. `start` hands the runtime to a background
-process on the other core (what torch.compile's parallel compile workers do for its kernels), in the reverse of
-the order the first step needs it: optimizer step first, products next, scalar forms last, so the two processes
-meet in the middle instead of compiling the same functions side by side. The first step then loads what the worker
-has cached when it gets there and compiles the rest itself: nothing waits on the worker, and its failure costs
-only time.
+process on the other core (what torch.compile's parallel compile workers do for its kernels): the scalar forms
+the model calls first, then the optimizer step, then the products, then the rest (`compile_runtime` says why in
+that order). The first step loads what the worker has cached when it gets there and compiles the rest itself:
+nothing waits on the worker, and its failure costs only time.
 
 On by default; `SYMGRAD_WARMUP=0` turns it off. Two processes writing one Numba cache is safe because symgrad's
 cache locks its index updates and checks every entry it loads (`jitcache._guard_entries`): it was opt-in until

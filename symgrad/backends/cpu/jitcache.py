@@ -169,7 +169,10 @@ def _dir_lock(directory: str, exclusive: bool) -> Iterator[None]:
         yield
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        except OSError:  # a file system without locks (some NFS mounts): the entry check still stands
+            pass
         yield
     finally:
         os.close(fd)
