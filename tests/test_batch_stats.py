@@ -87,3 +87,56 @@ def test_reference_evaluator_reduces_over_the_batch(tmp_path):
     p = {"W": rng.normal(size=(4, 3)), "g": rng.normal(size=4), "be": rng.normal(size=4), "v": rng.normal(size=4)}
     x, y = rng.normal(size=(6, 3)), rng.normal(size=6)
     assert reference_loss(model, p, {"x": x, "y": y}) == pytest.approx(_ref(p, x, y), rel=1e-12)
+
+
+ONE_STATEMENT = """
+name: bn1
+dims: {D: 3, H: 4}
+inputs: {x: [D], y: []}
+constants: {eps: 0.00001}
+params:
+  W: {shape: [H, D], init: normal(0, 0.5)}
+  g: {shape: [H], init: 1.0}
+  be: {shape: [H], init: 0.0}
+  v: {shape: [H], init: normal(0, 0.5)}
+forward:
+  - hn: (W @ x - batch_mean(W @ x)) / sqrt(batch_mean((W @ x - batch_mean(W @ x))**2) + eps) * g + be
+  - out: v @ tanh(hn)
+loss: (out - y)**2
+"""
+
+NESTED_IN_A_LAYER = """
+name: bmsoft
+dims: {D: 3, H: 4}
+inputs: {x: [D], y: []}
+params:
+  W: {shape: [H, D], init: normal(0, 1)}
+  a: {shape: [], init: 0.5}
+  v: {shape: [H], init: normal(0, 1)}
+forward:
+  h: softmax(batch_mean(W @ x)) * a
+loss: (v @ tanh(W @ x + h) - y)**2
+"""
+
+
+def _ref_soft(p, x, y):
+    m = (x @ p["W"].T).mean(0)
+    h = np.exp(m - m.max()) / np.exp(m - m.max()).sum() * p["a"]
+    return np.mean((np.tanh(x @ p["W"].T + h) @ p["v"] - y) ** 2)
+
+
+@pytest.mark.parametrize("text, ref", [(ONE_STATEMENT, _ref), (NESTED_IN_A_LAYER, _ref_soft)], ids=["bn", "softmax"])
+def test_batch_statistic_nested_inside_a_statement(tmp_path, monkeypatch, text, ref):
+    """Regression (fuzz campaign 2026-12-04): a batch_mean inside a larger expression (BatchNorm in one statement,
+    a layer applied to a batch mean) stopped the compiler with a traceback, `index _B has no known range`: the
+    batch size, batch_mean's divisor, was taken for an index of the hidden statement that stores the sum."""
+    monkeypatch.setenv("SYMGRAD_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    m = symgrad.load(str(path))
+    rng = np.random.default_rng(0)
+    p = {k: np.asarray(v, float) for k, v in m.init_params(seed=1).items()}
+    x, y = rng.normal(size=(5, 3)), rng.normal(size=5)
+    loss, grad = m.loss_and_grad(p, {"x": x, "y": y})
+    assert loss == pytest.approx(ref(p, x, y), rel=1e-12)
+    assert_gradient(grad, lambda q: ref(q, x, y), p)

@@ -250,6 +250,62 @@ def test_cpu_float32_fast_paths_are_finite_and_accurate(name):
         assert abs(got - want) <= 3e-6 * abs(want) + 1e-37, (name, x, got, want)
 
 
+_SWEEP_REF = {  # float64 NumPy, rounded to float32: the correctly rounded answer but for one rounding
+    "exp": np.exp,
+    "expm1": np.expm1,
+    "tanh": np.tanh,
+    "log": np.log,
+    "log1p": np.log1p,
+}
+
+
+def _sweep(name: str) -> np.ndarray:
+    edges = [np.nan, np.inf, -np.inf, 0.0, -0.0]
+    if name in ("exp", "expm1"):  # the whole float32 range: overflow near 88.72, gradual underflow below -87.34
+        xs = [np.linspace(-110, 90, 4001), np.linspace(-1, 1, 801), [88.72283, 88.7228393, -103.97, 1e-7, -1e-7]]
+    elif name == "tanh":
+        xs = [np.linspace(-20, 20, 2001)]
+    elif name == "log":  # subnormal arguments included
+        xs = [10.0 ** np.linspace(-45, 38.5, 4001), [1.4e-45, 1e-40, 1.1754942e-38, 1.1754944e-38, 3.4e38, -1.0]]
+    else:
+        xs = [np.linspace(-0.9999, 10, 2001), 10.0 ** np.linspace(-40, 38, 1001), [-1.0, -2.0]]
+    return np.concatenate([np.asarray(x, dtype=np.float64) for x in xs] + [np.array(edges)]).astype(np.float32)
+
+
+@host_only
+@pytest.mark.parametrize("name", sorted(_SWEEP_REF))
+def test_cpu_float32_fast_paths_whole_range_in_a_reassociating_loop(name):
+    """Regression (fuzz campaign 2026-12-04): exp32 clamped at 88.0 (e**88.5 39% low, e**100 finite instead of
+    inf), expm1_32 overflowed from x = 84.3 once `d * (x / log(u))` was reassociated inside a kernel, log32 read a
+    subnormal's exponent as -126, log1p32 overflowed like expm1_32, and the clamps turned NaN into a number
+    (exp32(nan) = 1e-38, tanh32(nan) = -1: a NaN loss the divergence gate never saw). Each form is checked here
+    the way kernels use it, inlined in a loop compiled with fastmath reassoc, over its whole float32 range."""
+    from numba import njit
+
+    from symgrad.backends.cpu import mathfns
+
+    f32 = mathfns.FAST32[name][1]
+
+    @njit(fastmath={"reassoc"}, error_model="numpy")
+    def apply(xs, out):
+        for i in range(xs.shape[0]):
+            out[i] = f32(xs[i])
+
+    xs = _sweep(name)
+    got = np.empty_like(xs)
+    apply(xs, got)
+    with np.errstate(all="ignore"):
+        want = _SWEEP_REF[name](xs.astype(np.float64)).astype(np.float32)
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(got), nan), xs[np.isnan(got) != nan]
+    inf = np.isinf(want)
+    assert np.array_equal(got[inf], want[inf]), xs[inf][got[inf] != want[inf]]
+    ok = ~(nan | inf)
+    tiny = np.float64(np.finfo(np.float32).tiny)
+    err = np.abs(got[ok].astype(np.float64) - want[ok]) / np.maximum(np.abs(want[ok].astype(np.float64)), tiny)
+    assert err.max() <= 3e-6, (xs[ok][err.argmax()], got[ok][err.argmax()], want[ok][err.argmax()])
+
+
 # -- the all-primitives spec on the CPU -----------------------------------------------------------------------------
 def _check_float64(mod):
     for seed in (0, 1):

@@ -30,7 +30,7 @@ from symgrad.frontend.exprs import (
     parse_source,
 )
 from symgrad.frontend.spec import Spec, Text, load_spec
-from symgrad.lang.library import ELEMENTWISE, INITS, LIBRARY, BatchSum, LogSumExp, Sum
+from symgrad.lang.library import BATCH_SIZE, ELEMENTWISE, INITS, LIBRARY, BatchSum, LogSumExp, Sum
 from symgrad.lang.names import KERNEL_GLOBALS, NameAllocator, identifiers
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -649,7 +649,10 @@ class _GraphBuilder:
         bounds = dict(scope.bounds) if scope else {}
         for sym, n in zip(indices, shape, strict=True):
             bounds[sym] = (Integer(0), Integer(n - 1))
-        body = self.normalize(logsumexp_rewrite(body), bounds, line)
+        try:
+            body = self.normalize(logsumexp_rewrite(body), bounds, line)
+        except ExprError as exc:  # a form normalisation cannot store: the spec's line, not a traceback
+            raise self.err(str(exc), line) from None
         base = make_base(name, shape)
         self.arrays[name] = Array(name, tuple(shape), base, ArrayKind.STMT, False, line)
         self.statements.append(Statement(name, tuple(indices), tuple(shape), body, line, hidden=hidden, bounds=bounds))
@@ -680,7 +683,7 @@ class _GraphBuilder:
         for v, lo, hi in t.limits:
             inner[v] = (lo, hi)
         loop_vars = {s for s in g.free_symbols | {lim[0] for lim in t.limits} if s.is_integer and s in inner}
-        free = {s for s in rest.free_symbols if s.is_integer}
+        free = {s for s in rest.free_symbols if s.is_integer and s != BATCH_SIZE}
         nonlinear = bool(rest.atoms(sympy.Function)) or any(not p.exp.is_Integer for p in rest.atoms(sympy.Pow))
         if not nonlinear or not free or free >= loop_vars or _has_reduction(rest) or any(s not in inner for s in free):
             return t
@@ -767,7 +770,8 @@ class _GraphBuilder:
     def hoist(self, r: sympy.Expr, bounds: dict, line: int) -> sympy.Expr:
         """Store r once: the same reduction written twice (swish(W @ x) = s * sigmoid(s)) is one hidden statement,
         also when its free indices have other names (`W[q, j] x[j]` in one place, `W[i, j] x[j]` in another)."""
-        free = sorted((s for s in r.free_symbols if s.is_integer), key=lambda s: s.name)
+        # the batch size |B| (batch_mean's divisor) is a number of the mini-batch, not an index of the stored array
+        free = sorted((s for s in r.free_symbols if s.is_integer and s != BATCH_SIZE), key=lambda s: s.name)
         canon = [Symbol(f"_c{n}", integer=True) for n in range(len(free))]
         orders = itertools.permutations(free) if len(free) <= 3 else [tuple(free)]
         for order in orders:

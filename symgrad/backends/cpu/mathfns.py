@@ -438,11 +438,13 @@ _F = np.float32
 
 @njit(**_SCALAR)
 def exp32(x):
+    """e**x in float32 over the whole range: overflow to inf above ln(FLT_MAX), gradual underflow to 0 below -87.3
+    (the scale 2**k is applied as two factors, so neither leaves the normal range), NaN kept."""
     x = _F(x)
-    x = x if x > _F(-87.33654) else _F(-87.33654)
-    x = x if x < _F(88.0) else _F(88.0)
-    k = np.floor(x * _F(1.44269504) + _F(0.5))  # a float floor (vectorises; math.floor goes through int64)
-    r = x - k * _F(0.693359375) + k * _F(2.12194440e-4)
+    xc = x if x > _F(-104.0) else _F(-104.0)  # selects, not min/max: NaN must not be clamped away (handled last)
+    xc = xc if xc < _F(88.72283935546875) else _F(88.72283935546875)
+    k = np.floor(xc * _F(1.44269504) + _F(0.5))  # a float floor (vectorises; math.floor goes through int64)
+    r = xc - k * _F(0.693359375) + k * _F(2.12194440e-4)
     p = _F(1.9875691500e-4)
     p = p * r + _F(1.3981999507e-3)
     p = p * r + _F(8.3334519073e-3)
@@ -450,13 +452,20 @@ def exp32(x):
     p = p * r + _F(1.6666665459e-1)
     p = p * r + _F(5.0000001201e-1)
     y = p * r * r + r + _F(1.0)
-    return y * _f32_from_bits(np.int32((np.int32(k) + np.int32(127)) << np.int32(23)))
+    ki = np.int32(k)
+    k1 = ki >> np.int32(1)  # k in [-150, 128]: k1 and k - k1 in [-75, 64], both normal exponents
+    s1 = _f32_from_bits(np.int32((k1 + np.int32(127)) << np.int32(23)))
+    s2 = _f32_from_bits(np.int32((ki - k1 + np.int32(127)) << np.int32(23)))
+    y = (y * s1) * s2
+    y = y if x < _F(88.72283935546875) else _F(np.inf)
+    y = y if x >= _F(-104.0) else _F(0.0)
+    return y if x == x else x
 
 
 @njit(**_SCALAR)
 def tanh32(x):
-    x = _F(x)
-    x = x if x > _F(-7.90531110763549805) else _F(-7.90531110763549805)
+    x0 = _F(x)
+    x = x0 if x0 > _F(-7.90531110763549805) else _F(-7.90531110763549805)
     x = x if x < _F(7.90531110763549805) else _F(7.90531110763549805)
     x2 = x * x
     p = _F(-2.76076847742355e-16)
@@ -471,14 +480,16 @@ def tanh32(x):
     q = x2 * q + _F(1.18534705686654e-04)
     q = x2 * q + _F(2.26843463243900e-03)
     q = x2 * q + _F(4.89352518554385e-03)
-    return p / q
+    return p / q if x0 == x0 else x0  # the clamps above would turn NaN into -1
 
 
 @njit(**_SCALAR)
 def log32(x):
     x = _F(x)
-    bits = _bits_from_f32(x)
-    e = _F(((bits >> np.int32(23)) & np.int32(0xFF)) - np.int32(126))
+    sub = x < _F(1.1754943508222875e-38)  # a subnormal is scaled by 2**23 into the normal range first
+    xs = x * _F(8388608.0) if sub else x
+    bits = _bits_from_f32(xs)
+    e = _F(((bits >> np.int32(23)) & np.int32(0xFF)) - np.int32(126)) - (_F(23.0) if sub else _F(0.0))
     m = _f32_from_bits((bits & np.int32(0x007FFFFF)) | np.int32(0x3F000000))
     small = m < _F(0.707106781186547524)
     e = e - _F(1.0) if small else e  # branch-free selects only, so loops over it vectorise
@@ -506,7 +517,10 @@ def log1p32(x):
     x = _F(x)
     u = _F(1.0) + x
     d = u - _F(1.0)
-    # log(u) * x / (u - 1) corrects log(1 + x)'s rounding (Goldberg); where u == 1 the answer is x itself
+    # log(u) * x / (u - 1) corrects log(1 + x)'s rounding (Goldberg); where u == 1 the answer is x itself; where
+    # x > 1 there is nothing to correct (and log(u) * x could overflow once the product is reassociated)
+    if x > _F(1.0):
+        return log32(u)
     return x if d == _F(0.0) else log32(u) * (x / d)
 
 
@@ -517,8 +531,11 @@ def expm1_32(x):
     d = u - _F(1.0)
     # (u - 1) * x / log(u) corrects exp's rounding (Kahan); where u == 1 the answer is x itself, where u - 1
     # rounds to -1 it is -1
+    # where x > 0.5, u - 1 has no cancellation to correct (and d * x could overflow once the product is reassociated)
     if u == _F(1.0):
         return x
+    if x > _F(0.5):
+        return d
     return _F(-1.0) if d == _F(-1.0) else d * (x / log32(u))
 
 
