@@ -89,21 +89,15 @@ def test_reference_evaluator_reduces_over_the_batch(tmp_path):
     assert reference_loss(model, p, {"x": x, "y": y}) == pytest.approx(_ref(p, x, y), rel=1e-12)
 
 
-ONE_STATEMENT = """
-name: bn1
-dims: {D: 3, H: 4}
-inputs: {x: [D], y: []}
-constants: {eps: 0.00001}
-params:
-  W: {shape: [H, D], init: normal(0, 0.5)}
-  g: {shape: [H], init: 1.0}
-  be: {shape: [H], init: 0.0}
-  v: {shape: [H], init: normal(0, 0.5)}
-forward:
+# the same BatchNorm as SPEC (same header), its normalisation written in one statement
+ONE_STATEMENT = (
+    SPEC[: SPEC.index("forward:")].replace("name: bn", "name: bn1")
+    + """forward:
   - hn: (W @ x - batch_mean(W @ x)) / sqrt(batch_mean((W @ x - batch_mean(W @ x))**2) + eps) * g + be
   - out: v @ tanh(hn)
 loss: (out - y)**2
 """
+)
 
 NESTED_IN_A_LAYER = """
 name: bmsoft
