@@ -40,17 +40,24 @@ def _ref(p, x, y):
     return np.mean((np.tanh(hn) @ p["v"] - y) ** 2)
 
 
-def test_batchnorm_gradient_couples_samples(tmp_path, monkeypatch):
+def _check_against(tmp_path, monkeypatch, text, ref):
+    """Build `text`, compare its loss and gradient on a batch of 5 with the NumPy forward `ref`; return what the
+    caller may check further."""
     monkeypatch.setenv("SYMGRAD_CACHE", str(tmp_path / "cache"))
-    path = tmp_path / "bn.yaml"
-    path.write_text(SPEC)
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
     m = symgrad.load(str(path))
     rng = np.random.default_rng(0)
     p = {k: np.asarray(v, float) for k, v in m.init_params(seed=1).items()}
     x, y = rng.normal(size=(5, 3)), rng.normal(size=5)
     loss, grad = m.loss_and_grad(p, {"x": x, "y": y})
-    assert loss == pytest.approx(_ref(p, x, y), rel=1e-12)
-    assert_gradient(grad, lambda q: _ref(q, x, y), p)
+    assert loss == pytest.approx(ref(p, x, y), rel=1e-12)
+    assert_gradient(grad, lambda q: ref(q, x, y), p)
+    return m, p, x, y
+
+
+def test_batchnorm_gradient_couples_samples(tmp_path, monkeypatch):
+    m, p, x, y = _check_against(tmp_path, monkeypatch, SPEC, _ref)
     # the statistics are per mini-batch: another batch gives another normalisation
     out = m.forward(p, {"x": x, "y": y})["out"]
     assert out.shape == (5,)
@@ -124,13 +131,4 @@ def test_batch_statistic_nested_inside_a_statement(tmp_path, monkeypatch, text, 
     """Regression (fuzz campaign 2026-12-04): a batch_mean inside a larger expression (BatchNorm in one statement,
     a layer applied to a batch mean) stopped the compiler with a traceback, `index _B has no known range`: the
     batch size, batch_mean's divisor, was taken for an index of the hidden statement that stores the sum."""
-    monkeypatch.setenv("SYMGRAD_CACHE", str(tmp_path / "cache"))
-    path = tmp_path / "s.yaml"
-    path.write_text(text)
-    m = symgrad.load(str(path))
-    rng = np.random.default_rng(0)
-    p = {k: np.asarray(v, float) for k, v in m.init_params(seed=1).items()}
-    x, y = rng.normal(size=(5, 3)), rng.normal(size=5)
-    loss, grad = m.loss_and_grad(p, {"x": x, "y": y})
-    assert loss == pytest.approx(ref(p, x, y), rel=1e-12)
-    assert_gradient(grad, lambda q: ref(q, x, y), p)
+    _check_against(tmp_path, monkeypatch, text, ref)
