@@ -103,10 +103,8 @@ def build_reference(spec: Spec | str | Path) -> RefModel:
     def build(text: str, later: set[str], current: str | None, lhs: list[str] | None, shape):
         scope = Scope(dict(refs), dims, consts, functions, later, current)
         tree = parse_source(str(text))
-        collect_plain_uses(tree, scope)
-        for pos, idx in enumerate(lhs or []):
-            if shape is not None:
-                scope.ranges[idx] = shape[pos]
+        collect_plain_uses(tree, scope, dict(zip(lhs, shape, strict=True)) if lhs and shape is not None else None)
+        for idx in lhs or []:
             scope.index(idx)
         return Builder(scope).build(tree), scope
 

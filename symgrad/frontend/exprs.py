@@ -126,8 +126,14 @@ def parse_source(text: str) -> ast.AST:
         raise ExprError(f"expression cannot be parsed: {src[:60]!r}") from None
 
 
-def collect_plain_uses(node: ast.AST, scope: Scope) -> None:
-    """Pass 1: an index variable written alone in a subscript (`W[h, j]`) takes that axis's size as its range."""
+def collect_plain_uses(node: ast.AST, scope: Scope, declared: dict[str, int] | None = None) -> None:
+    """Pass 1: an index variable written alone in a subscript (`W[h, j]`) takes that axis's size as its range.
+
+    An index whose range the statement's long-form `shape:` declares keeps that range: a plain read of a longer
+    axis then reads a prefix (`d[i]: x[i + 1] - x[i]` over N - 1 elements of an N-vector), and a read past the
+    end is refused by the range check over the iteration domain, not here."""
+    declared = declared or {}
+    scope.ranges.update(declared)
     for sub in ast.walk(node):
         if isinstance(sub, ast.Name) and _is_index_name(sub.id, scope):
             scope.used_names.add(sub.id)
@@ -137,7 +143,7 @@ def collect_plain_uses(node: ast.AST, scope: Scope) -> None:
             if len(elts) != len(shape):
                 continue  # reported with a better message in pass 2
             for axis, elt in enumerate(elts):
-                if isinstance(elt, ast.Name) and _is_index_name(elt.id, scope):
+                if isinstance(elt, ast.Name) and _is_index_name(elt.id, scope) and elt.id not in declared:
                     size = shape[axis]
                     prev = scope.ranges.get(elt.id)
                     if prev is not None and prev != size:
@@ -759,6 +765,8 @@ def _describe(node: ast.AST) -> str:
         ast.Yield: "yield",
         ast.Slice: "a slice",
     }
+    if isinstance(node, ast.Constant):  # the user's text (`None`, `'a'`), not the syntax tree's class name
+        return repr(node.value)[:40]
     return names.get(type(node), type(node).__name__)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+import keyword
 import math
 import re
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from symgrad.frontend.exprs import (
 from symgrad.frontend.spec import Spec, Text, load_spec
 from symgrad.lang.library import BATCH_SIZE, ELEMENTWISE, INITS, LIBRARY, BatchSum, LogSumExp, Sum
 from symgrad.lang.names import KERNEL_GLOBALS, NameAllocator, identifiers
+from symgrad.lang.primitives import CONSTANTS
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 MAX_AXES = 16  # Python nests at most 20 blocks; batch + axes + reduction loops must fit
@@ -195,6 +197,7 @@ class _GraphBuilder:
             or (name in LIBRARY and "a library function")
             or (name in ("sum", "Sum", "mean", "Piecewise") and "a built-in")
             or (name in KERNEL_GLOBALS and "a name generated code uses")
+            or (keyword.iskeyword(name) and "a Python keyword")
         )
         if taken:
             raise self.err(f"{name!r} is already {taken}; choose another name", line)
@@ -551,18 +554,10 @@ class _GraphBuilder:
         try:
             tree = parse_source(str(text))
             _refuse_private_names(tree)
-            collect_plain_uses(tree, scope)
-            if lhs is not None:
-                for pos, idx in enumerate(lhs):
-                    if shape is not None:
-                        prev = scope.ranges.get(idx)
-                        if prev is not None and prev != shape[pos]:
-                            raise ExprError(
-                                f"index {idx} ranges over {prev} in the expression but the declared "
-                                f"shape gives {shape[pos]}"
-                            )
-                        scope.ranges[idx] = shape[pos]
-                    scope.index(idx)
+            fixed = dict(zip(lhs, shape, strict=True)) if lhs is not None and shape is not None else None
+            collect_plain_uses(tree, scope, fixed)
+            for idx in lhs or ():
+                scope.index(idx)
             result = Builder(scope).build(tree)
             check_ranges(result.expr, scope, self.arrays, set(getattr(self, "carried", {})))
         except ExprError as exc:
@@ -612,6 +607,15 @@ class _GraphBuilder:
         for p in idx_names:
             if p in self.arrays or p in self.spec.dims or p in self.spec.constants:
                 raise self.err(f"index {p!r} of {name} is already the name of something else", decl.line)
+            builtin = (
+                (keyword.iskeyword(p) and "a Python keyword")
+                or ((p in ELEMENTWISE or p in self.functions) and "a built-in function")
+                or (p in LIBRARY and "a library function")
+                or (p in CONSTANTS and "a built-in constant")
+                or (p in ("sum", "Sum", "mean", "Piecewise") and "a built-in")
+            )
+            if builtin:
+                raise self.err(f"index {p!r} of {name} is {builtin}; choose another name", decl.line)
         if declared is not None and len(declared) != len(idx_names):
             raise self.err(f"{name} has {len(idx_names)} indices but its shape has {len(declared)} sizes", decl.line)
         body = self.expression(decl.expr.value, decl.expr.line, later, lhs=idx_names, shape=declared, current=name)
