@@ -156,10 +156,10 @@ def _pieces(
         return []
     plain = {r: sympy.Dummy(f"r{n}", real=True) for n, r in enumerate(reads)}
     back = {v: k for k, v in plain.items()}
-    scalar = piece.xreplace(plain)
+    scalar = _ties_split_evenly(piece.xreplace(plain))
     out = []
     for r in reads:
-        partial = sympy.diff(scalar, plain[r])
+        partial = _ties_restored(sympy.diff(scalar, plain[r]))
         if partial.has(sympy.Derivative) or partial.has(sympy.Subs):
             fns = sorted({type(f).__name__ for f in partial.atoms(sympy.Derivative)} or {"?"})
             raise SpecError(
@@ -180,6 +180,42 @@ def _pieces(
             )
         )
     return out
+
+
+class _TieMax(sympy.Function):
+    """Max of three or more arguments while it is differentiated. SymPy's rule, Heaviside(a_k - Max(others)),
+    gives every tied argument 1/2, so a k-way tie (a 2x2 max-pool over a blank patch: four equal values) got k/2
+    times the gradient. Here a tie splits it evenly, 1/k each, so the weights always sum to 1 (a subgradient);
+    two arguments keep SymPy's 1/2 each."""
+
+    pick = sympy.Max
+
+    def fdiff(self, argindex: int = 1) -> sympy.Expr:
+        args = [_ties_restored(a) for a in self.args]
+        picked = []
+        for k, a in enumerate(args):
+            # against the others, recomputed here, not against the stored Max: a stored value and a recomputed
+            # argument may round apart (reassociated sums), and then no argument would be picked (0/0)
+            best = self.pick(*(b for j, b in enumerate(args) if j != k))
+            picked.append(sympy.Piecewise((1, a >= best if self.pick is sympy.Max else a <= best), (0, True)))
+        return picked[argindex - 1] / sympy.Add(*picked)
+
+
+class _TieMin(_TieMax):
+    """Min of three or more arguments while it is differentiated (see _TieMax)."""
+
+    pick = sympy.Min
+
+
+def _ties_split_evenly(expr: sympy.Expr) -> sympy.Expr:
+    return expr.replace(
+        lambda e: isinstance(e, (sympy.Max, sympy.Min)) and len(e.args) >= 3,
+        lambda e: (_TieMax if isinstance(e, sympy.Max) else _TieMin)(*e.args),
+    )
+
+
+def _ties_restored(expr: sympy.Expr) -> sympy.Expr:
+    return expr.replace(lambda e: isinstance(e, _TieMax), lambda e: e.pick(*e.args))
 
 
 def _reuse_stored(partial: sympy.Expr, body: sympy.Expr, out_val) -> sympy.Expr:
