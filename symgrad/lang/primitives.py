@@ -15,8 +15,9 @@ Helper names per backend: `None` means SymPy's own printer (a Python builtin suc
 float32 fast path by dtype.
 
 Subgradient conventions at kinks (what every framework uses): relu'(0) = 0, sign' = 0, Max/Min at a k-way tie split
-1/k each (SymPy's Heaviside(0) = 1/2 for two arguments; ir/derive.py's _TieMax for three or more), clip passes the gradient to x on lo <= x <= hi, to lo where x < lo, to hi where
-x > hi, and where(cond, a, b) sends it to the branch taken.
+1/k each (SymPy's Heaviside(0) = 1/2 for two arguments; ir/derive.py's _TieMax for three or more), clip passes the
+gradient to x on lo <= x <= hi, to lo where x < lo, to hi where x > hi, and where(cond, a, b) sends it to the branch
+taken.
 """
 
 from __future__ import annotations
