@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from symgrad import backends
+from symgrad.cli.messages import one_line
 from symgrad.errors import CheckFailed, SpecError, SymgradError, UsageError
 
 
@@ -32,7 +33,7 @@ def guarded(spec_arg: str | None = None):
             try:
                 return fn(*args, **kwargs)
             except SymgradError as exc:
-                _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, exc.exit_code)
+                _fail(one_line(exc), exc.exit_code)
             except (RecursionError, MemoryError) as exc:
                 where = kwargs.get(spec_arg) if spec_arg else None
                 _fail(f"{where or '<spec>'}:1: spec is too complex to process ({type(exc).__name__})", 2)
@@ -42,7 +43,26 @@ def guarded(spec_arg: str | None = None):
     return wrap
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """click's usage errors (a bad option value, an unknown option) as one line `error: ...` and exit 2, the same
+    as every other usage error, instead of click's three-line usage block."""
+
+    def main(self, *args, **kwargs):
+        if not kwargs.get("standalone_mode", True):
+            return super().main(*args, **kwargs)
+        kwargs["standalone_mode"] = False
+        try:
+            rv = super().main(*args, **kwargs)
+        except click.exceptions.Abort:
+            _fail("error: aborted", 1)
+        except click.exceptions.NoArgsIsHelpError as exc:  # `symgrad` alone: the help text, as click prints it
+            _fail(exc.format_message(), exc.exit_code)
+        except click.ClickException as exc:
+            _fail(one_line(exc), exc.exit_code)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="symgrad")
 def main() -> None:
     """symgrad: derive gradients of symbolic specs, print them as LaTeX, generate Numba kernels, train."""
@@ -177,14 +197,19 @@ def _display(path: Path) -> str:
 
 @main.command()
 @click.argument("spec", type=click.Path(dir_okay=False))
-@click.option("--seed", default=0, show_default=True)
-@click.option("--rtol", default=1e-5, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--rtol", default=1e-5, show_default=True, type=float)
 @guarded("spec")
 def check(spec: str, seed: int, rtol: float) -> None:
     """Compare generated gradients with float64 central differences on random inputs, and the generated loss with
     the independent reference evaluator (naming the first statement that differs)."""
+    import math
+
     from symgrad.checks.gradcheck import LOSS_RTOL, gradient_check, loss_check
     from symgrad.checks.reference import EvaluatorError
+
+    if not (math.isfinite(rtol) and rtol > 0):  # a NaN tolerance would make every comparison pass
+        raise UsageError(f"--rtol must be a positive finite number, got {rtol:g}")
 
     try:
         rows = gradient_check(spec, seed=seed)

@@ -10,6 +10,7 @@ Naming in the output is fixed so that a person can tell the sets apart: `train` 
 from __future__ import annotations
 
 import csv
+import math
 import os
 import sys
 from pathlib import Path
@@ -19,7 +20,9 @@ import click
 import numpy as np
 
 from symgrad import backends
+from symgrad.cli.messages import one_line
 from symgrad.errors import DataError, SymgradError, TrainingDiverged, UsageError
+from symgrad.runtime.paths import output_path
 
 DATA_HELP = """\b
 Data (--data): 'digits' (scikit-learn's 8x8 digits), or FILE.npz holding one
@@ -104,14 +107,36 @@ def _n_samples(data: dict[str, np.ndarray] | None) -> int:
 # ---------------------------------------------------------------------------------------------- files
 
 
-def _read_params(path: str) -> dict[str, np.ndarray]:
+def _read_params(path: str, option: str, model: ModuleType) -> dict[str, np.ndarray]:
+    """A parameters file, checked against the spec here so that every problem names the file: each parameter
+    present, numeric, of its shape and finite, and nothing else in it (a data file given by mistake)."""
     if not os.path.exists(path):
-        raise UsageError(f"--params: no such file {path!r} (symgrad train writes runs/<name>/params.npz)")
+        raise UsageError(f"{option}: no such file {path!r} (symgrad train writes runs/<name>/params.npz)")
     try:
         with np.load(path, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
+            arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read parameters from {path!r}: {exc}") from None
+        raise DataError(f"{option} {path}: cannot read parameters: {exc}") from None
+    names = [name for name, _ in model.PARAMS]
+    for key in arrays:
+        if key not in names:
+            raise DataError(
+                f"{option} {path}: array {key!r} is not a parameter of the spec (parameters: {', '.join(names)})"
+            )
+    for name, shape in model.PARAMS:
+        expected = tuple(shape)
+        if name not in arrays:
+            raise DataError(f"{option} {path}: no parameter {name!r} (expected shape {expected})")
+        a = arrays[name]
+        if a.dtype.kind not in "iuf":
+            raise DataError(
+                f"{option} {path}: parameter {name!r} holds {a.dtype} values, expected numbers of shape {expected}"
+            )
+        if a.shape != expected:
+            raise DataError(f"{option} {path}: parameter {name!r} has shape {a.shape}, expected {expected}")
+        if not np.all(np.isfinite(a)):
+            raise DataError(f"{option} {path}: parameter {name!r} contains NaN or infinite values")
+    return arrays
 
 
 def _read_inputs(path: str, model: ModuleType, held_out: bool = False) -> dict[str, np.ndarray]:
@@ -128,6 +153,9 @@ def _read_inputs(path: str, model: ModuleType, held_out: bool = False) -> dict[s
         suffix = "_test" if held_out else ""
         names = [name for name, _, _ in model.INPUTS]
         got = {n: arrays[n + suffix] for n in names if n + suffix in arrays}
+        for n, a in got.items():  # a module's forward takes NaN as NumPy does; a data file must be clean (data.md)
+            if a.dtype.kind in "iuf" and not np.all(np.isfinite(a)):
+                raise DataError(f"{path}: array {n + suffix!r} contains NaN or infinite values")
         if not got:
             raise DataError(
                 f"{path!r} has no array named like an input{' + _test' if held_out else ''} "
@@ -145,12 +173,18 @@ def _write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
     rename that replaces a link rather than writing through it). `.npz` is appended when missing, as np.savez does."""
     import io
 
-    from symgrad.runtime.loader import write_atomic
-
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # type: ignore[arg-type]  # mypy checks **dict against allow_pickle: bool too
+    _write_file(path if str(path).endswith(".npz") else f"{path}.npz", buf.getvalue())
+
+
+def _write_file(path: str, data: bytes) -> None:
+    """Atomically (write_atomic: the folder is made, a fresh O_EXCL temporary, then a rename that replaces a link
+    rather than writing through it); an OS error is one line naming the file."""
+    from symgrad.runtime.loader import write_atomic
+
     try:
-        write_atomic(Path(path if str(path).endswith(".npz") else f"{path}.npz"), buf.getvalue())
+        write_atomic(Path(path), data)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from None
 
@@ -189,6 +223,13 @@ SCHEDULE_HELP = (
 )
 
 
+def _count(x: float) -> int:
+    """A number of steps written on the command line: `10` or `10.0`, never `2.5`, `nan` or `inf`."""
+    if not (math.isfinite(x) and x == int(x)):
+        raise ValueError(f"{x:g} is not a whole number of steps")
+    return int(x)
+
+
 def _parse_schedules(items: tuple[str, ...], model: ModuleType, total_steps: int):
     from symgrad.runtime import schedules as S
 
@@ -204,16 +245,16 @@ def _parse_schedules(items: tuple[str, ...], model: ModuleType, total_steps: int
             if kind == "cosine" and len(nums) <= 1:
                 sched: S.Schedule = S.cosine(max(1, total_steps), *nums)
             elif kind == "step_decay" and len(nums) in (1, 2):
-                sched = S.step_decay(int(nums[0]), *nums[1:])
+                sched = S.step_decay(_count(nums[0]), *nums[1:])
             elif kind == "inverse_time" and len(nums) == 1:
                 sched = S.inverse_time(nums[0])
             elif kind == "warmup" and len(nums) == 1:
-                sched = S.linear_warmup(int(nums[0]))
+                sched = S.linear_warmup(_count(nums[0]))
             elif kind == "linear_ramp" and len(nums) == 3:
-                sched = S.linear_ramp(nums[0], nums[1], int(nums[2]))
+                sched = S.linear_ramp(nums[0], nums[1], _count(nums[2]))
             else:
                 raise UsageError(f"--schedule {item!r}: not understood ({SCHEDULE_HELP})")
-        except ValueError as exc:
+        except (ValueError, UsageError) as exc:
             raise UsageError(f"--schedule {item!r}: {exc}") from None
         if target != "lr" and target not in known:
             raise UsageError(
@@ -262,14 +303,13 @@ class _Log:
         if len(self.columns) > 4:
             row += [info.val_loss, info.val_accuracy]
         self.rows.append(["" if v is None else v for v in row])
-        folder = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{os.path.basename(self.path)}.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(self.columns)
-            w.writerows(self.rows)
-        os.replace(tmp, self.path)
+        import io
+
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
+        w.writerow(self.columns)
+        w.writerows(self.rows)
+        _write_file(self.path, buf.getvalue().encode("utf-8"))
 
 
 def _plot(
@@ -292,12 +332,10 @@ def _plot(
     fig.tight_layout()
     import io
 
-    from symgrad.runtime.loader import write_atomic
-
     buf = io.BytesIO()
     fig.savefig(buf, dpi=100, format=os.path.splitext(path)[1][1:].lower())
     plt.close(fig)
-    write_atomic(Path(path), buf.getvalue())  # the folder is made; never through a link
+    _write_file(path, buf.getvalue())
 
 
 PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
@@ -353,16 +391,24 @@ def _run(
             raise UsageError(str(exc)) from None
         if resume is not None and not os.path.exists(resume):
             raise UsageError(f"--resume: no such checkpoint {resume!r}")
+        if resume is not None and checkpoint is not None and os.path.abspath(resume) != os.path.abspath(checkpoint):
+            raise UsageError(
+                f"--resume {resume} and --checkpoint {checkpoint} name different files: a resumed run goes on "
+                "writing the checkpoint it read; give --resume alone"
+            )
         if seed < 0:
             raise UsageError(f"--seed must be a non-negative integer, got {seed}")
         _check_plot(plot)
+        for path, what in ((plot, "--plot"), (log, "--log"), (checkpoint, "--checkpoint"), (out, "--out")):
+            if path is not None:
+                output_path(path, what)
         if val_split is not None and not 0.0 < val_split < 1.0:
             raise UsageError(f"--val-split must be a fraction between 0 and 1, got {val_split:g}")
         return opt, _load_model(spec)
 
     opt, model = collective(comm, prepare, "loading the spec")
     name = _spec_name(model, spec)
-    out = out or default_out(name)
+    out = out or output_path(default_out(name), "the default --out")
     constants = _parse_constants(constant, model)
     warn = lambda msg: echo(f"warning: {msg}", err=True)  # noqa: E731
     train_data, test_data = collective(comm, lambda: load_dataset(data, model, on_warning=warn), "reading the data")
@@ -382,7 +428,7 @@ def _run(
         echo(f"generated module: {where}")
     np_dtype = np.float32 if dtype == "float32" else np.float64
     if init is not None:
-        params = {k: np.asarray(v, dtype=np_dtype) for k, v in _read_params(init).items()}
+        params = {k: np.asarray(v, dtype=np_dtype) for k, v in _read_params(init, "--init", model).items()}
     else:
         params = model.init_params(seed, np_dtype)
     n_train = _n_samples(train_data)
@@ -446,7 +492,7 @@ def _guard(fn, *args, **kwargs) -> None:
         fn(*args, **kwargs)
     except SymgradError as exc:
         if _print_errors(exc):
-            click.echo(f"error: {exc}", err=True)
+            click.echo(one_line(exc), err=True)
         sys.exit(exc.exit_code)
     except Exception as exc:  # noqa: BLE001 - under mpiexec a rank's unexpected error must not hang the others
         _print_errors(exc)
@@ -601,7 +647,7 @@ axis); predict needs only the inputs the outputs depend on (no labels)."""
 
 def _predict(spec: str, params_path: str, data: str, out: str | None) -> None:
     model = _load_model(spec)
-    params = _read_params(params_path)
+    params = _read_params(params_path, "--params", model)
     arrays = _read_inputs(data, model)
     n = _n_samples(arrays)
     chunks: dict[str, list[np.ndarray]] = {}
@@ -633,7 +679,7 @@ def predict_command(spec: str, params_path: str, data: str, out: str | None) -> 
 
 def _evaluate(spec: str, params_path: str, data: str, split: str) -> None:
     model = _load_model(spec)
-    params = _read_params(params_path)
+    params = _read_params(params_path, "--params", model)
     arrays = _read_inputs(data, model, held_out=split == "test")
     n = _n_samples(arrays)
     click.echo(_metrics_line(f"{split} ({n} samples)", evaluate_arrays(model, params, arrays)))

@@ -13,6 +13,7 @@ index is `\\mathsf{b}` over `\\mathcal{B}`, a symbol no spec name can print as.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -300,14 +301,14 @@ def _formatted(d: _Internal, eqs: list[Equation], fmt: str) -> list[tuple[Equati
     return out
 
 
-def _check_wrt(prog: Program, wrt: list[str] | None) -> None:
+def _check_wrt(prog: Program, wrt: list[str] | None, flag: str = "--wrt") -> None:
     if wrt:
         unknown = [w for w in wrt if w not in {p.name for p in prog.params}]
         if unknown:
             from symgrad.errors import UsageError
 
             raise UsageError(
-                f"--wrt {unknown[0]!r} is not a parameter of {prog.spec.name} "
+                f"{flag} {unknown[0]!r} is not a parameter of {prog.spec.name} "
                 f"(parameters: {', '.join(p.name for p in prog.params)})"
             )
 
@@ -393,12 +394,18 @@ class Derivation:
 
 def derive(spec: str | Path, wrt: list[str] | str | None = None) -> Derivation:
     """Derive a spec's gradients and return them as SymPy equations (the same lines `symgrad derive` prints)."""
+    from symgrad.errors import UsageError
     from symgrad.ir.derive import derive as run_derive
     from symgrad.ir.graph import build_program
 
+    if not isinstance(spec, (str, os.PathLike)) or isinstance(spec, bytes):
+        raise UsageError(f"derive takes a spec path, got {type(spec).__name__} {spec!r}"[:200])
+    if wrt is not None and not isinstance(wrt, str):
+        if not isinstance(wrt, (list, tuple)) or not all(isinstance(w, str) for w in wrt):
+            raise UsageError(f"wrt must be a parameter name or a list of them, got {wrt!r}"[:200])
     wrt = [wrt] if isinstance(wrt, str) else (list(wrt) if wrt else None)
-    d = run_derive(build_program(str(spec)))
-    _check_wrt(d.program, wrt)
+    d = run_derive(build_program(os.fspath(spec)))
+    _check_wrt(d.program, wrt, "wrt")
     eqs = equations(d, wrt)
     spec_ = d.program.spec
     return Derivation(

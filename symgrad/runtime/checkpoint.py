@@ -20,11 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from symgrad.backends.stepmath import ADAM_KIND, MOMENTUM_KIND, NESTEROV_KIND, SGD_KIND
 from symgrad.errors import UsageError
 from symgrad.runtime import npzfile
 
 FORMAT = 2  # bumped when the layout changes; older checkpoints are refused with a clear line
 REQUIRED = ("theta", "opt_state", "step", "epoch", "rng", "meta")
+# optional members: the state before the last step (Trainer._before_last)
+PREVIOUS = ("prev_theta", "prev_opt_state", "prev_step")
 
 
 def spec_digest(model: ModuleType) -> str:
@@ -47,7 +50,10 @@ def save_checkpoint(path: str | os.PathLike, trainer: Any, epoch: int, logs: dic
     """Write atomically (a fresh temp file in the same folder, then `os.replace`): never half a file."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
     arrays = {
         "theta": trainer.theta,
         "opt_state": trainer.opt_state,
@@ -56,16 +62,24 @@ def save_checkpoint(path: str | os.PathLike, trainer: Any, epoch: int, logs: dic
         "rng": np.array(json.dumps(trainer.rng.bit_generator.state)),
         "meta": np.array(json.dumps({**meta, "format": FORMAT}, sort_keys=True)),
     }
+    prev = getattr(trainer, "_before_last", None)
+    if prev is not None:  # the state before the last step: a divergence right after resuming rolls back to it
+        arrays["prev_theta"], arrays["prev_opt_state"], arrays["prev_step"] = prev[0], prev[1], np.int64(prev[2])
     for key, values in logs.items():
         arrays[f"log_{key}"] = np.asarray(values, dtype=np.float64)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ckpt-", suffix=".npz")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ckpt-", suffix=".npz")
+    except OSError as exc:
+        raise UsageError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # a full disk or a path turned into a folder mid-run: one line, not a traceback
+            raise UsageError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
         raise
 
 
@@ -101,7 +115,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     missing = [k for k in REQUIRED if k not in members]
     if missing:
         raise UsageError(f"{where}: not a symgrad checkpoint, missing {', '.join(map(repr, missing))}")
-    raw = npzfile.read(path, [m for k, m in members.items() if k in REQUIRED or k.startswith("log_")], error)
+    wanted = [m for k, m in members.items() if k in REQUIRED or k in PREVIOUS or k.startswith("log_")]
+    raw = npzfile.read(path, wanted, error)
     meta = _json(raw, "meta", where)
     if not isinstance(meta, dict):
         raise UsageError(f"{where}: 'meta' must be a JSON object")
@@ -128,8 +143,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         if key.startswith("log_"):
             if value.ndim != 1 or value.dtype.kind != "f":
                 raise UsageError(f"{where}: {key!r} must be a 1-d float array")
+            if not np.all(np.isfinite(value)) and key != "log_val_history":
+                raise UsageError(f"{where}: {key!r} holds NaN or infinite values")
             logs[key[4:]] = value.tolist()
+    prev = None
+    if any(k in raw for k in PREVIOUS):
+        if not all(k in raw for k in PREVIOUS):
+            raise UsageError(f"{where}: holds only part of the state before the last step ({', '.join(PREVIOUS)})")
+        p_theta, p_opt = raw["prev_theta"], raw["prev_opt_state"]
+        if p_theta.shape != theta.shape or p_theta.dtype != theta.dtype or p_opt.shape != opt_state.shape:
+            raise UsageError(f"{where}: 'prev_theta' / 'prev_opt_state' do not match 'theta' / 'opt_state'")
+        if not (np.all(np.isfinite(p_theta)) and np.all(np.isfinite(p_opt))):
+            raise UsageError(f"{where}: the state before the last step contains NaN or infinite values")
+        prev = (p_theta, p_opt, _int_scalar(raw, "prev_step", where))
     return {
+        "prev": prev,
         "theta": theta,
         "opt_state": opt_state,
         "step": _int_scalar(raw, "step", where),
@@ -138,6 +166,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         "meta": meta,
         "logs": logs,
     }
+
+
+# meta keys newer than the checkpoint format: a checkpoint without one still resumes
+ADDED_KEYS = frozenset({"optimizer", "clip_norm", "schedule", "constants"})
+KIND_NAMES = {SGD_KIND: "sgd", MOMENTUM_KIND: "momentum", NESTEROV_KIND: "nesterov", ADAM_KIND: "adam"}
 
 
 def validate(
@@ -152,11 +185,21 @@ def validate(
     """Refuse a checkpoint this run cannot continue identically: another spec or settings, an impossible position."""
     where = f"checkpoint {os.fspath(path)}"
     for key, mine in meta.items():
+        if key in ADDED_KEYS and key not in ck["meta"]:
+            continue  # written before symgrad recorded it: nothing to compare
         theirs = ck["meta"].get(key)
+        if key == "schedule" and isinstance(theirs, list) and isinstance(mine, list):
+            mine_at = {row[0]: row for row in mine}  # the steps both runs have
+            theirs = [row for row in theirs if row[0] in mine_at]
+            mine = [mine_at[row[0]] for row in theirs]
         if theirs != mine:
-            what = "spec" if key == "spec" else key
+            shown = {"schedule": "a different lr or constant schedule", "constants": "different constants"}
+            if key in shown:
+                raise UsageError(f"{where} was written with {shown[key]}: cannot resume identically")
+            if key == "kind":
+                theirs, mine = KIND_NAMES.get(theirs, theirs), KIND_NAMES.get(mine, mine)
             raise UsageError(
-                f"{where} was written with {what}={theirs!r}, this run has {mine!r}: cannot resume identically"
+                f"{where} was written with {key}={theirs!r}, this run has {mine!r}: cannot resume identically"
                 + (" (a different spec, or a changed one)" if key == "spec" else "")
             )
     epoch, step = int(ck["epoch"]), int(ck["step"])

@@ -15,6 +15,7 @@ import hashlib
 import importlib.abc
 import importlib.util
 import logging
+import os
 import re
 import sys
 from pathlib import Path
@@ -78,6 +79,8 @@ def load(spec_path: str | Path, target: str = "cpu", check_device: bool = True) 
     (`check_device=False` loads it anyway: the kernels compile on first use). The module's `__spec_path__` says
     which file was imported (the committed `generated/<name>.py` or the cache, see the module docstring); a build
     is logged at INFO level on the `symgrad` logger."""
+    if not isinstance(spec_path, (str, os.PathLike)) or isinstance(spec_path, bytes):
+        raise UsageError(f"symgrad.load takes a spec path, got {type(spec_path).__name__} {spec_path!r}"[:200])
     backend = backends.get(target)
     if check_device:
         backend.check_device()

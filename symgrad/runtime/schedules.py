@@ -20,7 +20,25 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
+from symgrad.errors import UsageError
+
 Schedule = Callable[[int], float]
+
+
+def _steps(value: object, what: str) -> None:
+    """A count of steps: a whole number >= 1 (2.5 steps or True is a mistake, not a count)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise UsageError(f"{what} must be a whole number >= 1, got {value!r}")
+
+
+def _real(value: object, what: str, low: float | None = None) -> None:
+    """A finite real number (>= low when given): NaN or a negative factor would make the lr NaN or negative."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+    if not ok or not math.isfinite(float(value)) or (low is not None and float(value) < low):  # type: ignore[arg-type]
+        bound = "" if low is None else f" >= {low:g}"
+        raise UsageError(f"{what} must be a finite number{bound}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -28,6 +46,9 @@ class constant:  # noqa: N801 - reads as a function at the call site, like the o
     """Always `value` (1.0: the optimizer's base lr unchanged)."""
 
     value: float = 1.0
+
+    def __post_init__(self) -> None:
+        _real(self.value, "constant: value")
 
     def __call__(self, step: int) -> float:
         return float(self.value)
@@ -41,8 +62,8 @@ class step_decay:  # noqa: N801
     gamma: float = 0.1
 
     def __post_init__(self) -> None:
-        if self.every < 1:
-            raise ValueError("step_decay: every must be >= 1")
+        _steps(self.every, "step_decay: every")
+        _real(self.gamma, "step_decay: gamma", 0.0)
 
     def __call__(self, step: int) -> float:
         return float(self.gamma ** (step // self.every))
@@ -53,6 +74,9 @@ class inverse_time:  # noqa: N801
     """`1 / (1 + decay * step)`: the decreasing rate that SGD's convergence theory asks for (eta ~ 1/t)."""
 
     decay: float
+
+    def __post_init__(self) -> None:
+        _real(self.decay, "inverse_time: decay", 0.0)
 
     def __call__(self, step: int) -> float:
         return 1.0 / (1.0 + self.decay * step)
@@ -66,8 +90,8 @@ class cosine:  # noqa: N801
     final: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.total_steps < 1:
-            raise ValueError("cosine: total_steps must be >= 1")
+        _steps(self.total_steps, "cosine: total_steps")
+        _real(self.final, "cosine: final", 0.0)
 
     def __call__(self, step: int) -> float:
         frac = min(step, self.total_steps) / self.total_steps
@@ -82,8 +106,9 @@ class linear_warmup:  # noqa: N801
     then: Schedule | None = None
 
     def __post_init__(self) -> None:
-        if self.warmup_steps < 1:
-            raise ValueError("linear_warmup: warmup_steps must be >= 1")
+        _steps(self.warmup_steps, "linear_warmup: warmup_steps")
+        if self.then is not None and not callable(self.then):
+            raise UsageError(f"linear_warmup: then must be a schedule (a callable step -> value), got {self.then!r}")
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -100,8 +125,9 @@ class linear_ramp:  # noqa: N801
     steps: int
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ValueError("linear_ramp: steps must be >= 1")
+        _steps(self.steps, "linear_ramp: steps")
+        _real(self.start, "linear_ramp: start")
+        _real(self.end, "linear_ramp: end")
 
     def __call__(self, step: int) -> float:
         frac = min(step, self.steps) / self.steps

@@ -13,11 +13,19 @@ from typing import Any
 
 import numpy as np
 
-from symgrad.errors import DataError
+from symgrad.errors import DataError, UsageError
 from symgrad.lang import sampling
 
 
 def init_params(inits, params, seed: int = 0, dtype=np.float64) -> dict[str, np.ndarray]:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise UsageError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise UsageError(f"dtype must be float32 or float64, got {dt}")
     rng = np.random.default_rng(seed)
     shapes = dict(params)
     out = {}
@@ -57,6 +65,8 @@ def flatten(params_layout, offsets, n_theta: int, params: dict, dtype=None) -> n
         if name not in params:
             raise DataError(f"params is missing {name!r} (expected shape {tuple(shape)})")
         value = np.asarray(params[name])
+        if value.dtype.kind not in "iuf":
+            raise DataError(f"param {name!r} holds {value.dtype} values, expected numbers of shape {tuple(shape)}")
         if value.shape != tuple(shape):
             raise DataError(f"param {name!r} has shape {value.shape}, expected {tuple(shape)}")
         size = int(np.prod(shape)) if shape else 1
@@ -72,13 +82,28 @@ def unflatten(params_layout, offsets, theta: np.ndarray) -> dict[str, np.ndarray
     return out
 
 
-def consts_vector(constants_layout, constants: dict | None) -> np.ndarray:
+def consts_vector(constants_layout, constants: Mapping | None) -> np.ndarray:
+    """The constants' values in the kernels' order. A value must be a finite real number: a NaN `beta` would
+    otherwise surface as "training diverged" and blame the model."""
     values = {n: v for n, v in constants_layout}
+    if constants is not None and not isinstance(constants, Mapping):
+        raise UsageError(f"constants must be a dict {{name: number}}, got {type(constants).__name__}")
     for k, v in (constants or {}).items():
         if k not in values:
-            raise ValueError(f"unknown constant {k!r} (the spec declares {sorted(values) or 'none'})")
-        values[k] = float(v)
+            raise UsageError(f"unknown constant {k!r} (the spec declares {sorted(values) or 'none'})")
+        values[k] = number(v, f"constant {k!r}")
     return np.array([values[n] for n, _ in constants_layout] or [0.0], dtype=np.float64)
+
+
+def number(value: Any, what: str) -> float:
+    """`value` as a finite float, or a UsageError naming `what` (a bool, a string or an array is not a number)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        if not (isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf"):
+            raise UsageError(f"{what} must be a finite number, got {type(value).__name__} {value!r}"[:200])
+    out = float(value)
+    if not math.isfinite(out):
+        raise UsageError(f"{what} must be a finite number, got {out}")
+    return out
 
 
 def _shape_str(shape: tuple, lead: tuple[str, ...] = ("N",)) -> str:
@@ -171,13 +196,23 @@ def batch_arrays(
     return tuple(arrays)
 
 
-def _theta_dtype(module, params: dict):
-    dt = np.result_type(*[np.asarray(params[n]).dtype for n, _ in module.PARAMS if n in params])
+def _theta_dtype(module, params: Mapping):
+    if not isinstance(params, Mapping):
+        raise DataError(f"params must be a dict of arrays (one per parameter), got {type(params).__name__}")
+    for name, shape in module.PARAMS:
+        if name not in params:
+            raise DataError(f"params is missing {name!r} (expected shape {tuple(shape)})")
+    dt = np.result_type(*[np.asarray(params[n]).dtype for n, _ in module.PARAMS])
     return np.float32 if dt == np.float32 else np.float64
 
 
 def _batch_size(module, arrays: tuple) -> int:
-    return arrays[0].shape[0] if arrays else 1
+    """The batch's size; an empty batch has no mean loss (and no meaningful sum), so it is refused here."""
+    n = arrays[0].shape[0] if arrays else 1
+    if n == 0:
+        name, shape, _ = module.INPUTS[0]
+        raise DataError(f"batch: the arrays are empty, expected {name!r} of shape {_shape_str(tuple(shape), ('B',))}")
+    return n
 
 
 def _reduce(module, total: float, n: int) -> float:
@@ -196,9 +231,9 @@ def forward(module, params: dict, batch: dict | None, constants: dict | None) ->
     dtype = _theta_dtype(module, params)
     theta = module.flatten(params, dtype)
     arrays = batch_arrays(module, batch, dtype, required=output_inputs(module))
+    n = _batch_size(module, arrays)
     values = module._forward_pass(theta, module.consts_vector(constants), *arrays)
     by_name = dict(zip(module.STATEMENTS, values, strict=True))
-    n = _batch_size(module, arrays)
     out = {}
     for name in module.OUTPUTS:
         shape, batched = module.STATEMENT_SHAPES[name]
@@ -216,8 +251,9 @@ def loss(module, params: dict, batch: dict | None, constants: dict | None) -> fl
     dtype = _theta_dtype(module, params)
     theta = module.flatten(params, dtype)
     arrays = batch_arrays(module, batch, dtype)
+    n = _batch_size(module, arrays)
     total = module._loss(theta, module.consts_vector(constants), *arrays)
-    return float(_reduce(module, float(total), _batch_size(module, arrays)))
+    return float(_reduce(module, float(total), n))
 
 
 def loss_and_grad(module, params: dict, batch: dict | None, constants: dict | None):

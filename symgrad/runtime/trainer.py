@@ -14,6 +14,7 @@ While training goes well this costs two theta copies and one extra compiled call
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Mapping
 from types import ModuleType
@@ -21,15 +22,38 @@ from typing import Any
 
 import numpy as np
 
-from symgrad.errors import TrainingDiverged, UsageError
+from symgrad.errors import DataError, TrainingDiverged, UsageError
 from symgrad.lang import sampling
 from symgrad.runtime import blas, warmup
 from symgrad.runtime.optim import Optimizer, as_optimizer
-from symgrad.runtime.support import check_arrays
+from symgrad.runtime.support import check_arrays, number
+
+
+def check_model(model: Any) -> None:
+    """`model` must be what `symgrad.load` returns; a spec path passed straight in is the usual slip."""
+    if not all(hasattr(model, a) for a in ("N_THETA", "_loss_grad", "init_params", "flatten")):
+        hint = "; call symgrad.load(path) first" if isinstance(model, (str, os.PathLike)) else ""
+        got = f"{type(model).__name__} {model!r}"[:160]
+        raise UsageError(f"model must be a module returned by symgrad.load, got {got}{hint}")
+
+
+def check_seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise UsageError(f"seed must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """A yes/no argument: True or False, not a string (`shuffle="no"` would be truthy and shuffle)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise UsageError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def _params_dtype(params: Mapping[str, Any]) -> np.dtype:
     """float32 only when the given parameters are float32; float64 otherwise (the API's default)."""
+    if not isinstance(params, Mapping):
+        raise UsageError(f"params must be a dict of arrays (one per parameter), got {type(params).__name__}")
     for value in params.values():
         if np.asarray(value).dtype == np.float32:
             return np.dtype(np.float32)
@@ -84,17 +108,26 @@ class Trainer:
         n_samples: int | None = None,
     ):
         """`n_samples` (an extension) is the training-set size N for `reduction: sum`'s N/B gradient scale."""
+        check_model(model)
         self.model = model
         self.optimizer = as_optimizer(optimizer)
+        seed = check_seed(seed)
         if params is None:
             params = model.init_params(seed)
         self.dtype = _params_dtype(params)
+        unknown = [k for k in params if k not in dict(model.PARAMS)]
+        if unknown:
+            known = ", ".join(n for n, _ in model.PARAMS)
+            raise UsageError(f"params: unknown parameter {unknown[0]!r}; the spec's parameters are: {known}")
         try:
             self.theta = np.ascontiguousarray(model.flatten(dict(params), self.dtype))
         except KeyError as exc:
             raise UsageError(f"params: missing parameter {exc}") from None
         if self.theta.shape != (model.N_THETA,):
             raise UsageError(f"params flatten to {self.theta.shape[0]} numbers, the model has {model.N_THETA}")
+        if not np.all(np.isfinite(self.theta)):  # bad input, not a divergence of training
+            bad = next(k for k, v in model.unflatten(self.theta).items() if not np.all(np.isfinite(v)))
+            raise DataError(f"param {bad!r} contains NaN or infinite values")
         self.grad = np.zeros_like(self.theta)
         self.opt_state = np.zeros((2, model.N_THETA), self.dtype)
         if getattr(model, "TARGET", "cpu") == "cpu":  # params are valid: a first run starts compiling on core 2
@@ -104,8 +137,9 @@ class Trainer:
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         try:
-            self._consts = np.asarray(model.consts_vector(dict(constants) if constants else None), np.float64)
-        except (KeyError, ValueError) as exc:
+            given = dict(constants) if isinstance(constants, Mapping) else constants  # a non-dict is refused there
+            self._consts = np.asarray(model.consts_vector(given), np.float64)
+        except (KeyError, ValueError, TypeError) as exc:
             raise UsageError(f"constants: {exc}") from None
         self.const_names = [name for name, _ in model.CONSTANTS]
         if clip_norm is not None and (
@@ -132,14 +166,21 @@ class Trainer:
         base = float(self.optimizer.lr)
         if self.lr_schedule is None:
             return np.full(n, base)
-        return np.array([base * float(self.lr_schedule(t)) for t in range(t0, t0 + n)], dtype=np.float64)
+        out = np.empty(n, dtype=np.float64)
+        for k, t in enumerate(range(t0, t0 + n)):
+            value = self.lr_schedule(t)
+            mult = number(value, f"the lr schedule's value at step {t}")
+            if mult < 0:  # a negative rate ascends a minimised loss without a word
+                raise UsageError(f"the lr schedule gave {mult:g} at step {t}; a learning rate multiplier must be >= 0")
+            out[k] = base * mult
+        return out
 
     def consts_steps(self, t0: int, n: int) -> np.ndarray:
         """Constants vector of each step: defaults, then `constants=`, then absolute constant schedules."""
         out = np.tile(self._consts, (n, 1))
         for name, sched in self.const_schedules.items():
             col = self.const_names.index(name)
-            out[:, col] = [float(sched(t)) for t in range(t0, t0 + n)]
+            out[:, col] = [number(sched(t), f"schedule[{name!r}]'s value at step {t}") for t in range(t0, t0 + n)]
         return np.ascontiguousarray(out)
 
     def constants_at(self, t: int) -> dict[str, float]:
@@ -257,33 +298,62 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Copies of everything needed to continue bit-identically: params, optimizer state, step, RNG."""
+        prev = self._before_last
         return {
             "params": self.params_copy(),
             "theta": self.theta.copy(),
             "opt_state": self.opt_state.copy(),
             "step": self.step_count,
             "rng": self.rng.bit_generator.state,
+            # the state before the last step, so that a divergence right after a restore still rolls back one step
+            "prev": None if prev is None else (prev[0].copy(), prev[1].copy(), prev[2]),
         }
 
     def load_state_dict(self, d: Mapping[str, Any]) -> None:
-        """Restore a `state_dict()` (or a checkpoint's arrays)."""
+        """Restore a `state_dict()` (or a checkpoint's arrays). Everything is checked before anything is set, so a
+        bad state leaves the trainer as it was; each problem is one UsageError naming the entry."""
+        if not isinstance(d, Mapping):
+            raise UsageError(f"state must be a dict from state_dict(), got {type(d).__name__}")
+        missing = [k for k in ("opt_state", "step", "rng") if k not in d] + (
+            [] if "theta" in d or "params" in d else ["theta"]
+        )
+        if missing:
+            raise UsageError(f"state is missing {', '.join(map(repr, missing))} (a dict from state_dict())")
         if "theta" in d:
-            theta = np.asarray(d["theta"])
+            theta = self._state_array(d["theta"], "theta", self.theta.shape)
         else:
             theta = self.model.flatten(dict(d["params"]), self.dtype)
-        if theta.shape != self.theta.shape:
-            raise UsageError(f"state has {theta.shape[0]} parameters, the model has {self.theta.shape[0]}")
-        opt_state = np.asarray(d["opt_state"])
-        if opt_state.shape != self.opt_state.shape:
-            raise UsageError(f"optimizer state has shape {opt_state.shape}, expected {self.opt_state.shape}")
+        opt_state = self._state_array(d["opt_state"], "opt_state", self.opt_state.shape)
+        step = d["step"]
+        if isinstance(step, (bool, np.bool_)) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise UsageError(f"state['step'] must be a non-negative integer, got {step!r}")
+        rng_state = d["rng"]
+        try:
+            if isinstance(rng_state, (str, np.ndarray)):
+                rng_state = json.loads(str(rng_state))
+            probe = np.random.default_rng()
+            probe.bit_generator.state = rng_state
+        except (TypeError, ValueError, KeyError) as exc:
+            raise UsageError(f"state['rng'] is not a NumPy generator state ({type(exc).__name__}: {exc})") from None
+        prev = d.get("prev")
+        if prev is not None:
+            p_theta = self._state_array(prev[0], "prev theta", self.theta.shape)
+            p_opt = self._state_array(prev[1], "prev opt_state", self.opt_state.shape)
+            prev = (p_theta, p_opt, int(prev[2])) if int(prev[2]) + 1 == int(step) else None
         self.theta[:] = theta
         self.opt_state[:] = opt_state
-        self.step_count = int(d["step"])
-        self._before_last = None
-        rng_state = d["rng"]
-        if isinstance(rng_state, (str, np.ndarray)):
-            rng_state = json.loads(str(rng_state))
+        self.step_count = int(step)
+        self._before_last = prev
         self.rng.bit_generator.state = rng_state
+
+    def _state_array(self, value: Any, what: str, shape: tuple) -> np.ndarray:
+        arr = np.asarray(value) if isinstance(value, (np.ndarray, list, tuple)) else None
+        if arr is None or arr.dtype.kind not in "iuf" or arr.shape != shape:
+            got = f"{arr.dtype} of shape {arr.shape}" if arr is not None else type(value).__name__
+            raise UsageError(f"state[{what!r}] must be numbers of shape {shape}, got {got}")
+        if not np.all(np.isfinite(arr)):
+            raise UsageError(f"state[{what!r}] contains NaN or infinite values")
+        return arr
 
 
 def _interruptible(trainer: Any, call: Callable[[], Any]) -> Any:

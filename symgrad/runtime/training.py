@@ -43,8 +43,9 @@ from symgrad.errors import TrainingDiverged, UsageError
 from symgrad.lang import sampling
 from symgrad.runtime.checkpoint import load_checkpoint, save_checkpoint, spec_digest, validate
 from symgrad.runtime.optim import Optimizer, as_optimizer
+from symgrad.runtime.paths import output_path
 from symgrad.runtime.support import check_arrays
-from symgrad.runtime.trainer import Trainer, _params_dtype, diverged_message
+from symgrad.runtime.trainer import Trainer, _params_dtype, check_flag, check_model, check_seed, diverged_message
 
 CHUNK_BYTES = 64 * 2**20  # gathered mini-batches per compiled call: bounds memory on large data sets
 DEFAULT_BATCH_SIZE = 64
@@ -174,12 +175,6 @@ def _positive_int(name: str, value: Any) -> int | None:
     return int(value)
 
 
-def _seed(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise UsageError(f"seed must be a non-negative integer, got {value!r}")
-    return int(value)
-
-
 @dataclass
 class _Run:
     """Everything `train` was asked, validated once; the loop and the distributed hooks read it."""
@@ -251,6 +246,7 @@ def train(
     """
 
     def run(hooks: Any) -> TrainResult:
+        check_model(model)
         backends.get(device, "device")  # one UsageError naming the registered backends
         positive_batch = _positive_int("batch_size", DEFAULT_BATCH_SIZE if batch_size is None else batch_size)
         assert positive_batch is not None  # None only for None, and the default replaced it
@@ -260,16 +256,16 @@ def train(
             epochs=_positive_int("epochs", epochs),
             steps=_positive_int("steps", steps),
             params=params,
-            seed=_seed(seed),
-            shuffle=bool(shuffle),
+            seed=check_seed(seed),
+            shuffle=check_flag("shuffle", shuffle),
             clip_norm=clip_norm,
             schedule=schedule,
             constants=constants,
-            progress=bool(progress),
-            checkpoint=None if checkpoint is None else os.fspath(checkpoint),
-            resume=bool(resume),
+            progress=check_flag("progress", progress),
+            checkpoint=None if checkpoint is None else output_path(checkpoint, "checkpoint"),
+            resume=check_flag("resume", resume),
             validation=validation,
-            history_per_step=bool(history_per_step),
+            history_per_step=check_flag("history_per_step", history_per_step),
             callback=callback,
             device=device,
         )
@@ -304,6 +300,18 @@ def _schedule_digest(trainer: Trainer, total_steps: int) -> str:
         h.update(np.float64(trainer.lrs(t, 1)[0]).tobytes())
         h.update(trainer.consts_steps(t, 1).tobytes())
     return h.hexdigest()[:16]
+
+
+def _schedule_probes(trainer: Trainer, total_steps: int) -> list[list[float]]:
+    """[step, lr, *constants] at steps 0..15 and then every ~1.5x, up to the run's end: what a checkpoint records of
+    the schedules. A resume compares the steps both runs have, so training on for more epochs under the same
+    schedule resumes, while a changed rate, ramp or cosine length does not."""
+    at = set(range(min(16, total_steps)))
+    t = 16.0
+    while t < total_steps:
+        at.add(int(t))
+        t *= 1.5
+    return [[s, float(trainer.lrs(s, 1)[0]), *trainer.consts_steps(s, 1)[0].tolist()] for s in sorted(at)]
 
 
 def _fit(model: ModuleType, data: Mapping[str, Any] | None, cfg: _Run, hooks: Any) -> TrainResult:
@@ -353,8 +361,12 @@ def _fit(model: ModuleType, data: Mapping[str, Any] | None, cfg: _Run, hooks: An
         "batch_size": bsz,
         "seed": cfg.seed,
         "shuffle": cfg.shuffle,
+        "optimizer": repr(cfg.optimizer),  # kind, lr and every hyperparameter: a resume must not change them
         "kind": int(cfg.optimizer.kind),
         "dtype": str(dtype),
+        "clip_norm": None if cfg.clip_norm is None else float(cfg.clip_norm),
+        "schedule": _schedule_probes(trainer, total_steps),
+        "constants": trainer.consts_steps(0, 1).tolist(),
     }
     logs: dict[str, list] = {
         "history": [],
@@ -369,7 +381,7 @@ def _fit(model: ModuleType, data: Mapping[str, Any] | None, cfg: _Run, hooks: An
         validate(ck, cfg.checkpoint, meta, epochs=epochs, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
         try:
             trainer.load_state_dict(ck)
-        except (TypeError, ValueError, KeyError) as exc:  # e.g. an rng state numpy refuses
+        except UsageError as exc:
             raise UsageError(f"checkpoint {cfg.checkpoint}: cannot restore its state ({exc})") from None
         first_epoch = ck["epoch"]
         for key in logs:
@@ -398,12 +410,8 @@ def _fit(model: ModuleType, data: Mapping[str, Any] | None, cfg: _Run, hooks: An
         "validation": {k: (tuple(v.shape), str(v.dtype)) for k, v in sorted(val_arrays.items())},
         "epochs": epochs,
         "steps": total_steps,
-        "optimizer": f"{type(cfg.optimizer).__name__}(kind={int(cfg.optimizer.kind)}, "
-        f"hyper={cfg.optimizer.hyper.tolist()})",
+        "hyper": cfg.optimizer.hyper.tolist(),
         "lr": float(cfg.optimizer.lr),
-        "schedule": _schedule_digest(trainer, total_steps),
-        "constants": trainer.consts_steps(0, 1).tolist(),
-        "clip_norm": cfg.clip_norm,
         "device": cfg.device,
         "checkpoint": cfg.checkpoint is not None,
         "resume": cfg.resume,

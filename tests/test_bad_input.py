@@ -1,0 +1,356 @@
+"""Bad arguments and files at the API and the CLI: one clear error naming what is wrong, nothing silently accepted.
+
+Every case here was found by a bad-input fuzz campaign (2026-12-04) with the behaviour it had then: a NaN tolerance
+that turned `symgrad check` into a pass, schedules that made the learning rate negative, `--resume A --checkpoint
+B` that threw A away, a resume that changed the learning rate, raw TypeErrors and tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import symgrad
+from symgrad.cli.main import main
+from symgrad.errors import DataError, SymgradError, TrainingDiverged, UsageError
+from symgrad.runtime import schedules as S
+
+REPO = Path(__file__).resolve().parent.parent
+LINREG = str(REPO / "specs" / "linreg.yaml")
+VAE = str(REPO / "specs" / "vae.yaml")
+RNG = np.random.default_rng(0)
+X = RNG.random(20)
+DATA = {"x": X, "y": 2 * X + 1}
+
+
+@pytest.fixture(scope="module")
+def linreg():
+    return symgrad.load(LINREG)
+
+
+def _cli(*args: str, cwd: Path | None = None):
+    runner = CliRunner()
+    if cwd is None:
+        return runner.invoke(main, list(args))
+    old = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return runner.invoke(main, list(args))
+    finally:
+        os.chdir(old)
+
+
+def _one_line(result) -> str:
+    lines = [ln for ln in result.output.splitlines() if ln.startswith(("error:", "/", "<"))]
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    return lines[-1] if lines else ""
+
+
+# -- symgrad check ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("rtol", ["nan", "-1", "0", "inf"])
+def test_check_refuses_a_tolerance_that_is_not_positive_and_finite(rtol):
+    """`--rtol nan` printed MISMATCH on every line and exited 0: a check that cannot fail."""
+    r = _cli("check", LINREG, "--rtol", rtol)
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == [f"error: --rtol must be a positive finite number, got {float(rtol):g}"]
+
+
+def test_check_refuses_a_negative_seed_as_usage_not_as_a_failed_check():
+    r = _cli("check", LINREG, "--seed", "-1")
+    assert r.exit_code == 2 and r.output.strip().startswith("error: ") and "--seed" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+
+
+def test_click_usage_errors_are_one_line():
+    r = _cli("train", LINREG, "--data", "digits", "--epochs", "-1")
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines() == ["error: Invalid value for '--epochs': -1 is not in the range x>=1."]
+    r = _cli("nosuchcommand")
+    assert r.exit_code == 2 and r.output.strip().splitlines() == ["error: No such command 'nosuchcommand'."]
+
+
+def test_a_subprocess_usage_error_is_one_line_and_exit_2():
+    p = subprocess.run(
+        [sys.executable, "-m", "symgrad", "check", LINREG, "--rtol", "nan"], capture_output=True, text=True, cwd=REPO
+    )
+    assert p.returncode == 2 and (p.stdout + p.stderr).strip().splitlines() == [
+        "error: --rtol must be a positive finite number, got nan"
+    ]
+
+
+# -- schedules and constants ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: S.step_decay(10, -1),
+        lambda: S.step_decay(10, float("nan")),
+        lambda: S.step_decay(0, 0.5),
+        lambda: S.step_decay(2.5, 0.5),
+        lambda: S.step_decay("a", 0.5),
+        lambda: S.inverse_time(-5),
+        lambda: S.inverse_time("x"),
+        lambda: S.cosine(10, -1),
+        lambda: S.cosine(10, float("nan")),
+        lambda: S.cosine(0),
+        lambda: S.linear_warmup(0),
+        lambda: S.linear_warmup(3, "x"),
+        lambda: S.linear_ramp(float("nan"), 1, 5),
+        lambda: S.linear_ramp(0, 1, 0),
+        lambda: S.constant(float("inf")),
+    ],
+)
+def test_schedule_arguments_are_checked_when_made(make):
+    with pytest.raises(UsageError):
+        make()
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan"), "x", None])
+def test_an_lr_schedule_value_must_be_a_non_negative_number(linreg, value):
+    """A lambda returning -1 trained silently with lr -0.01 (ascending a minimised loss)."""
+    with pytest.raises(UsageError, match="step 0"):
+        symgrad.train(linreg, DATA, optimizer=symgrad.SGD(0.01), batch_size=5, epochs=1, schedule=lambda s: value)
+
+
+@pytest.mark.parametrize("spec", ["inverse_time:-5", "step_decay:10:-1", "cosine:-1", "cosine:nan", "warmup:inf"])
+def test_cli_schedule_values_are_refused_before_training(tmp_path, spec):
+    np.savez(tmp_path / "d.npz", **DATA)
+    r = _cli("train", LINREG, "--data", "d.npz", "--epochs", "1", "--batch-size", "5", "--schedule", spec, cwd=tmp_path)
+    assert r.exit_code == 2 and f"--schedule '{spec}'" in _one_line(r)
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("beta", [float("nan"), float("inf"), None, np.array([1.0, 2.0]), "x"])
+def test_a_constant_must_be_a_finite_number(beta):
+    """`beta=nan` was reported as "training diverged" (exit 1), blaming the model; None was a raw TypeError."""
+    vae = symgrad.load(VAE)
+    x = RNG.random((16, 64))
+    with pytest.raises(UsageError, match="constant 'beta' must be a finite number"):
+        symgrad.train(vae, {"x": x}, optimizer=symgrad.Adam(0.01), batch_size=8, epochs=1, constants={"beta": beta})
+    with pytest.raises(UsageError, match="constant 'beta'"):
+        vae.loss(vae.init_params(0), {"x": x}, constants={"beta": beta})
+
+
+def test_constants_must_be_a_dict(linreg):
+    with pytest.raises(UsageError, match="constants must be a dict"):
+        symgrad.train(linreg, DATA, optimizer="sgd", batch_size=5, epochs=1, constants=[1])
+
+
+# -- train / Trainer arguments ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("flag", ["shuffle", "progress", "history_per_step", "resume"])
+@pytest.mark.parametrize("value", ["no", None, 1])
+def test_yes_no_arguments_must_be_bools(linreg, flag, value):
+    """`shuffle="no"` shuffled."""
+    with pytest.raises(UsageError, match=f"{flag} must be True or False"):
+        symgrad.train(linreg, DATA, optimizer="sgd", batch_size=5, epochs=1, **{flag: value})
+
+
+@pytest.mark.parametrize("model", ["specs/linreg.yaml", None, 3])
+def test_the_model_must_be_a_loaded_module(model):
+    with pytest.raises(UsageError, match="model must be a module returned by symgrad.load"):
+        symgrad.train(model, DATA, optimizer="sgd", epochs=1)
+    with pytest.raises(UsageError, match="model must be a module returned by symgrad.load"):
+        symgrad.Trainer(model, symgrad.SGD(0.1))
+
+
+@pytest.mark.parametrize(
+    ("params", "error", "match"),
+    [
+        ([1.0, 0.0], UsageError, "params must be a dict"),
+        ({"w": np.array(0.0), "b": np.array(0.0), "q": np.array(0.0)}, UsageError, "unknown parameter 'q'"),
+        ({"w": np.array(1 + 1j), "b": np.array(0.0)}, DataError, "complex128"),
+        ({"w": np.array(True), "b": np.array(False)}, DataError, "bool"),
+        ({"w": np.array(np.inf), "b": np.array(0.0)}, DataError, "param 'w' contains NaN or infinite"),
+        ({"w": np.array("a"), "b": np.array(0.0)}, DataError, "param 'w' holds"),
+    ],
+)
+def test_starting_parameters_are_checked_like_data(linreg, params, error, match):
+    """A complex start was truncated to its real part; an infinite one was reported as a divergence at step 1."""
+    with pytest.raises(error, match=match):
+        symgrad.train(linreg, DATA, optimizer="sgd", batch_size=5, epochs=1, params=params)
+
+
+def test_trainer_seed_and_init_params_arguments(linreg):
+    with pytest.raises(UsageError, match="seed"):
+        symgrad.Trainer(linreg, symgrad.SGD(0.1), seed=-1)
+    with pytest.raises(UsageError, match="seed"):
+        linreg.init_params(-1)
+    for dtype in (np.int32, "float16"):
+        with pytest.raises(UsageError, match="float32 or float64"):
+            linreg.init_params(0, dtype=dtype)
+
+
+@pytest.mark.parametrize(("path", "match"), [(3, "must be a file path"), ("", "empty"), (".", "is a folder")])
+def test_a_checkpoint_path_is_checked_before_the_first_step(linreg, path, match):
+    """These failed with a raw OSError after the first epoch's work."""
+    with pytest.raises(UsageError, match=match):
+        symgrad.train(linreg, DATA, optimizer="sgd", batch_size=5, epochs=1, checkpoint=path)
+
+
+def test_a_checkpoint_under_a_file_is_refused_up_front(linreg, tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(UsageError, match="is not a folder"):
+        symgrad.train(linreg, DATA, optimizer="sgd", batch_size=5, epochs=1, checkpoint=str(tmp_path / "f" / "c.npz"))
+
+
+def test_load_state_dict_checks_every_entry_and_changes_nothing_on_error(linreg):
+    t = symgrad.Trainer(linreg, symgrad.SGD(0.1))
+    t.step({"x": X[:5], "y": DATA["y"][:5]})
+    sd = t.state_dict()
+    theta = t.theta.copy()
+    bad = [
+        ({}, "missing"),
+        (None, "must be a dict"),
+        ({**sd, "theta": None}, "theta"),
+        ({**sd, "theta": np.full(2, np.nan)}, "NaN"),
+        ({**sd, "step": "x"}, "step"),
+        ({**sd, "step": -1}, "step"),
+        ({**sd, "rng": "x"}, "rng"),
+        ({**sd, "rng": None}, "rng"),
+    ]
+    for d, match in bad:
+        with pytest.raises(UsageError, match=match):
+            t.load_state_dict(d)
+        assert np.array_equal(t.theta, theta) and t.step_count == 1
+    t.load_state_dict(sd)
+
+
+def test_module_functions_refuse_empty_batches_and_missing_params(linreg):
+    p = linreg.init_params(0)
+    empty = {"x": np.zeros(0), "y": np.zeros(0)}
+    for fn in (linreg.loss, linreg.loss_and_grad, linreg.forward):
+        with pytest.raises(DataError, match="empty"):
+            fn(p, empty)
+    with pytest.raises(DataError, match="params is missing 'w'"):
+        linreg.forward({}, {"x": X})
+    with pytest.raises(DataError, match="params must be a dict"):
+        linreg.loss(None, DATA)
+    with pytest.raises(UsageError, match="unknown constant 'zz'"):
+        linreg.forward(p, {"x": X}, constants={"zz": 1})
+
+
+def test_load_and_derive_take_a_path():
+    with pytest.raises(UsageError):
+        symgrad.load(None)
+    with pytest.raises(UsageError):
+        symgrad.derive(None)
+    with pytest.raises(UsageError, match="wrt"):
+        symgrad.derive(LINREG, wrt=3)
+    with pytest.raises(UsageError, match="^wrt 'nope'"):
+        symgrad.derive(LINREG, wrt="nope")
+
+
+# -- resume -----------------------------------------------------------------------------------------------------
+@pytest.fixture
+def run_dir(tmp_path):
+    np.savez(tmp_path / "d.npz", **DATA)
+    return tmp_path
+
+
+def _train(run_dir, *extra: str):
+    base = ("train", LINREG, "--data", "d.npz", "--batch-size", "5", "--no-progress", "--out", "o.npz")
+    return _cli(*base, *extra, cwd=run_dir)
+
+
+def test_resume_and_checkpoint_naming_different_files_is_refused(run_dir):
+    """--resume A --checkpoint B restarted from scratch: A was never read."""
+    assert _train(run_dir, "--epochs", "1", "--checkpoint", "ck.npz").exit_code == 0
+    r = _train(run_dir, "--epochs", "2", "--resume", "ck.npz", "--checkpoint", "ck2.npz")
+    assert r.exit_code == 2 and "name different files" in _one_line(r)
+    assert not (run_dir / "ck2.npz").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (("--lr", "0.5"), "optimizer="),
+        (("--optimizer", "sgd"), "optimizer="),
+        (("--clip-norm", "0.001"), "clip_norm="),
+        (("--schedule", "inverse_time:3"), "schedule"),
+    ],
+)
+def test_resume_refuses_changed_settings(run_dir, extra, match):
+    """A resume with another lr, optimizer, clip norm or schedule ran on and matched neither uninterrupted run."""
+    assert _train(run_dir, "--epochs", "1", "--checkpoint", "ck.npz").exit_code == 0
+    r = _train(run_dir, "--epochs", "2", "--resume", "ck.npz", *extra)
+    assert r.exit_code == 2 and match in _one_line(r) and "cannot resume identically" in r.output
+
+
+def test_resume_for_more_epochs_under_the_same_schedule_is_allowed(run_dir):
+    assert _train(run_dir, "--epochs", "1", "--checkpoint", "ck.npz", "--schedule", "step_decay:3:0.5").exit_code == 0
+    r = _train(run_dir, "--epochs", "3", "--resume", "ck.npz", "--schedule", "step_decay:3:0.5")
+    assert r.exit_code == 0, r.output
+
+
+def test_a_divergence_right_after_resume_keeps_what_the_uninterrupted_run_keeps(linreg, tmp_path):
+    """The checkpoint holds the parameters after step 2, whose step-3 loss is inf; the resumed run used to keep (and
+    save) exactly those, saying "no step had a finite loss". It now keeps step 2's, as the uninterrupted run does."""
+    kw = dict(optimizer=symgrad.SGD(1e100), batch_size=10, epochs=3, progress=False)
+    with pytest.raises(TrainingDiverged) as whole:
+        symgrad.train(linreg, DATA, **kw)
+    ck = str(tmp_path / "ck.npz")
+    with pytest.raises(TrainingDiverged):
+        symgrad.train(linreg, DATA, checkpoint=ck, **kw)
+    with pytest.raises(TrainingDiverged) as resumed:
+        symgrad.train(linreg, DATA, checkpoint=ck, resume=True, **kw)
+    assert str(resumed.value) == str(whole.value) and "kept the parameters of step 2" in str(whole.value)
+    for k, v in whole.value.params.items():
+        assert np.array_equal(resumed.value.params[k], v)
+
+
+# -- CLI files --------------------------------------------------------------------------------------------------
+def test_params_files_are_checked_and_named(run_dir, linreg):
+    np.savez(run_dir / "dx.npz", x=X[:5])
+    np.savez(run_dir / "p_str.npz", w=np.array("a"), b=np.array(0.0))
+    np.savez(run_dir / "p_nan.npz", w=np.array(np.nan), b=np.array(0.0))
+    for path, match in [
+        ("d.npz", "--params d.npz: array 'x' is not a parameter"),
+        ("p_str.npz", "--params p_str.npz: parameter 'w' holds"),
+        ("p_nan.npz", "--params p_nan.npz: parameter 'w' contains NaN"),
+        ("nope.npz", "--params: no such file"),
+    ]:
+        r = _cli("predict", LINREG, "--params", path, "--data", "dx.npz", cwd=run_dir)
+        assert r.exit_code == 2 and match in _one_line(r), r.output
+    r = _train(run_dir, "--epochs", "1", "--init", "nope.npz")
+    assert r.exit_code == 2 and "--init: no such file" in _one_line(r)
+
+
+def test_predict_and_evaluate_refuse_non_finite_data(run_dir):
+    np.savez(run_dir / "p.npz", w=np.array(1.0), b=np.array(0.0))
+    np.savez(run_dir / "dx_nan.npz", x=np.array([1.0, np.nan]), y=np.array([1.0, 2.0]))
+    for cmd in ("predict", "evaluate"):
+        r = _cli(cmd, LINREG, "--params", "p.npz", "--data", "dx_nan.npz", cwd=run_dir)
+        assert r.exit_code == 2 and "dx_nan.npz: array 'x' contains NaN" in _one_line(r), r.output
+
+
+def test_a_spec_error_under_train_starts_with_file_and_line(run_dir):
+    (run_dir / "bad.yaml").write_text("name: t\nparams: {w: []}\nloss: q*w\n")
+    r = _cli("train", "bad.yaml", "--data", "d.npz", cwd=run_dir)
+    assert r.exit_code == 2 and r.output.strip().splitlines() == ["bad.yaml:3: undeclared name 'q'"]
+
+
+@pytest.mark.parametrize("flag", ["--log", "--plot", "--checkpoint", "--out"])
+def test_output_paths_under_a_file_are_refused_before_training(run_dir, flag):
+    name = "m.png" if flag == "--plot" else "m.npz"
+    r = _train(run_dir, "--epochs", "1", flag, f"d.npz/{name}")
+    assert r.exit_code == 2 and "is not a folder" in _one_line(r), r.output
+    assert "trained" not in r.output
+
+
+def test_the_csv_log_is_written_atomically_not_through_a_planted_link(run_dir):
+    victim = run_dir / "victim.txt"
+    victim.write_text("orig")
+    (run_dir / ".m.csv.tmp").symlink_to(victim)
+    assert _train(run_dir, "--epochs", "1", "--log", "m.csv").exit_code == 0
+    assert victim.read_text() == "orig" and (run_dir / "m.csv").read_text().startswith("epoch,")
+
+
+def test_every_error_here_is_a_symgrad_error():
+    """The API's bad-input errors share one base class, so a caller can catch them all."""
+    assert issubclass(UsageError, SymgradError) and issubclass(DataError, SymgradError)
