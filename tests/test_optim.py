@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -152,3 +153,29 @@ def test_update_kernels_state_numpys_error_model():
     assert len(kernels) >= 10
     for k in kernels:
         assert k.targetoptions.get("error_model") == "numpy", k.__name__
+
+
+def test_adam_runs_with_the_jit_disabled(tmp_path):
+    """Under NUMBA_DISABLE_JIT=1 (a debugging mode) Adam's Python stub raised NotImplementedError (fuzz campaign);
+    it now runs the same arithmetic as the compiled overload (the histories agree to rounding: the kernels'
+    reductions associate differently without the JIT)."""
+    import json
+    import subprocess
+
+    code = (
+        "import numpy as np, symgrad\n"
+        "m = symgrad.load('specs/linreg.yaml'); x = np.linspace(0, 1, 20)\n"
+        "r = symgrad.train(m, {'x': x, 'y': 2 * x + 1}, optimizer=symgrad.Adam(0.1), batch_size=5, epochs=2,"
+        " progress=False)\n"
+        "import json; print(json.dumps(r.history.tolist()))\n"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "SYMGRAD_WARMUP": "0"}
+    runs = [
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=repo, env=e, timeout=300)
+        for e in (env, {**env, "NUMBA_DISABLE_JIT": "1"})
+    ]
+    for p in runs:
+        assert p.returncode == 0, p.stderr[-2000:]
+    jit, nojit = (np.array(json.loads(p.stdout)) for p in runs)
+    np.testing.assert_allclose(nojit, jit, rtol=1e-12)

@@ -38,16 +38,20 @@ _nesterov = njit(inline="always", **_JIT)(stepmath.nesterov)
 _adam_el = njit(inline="always", **_JIT)(stepmath.adam)
 
 
-def _adam(theta, g, ms, vs, lr, b1, b2, eps, t):  # noqa: D103  (compiled through the overload below)
-    raise NotImplementedError
+def _adam(theta, g, ms, vs, lr, b1, b2, eps, t):
+    """Compiled code calls the overload below; this Python body is what runs under NUMBA_DISABLE_JIT=1 (it raised
+    NotImplementedError there, so Adam, the default optimizer, failed in that debugging mode)."""
+    _adam_impl(np.float32 if theta.dtype == np.float32 else np.float64)(theta, g, ms, vs, lr, b1, b2, eps, t)
 
 
 @overload(_adam, jit_options=_JIT)  # type: ignore[arg-type]  # numba's stub has no cache key
 def _adam_ol(theta, g, ms, vs, lr, b1, b2, eps, t):
     """Adam in theta's own precision: float32 parameters get float32 vector arithmetic (as PyTorch does), twice
     the SIMD width of float64; float64 parameters keep float64 throughout."""
-    f = np.float32 if theta.dtype == types.float32 else np.float64
+    return _adam_impl(np.float32 if theta.dtype == types.float32 else np.float64)
 
+
+def _adam_impl(f):
     def impl(theta, g, ms, vs, lr, b1, b2, eps, t):
         step = f(lr / (1.0 - b1**t))  # lr * mhat / m
         inv_c2 = f(1.0 / (1.0 - b2**t))  # vhat / v
