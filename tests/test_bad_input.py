@@ -354,3 +354,49 @@ def test_the_csv_log_is_written_atomically_not_through_a_planted_link(run_dir):
 def test_every_error_here_is_a_symgrad_error():
     """The API's bad-input errors share one base class, so a caller can catch them all."""
     assert issubclass(UsageError, SymgradError) and issubclass(DataError, SymgradError)
+
+
+# -- data files and the environment -----------------------------------------------------------------------------
+def _npz_of_members(path: Path, members: list[tuple[str, np.ndarray]], version=None) -> None:
+    import io
+    import warnings
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns about a duplicate name: that is the point of one case
+        with zipfile.ZipFile(path, "w") as z:
+            for name, arr in members:
+                buf = io.BytesIO()
+                npy.write_array(buf, arr, version=version)
+                z.writestr(f"{name}.npy", buf.getvalue())
+
+
+def test_a_version_3_npy_member_is_read(run_dir):
+    """numpy writes .npy 3.0 for utf-8 headers; it was reported as a "damaged .npz file" (a private numpy reader
+    symgrad called is gone in numpy 2.4)."""
+    _npz_of_members(run_dir / "v3.npz", [("x", X), ("y", DATA["y"])], version=(3, 0))
+    r = _train(run_dir, "--epochs", "1", "--data", "v3.npz")
+    assert r.exit_code == 0, r.output
+
+
+def test_an_archive_with_a_member_twice_is_refused(run_dir):
+    """np.load silently takes the last of two `x.npy` members."""
+    _npz_of_members(run_dir / "dup.npz", [("x", X), ("x", X[::-1]), ("y", DATA["y"])])
+    r = _train(run_dir, "--epochs", "1", "--data", "dup.npz")
+    assert r.exit_code == 2 and "array 'x' appears twice" in _one_line(r)
+
+
+def test_a_mistyped_data_size_limit_is_refused(run_dir, monkeypatch):
+    monkeypatch.setenv("SYMGRAD_MAX_DATA_BYTES", "abc")
+    r = _train(run_dir, "--epochs", "1")
+    assert r.exit_code == 2 and "$SYMGRAD_MAX_DATA_BYTES must be a whole number" in _one_line(r)
+
+
+def test_a_cache_that_is_a_file_is_one_line(run_dir, monkeypatch):
+    spec = run_dir / "linreg_copy.yaml"  # not in generated/: it must be built into the cache
+    spec.write_text(Path(LINREG).read_text().replace("name: linreg", "name: linreg_copy"))
+    monkeypatch.setenv("SYMGRAD_CACHE", str(run_dir / "d.npz"))
+    r = _cli("train", str(spec), "--data", "d.npz", "--epochs", "1", "--batch-size", "5", cwd=run_dir)
+    assert r.exit_code == 2 and "($SYMGRAD_CACHE)" in _one_line(r), r.output

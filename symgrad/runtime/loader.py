@@ -144,7 +144,13 @@ def load_generated(spec_path: str | Path, suffix: str, build) -> ModuleType:
     source = verified_source(target, sha)
     if source is None:
         source = build(spec_path, display_path=_display(spec_path))
-        write_atomic(target, source)
+        try:
+            write_atomic(target, source)
+        except OSError as exc:  # $SYMGRAD_CACHE names a file, or a folder that cannot be made: one line
+            raise UsageError(
+                f"cannot write the generated module into the cache {cache_dir()} ($SYMGRAD_CACHE): "
+                f"{exc.strerror or exc}"
+            ) from None
         _log.info("symgrad.load: built %s into %s", spec_path, target)
     return _import(target, source, name, sha)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from symgrad.errors import SymgradError
+from symgrad.errors import SymgradError, UsageError
 
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK"
@@ -47,6 +47,8 @@ def available_bytes() -> int:
     env = os.environ.get(MAX_BYTES_ENV, "").strip()
     if env.isdigit():
         return int(env)
+    if env:  # a limit the user set but mistyped must not be dropped in silence
+        raise UsageError(f"${MAX_BYTES_ENV} must be a whole number of bytes, got {env!r}")
     try:
         with open("/proc/meminfo", encoding="ascii") as fh:
             for line in fh:
@@ -66,8 +68,12 @@ def _read_header(fh, version: tuple[int, int]):
         return fmt.read_array_header_1_0(fh)
     if version == (2, 0):
         return fmt.read_array_header_2_0(fh)
-    # version 3.0 (utf-8 names): numpy has no public reader, and its stub omits the private one
-    return fmt._read_array_header(fh, version)  # type: ignore[attr-defined]
+    if version == (3, 0):
+        # 3.0 is 2.0's layout with a utf-8 header (for non-ASCII field names of structured dtypes, which symgrad
+        # refuses anyway); numpy has no public reader of it, and its private one is gone in numpy 2.4. An ASCII
+        # header reads the same as latin-1.
+        return fmt.read_array_header_2_0(fh)
+    raise ValueError(f"unknown .npy format version {version[0]}.{version[1]}")
 
 
 def check_file(path: str, error: Callable[[str], Exception]) -> None:
@@ -101,6 +107,8 @@ def inspect(path: str, error: Callable[[str], Exception]) -> dict[str, Member]:
                 key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
                 if not info.filename.endswith(".npy"):
                     raise error(f"{path}: member {info.filename!r} is not a .npy array")
+                if key in members:  # zipfile keeps both and np.load silently takes the last
+                    raise error(f"{path}: array {key!r} appears twice in the archive")
                 with zf.open(info) as fh:
                     version = np.lib.format.read_magic(fh)
                     shape, _fortran, dtype = _read_header(fh, version)
