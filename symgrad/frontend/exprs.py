@@ -564,6 +564,13 @@ class Builder:
             old = self.scope.index(name)
             if old not in named:
                 raise ExprError(f"index {name!r} is summed over but does not appear in the summed expression")
+            if (hi - lo).is_number and hi - lo < -1:
+                # an empty loop in the kernel, but minus the sum over hi+1..lo-1 in SymPy's (Karr's) convention:
+                # the printed maths and the numbers would disagree, and reversed bounds are surely a slip
+                raise ExprError(
+                    f"the sum over {name} runs from {lo} down to {hi}: write its bounds from low to high "
+                    f"(Sum(..., ({name}, {hi}, {lo})))"
+                )
             new = sympy.Dummy(name, integer=True)
             expr = expr.xreplace({old: new})
             named.discard(old)
@@ -582,6 +589,12 @@ class Builder:
             value = self.build(a.elts[0])
             cond = self.condition(a.elts[1])
             pieces.append((value, cond))
+        last = args[-1].elts[1] if args else None  # type: ignore[attr-defined]  # a Tuple: checked above
+        if not (isinstance(last, ast.Constant) and last.value is True):
+            raise ExprError(
+                "a Piecewise must end with a (value, True) pair: where no condition holds its value is undefined "
+                "(NaN at run time); write the last case's condition as True"
+            )
         flat = [t for pair in pieces for t in pair]
         return self.elementwise(lambda *xs: Select(*zip(xs[::2], xs[1::2], strict=True)), flat, "Piecewise")
 

@@ -355,13 +355,18 @@ class _GraphBuilder:
             pending = arr.name == name or arr.name not in defined
             if pending:
                 step = self._step_offset(i0)
-                if step is None or step[1] < 1:
-                    raise self.err(
-                        f"{name} reads {arr.name}[{', '.join(map(str, r.indices))}] before it is "
-                        f"computed; a recurrence reads its state at an earlier step, "
-                        f"{arr.name}[t - 1, ...]",
-                        line,
+                varying = step is None or (bool(syms) and step[0] != syms[0] and step[0] not in syms)
+                if varying or step is None or step[1] < 1:
+                    shown = ", ".join(
+                        sympy.sstr(ix.xreplace({d: Symbol(d.name) for d in ix.free_symbols})) for ix in r.indices
                     )
+                    why = (
+                        "a recurrence reads its state at a constant lag, h[t - 1, ...] or h[t - c, ...] with c >= 1; "
+                        "a read at a step that varies within the step (a sum over past steps) is not supported"
+                        if varying
+                        else "a recurrence reads its state at an earlier step, h[t - 1, ...]"
+                    )
+                    raise self.err(f"{name} reads {arr.name}[{shown}] before it is computed; {why}", line)
                 if not syms or syms[0] != step[0]:
                     raise self.err(
                         f"{name} reads {arr.name} at step {step[0]} - {step[1]}, so its first index "
