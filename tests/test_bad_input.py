@@ -400,3 +400,24 @@ def test_a_cache_that_is_a_file_is_one_line(run_dir, monkeypatch):
     monkeypatch.setenv("SYMGRAD_CACHE", str(run_dir / "d.npz"))
     r = _cli("train", str(spec), "--data", "d.npz", "--epochs", "1", "--batch-size", "5", cwd=run_dir)
     assert r.exit_code == 2 and "($SYMGRAD_CACHE)" in _one_line(r), r.output
+
+
+def test_a_checkpoint_step_must_be_its_epochs_last(linreg, tmp_path):
+    """A checkpoint is written at an epoch's end; step 3 at the end of epoch 1 (4 steps per epoch) was accepted
+    and shifted every later step's schedule and Adam correction by one."""
+    ck = tmp_path / "ck.npz"
+    kw = dict(optimizer="adam", batch_size=5, progress=False, checkpoint=str(ck))
+    symgrad.train(linreg, DATA, epochs=1, **kw)
+    with np.load(ck) as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(ck, **{**arrays, "step": np.int64(3)})
+    with pytest.raises(UsageError, match="step 3 of epoch 1"):
+        symgrad.train(linreg, DATA, epochs=3, resume=True, **kw)
+    np.savez(ck, **{**arrays, "log_history": np.array([np.nan])})
+    with pytest.raises(UsageError, match="'log_history' holds NaN"):
+        symgrad.train(linreg, DATA, epochs=3, resume=True, **kw)
+    np.savez(ck, **{**arrays, "theta": arrays["theta"].astype(np.float32)})
+    with pytest.raises(UsageError, match="'theta' is float32 but 'opt_state' is float64"):
+        symgrad.train(linreg, DATA, epochs=3, resume=True, **kw)
+    np.savez(ck, **arrays)
+    assert symgrad.train(linreg, DATA, epochs=3, resume=True, **kw).steps == 12

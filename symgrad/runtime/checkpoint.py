@@ -129,9 +129,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(rng, dict) or "bit_generator" not in rng or "state" not in rng:
         raise UsageError(f"{where}: 'rng' is not a NumPy generator state")
     theta, opt_state = raw["theta"], raw["opt_state"]
-    if theta.ndim != 1 or theta.dtype.kind != "f":
+    if theta.ndim != 1 or theta.dtype not in (np.float32, np.float64):
         raise UsageError(f"{where}: 'theta' must be a 1-d float array, found {theta.dtype} of shape {theta.shape}")
-    if opt_state.shape != (2, theta.shape[0]) or opt_state.dtype != theta.dtype:
+    if opt_state.dtype != theta.dtype:  # symgrad writes both in the training dtype
+        raise UsageError(f"{where}: 'theta' is {theta.dtype} but 'opt_state' is {opt_state.dtype} (an edited file?)")
+    if opt_state.shape != (2, theta.shape[0]):
         raise UsageError(
             f"{where}: 'opt_state' must be {theta.dtype} of shape (2, {theta.shape[0]}), found "
             f"{opt_state.dtype} of shape {opt_state.shape}"
@@ -205,10 +207,9 @@ def validate(
     epoch, step = int(ck["epoch"]), int(ck["step"])
     if epoch > epochs:
         raise UsageError(f"{where} is at epoch {epoch}, past this run's {epochs} epochs")
-    low, high = (epoch - 1) * steps_per_epoch + 1, epoch * steps_per_epoch
-    if epoch == 0:
-        low = high = 0
-    if not low <= step <= high or step > total_steps:
+    # written at an epoch's end: its step is that epoch's last, or the run's last when steps= ended it early
+    high = epoch * steps_per_epoch
+    if not (step == high or (step == total_steps and high - steps_per_epoch < step < high)) or step > total_steps:
         raise UsageError(
             f"{where} is at step {step} of epoch {epoch}, impossible with {steps_per_epoch} steps per epoch"
             + (f" and {total_steps} steps" if total_steps < epochs * steps_per_epoch else "")
