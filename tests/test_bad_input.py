@@ -421,3 +421,23 @@ def test_a_checkpoint_step_must_be_its_epochs_last(linreg, tmp_path):
         symgrad.train(linreg, DATA, epochs=3, resume=True, **kw)
     np.savez(ck, **arrays)
     assert symgrad.train(linreg, DATA, epochs=3, resume=True, **kw).steps == 12
+
+
+def test_data_file_problems_name_the_file(run_dir):
+    np.savez(run_dir / "d_nan.npz", x=X * np.nan, y=X)
+    np.savez(run_dir / "d_len.npz", x=X, y=X[:5])
+    np.savez(run_dir / "d_test.npz", x=X, y=X, x_test=X[:4], y_test=X[:3])
+    for path, match in [
+        ("d_nan.npz", "d_nan.npz['x'] contains NaN"),
+        ("d_len.npz", "d_len.npz['y'] has leading shape (5,)"),
+        ("d_test.npz", "d_test.npz test set['y'] has leading shape (3,)"),
+    ]:
+        r = _train(run_dir, "--epochs", "1", "--data", path)
+        assert r.exit_code == 2 and match in _one_line(r), r.output
+
+
+def test_train_needs_no_data_for_a_spec_without_inputs(tmp_path):
+    r = _cli("train", str(REPO / "specs" / "quadratic.yaml"), "--epochs", "2", "--no-progress", cwd=tmp_path)
+    assert r.exit_code == 0, r.output
+    r = _cli("train", LINREG, "--epochs", "1", cwd=tmp_path)
+    assert r.exit_code == 2 and _one_line(r) == "error: --data is needed: linreg reads the inputs x, y"

@@ -353,7 +353,7 @@ def _metrics_line(label: str, metrics: dict[str, float]) -> str:
 
 def _run(
     spec: str,
-    data: str,
+    data: str | None,
     epochs: int,
     batch_size: int,
     optimizer: str,
@@ -411,7 +411,13 @@ def _run(
     out = out or output_path(default_out(name), "the default --out")
     constants = _parse_constants(constant, model)
     warn = lambda msg: echo(f"warning: {msg}", err=True)  # noqa: E731
-    train_data, test_data = collective(comm, lambda: load_dataset(data, model, on_warning=warn), "reading the data")
+    needs = [name for name, _, sample in model.INPUTS if sample is None]
+    if data is None and needs:
+        raise UsageError(f"--data is needed: {name} reads the inputs {', '.join(needs)}")
+    if data is None:  # a plain function of its parameters (or of sampled inputs only): full-batch steps
+        train_data, test_data = {}, None
+    else:
+        train_data, test_data = collective(comm, lambda: load_dataset(data, model, on_warning=warn), "reading the data")
     val_data = None
     if val_split is not None:
         train_data, val_data = _split(train_data, val_split, seed)
@@ -521,7 +527,12 @@ class _MpiSafeCommand(click.Command):
 
 @click.command("train", cls=_MpiSafeCommand, epilog=DATA_HELP)
 @click.argument("spec", type=click.Path(exists=True, dir_okay=False))
-@click.option("--data", required=True, help="'digits' or FILE.npz with arrays named like the inputs (see below).")
+@click.option(
+    "--data",
+    default=None,
+    help="'digits' or FILE.npz with arrays named like the inputs (see below); not needed by a spec without data "
+    "inputs.",
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option(
@@ -586,7 +597,7 @@ class _MpiSafeCommand(click.Command):
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar.")
 def train_command(
     spec: str,
-    data: str,
+    data: str | None,
     epochs: int,
     batch_size: int,
     optimizer: str,

@@ -36,6 +36,7 @@ import numpy as np
 
 from symgrad.errors import DataError, UsageError
 from symgrad.runtime import npzfile
+from symgrad.runtime.support import check_arrays
 
 N_TRAIN_DENSITY = 1437  # first 1437 digits train, last 360 test, for models of x alone
 
@@ -263,6 +264,12 @@ def _load(source: str | os.PathLike, model: ModuleType, binarize: bool | None):
         train, test = _npz(source, model)
     else:
         raise UsageError(f"unknown data set {source!r}: use 'digits', a .npz or a .csv file")
+    # checked here, where the file is known, so that a NaN or a length mismatch names it (train() checks again,
+    # in the training dtype, naming only the array)
+    check_arrays(model, train, np.dtype(np.float64), what=source)
+    if test:
+        every = {name for name, _, _ in model.INPUTS}  # a missing one is train()'s to report, after the warnings
+        check_arrays(model, test, np.dtype(np.float64), what=f"{source} test set", optional=every)
     if binarize:
         train = {k: (v > 0.5).astype(np.float64) if k == "x" else v for k, v in train.items()}
         if test:

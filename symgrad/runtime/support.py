@@ -161,7 +161,9 @@ def check_arrays(
             )
         cast = np.ascontiguousarray(arr, dtype=dtype)
         if strict and not np.all(np.isfinite(cast)):
-            raise DataError(f"{what}[{name!r}] contains NaN or infinite values (after casting to {dtype})")
+            raise DataError(
+                f"{what}[{name!r}] contains NaN or infinite values (after casting to {np.dtype(dtype).name})"
+            )
         out[name] = cast
     if strict and leading is not None and min(leading, default=1) == 0:
         raise DataError(f"{what}: the arrays are empty, expected shape {_shape_str(inputs[first][0], lead)}")
