@@ -441,3 +441,23 @@ def test_train_needs_no_data_for_a_spec_without_inputs(tmp_path):
     assert r.exit_code == 0, r.output
     r = _cli("train", LINREG, "--epochs", "1", cwd=tmp_path)
     assert r.exit_code == 2 and _one_line(r) == "error: --data is needed: linreg reads the inputs x, y"
+
+
+@pytest.mark.slow
+def test_an_unwritable_cache_never_puts_kernels_into_the_package(run_dir):
+    """With $SYMGRAD_CACHE a file, Numba's next cache locator wrote symgrad's kernels into the installed package's
+    __pycache__ (found when a test of this file left them there); they now go to a scratch folder."""
+    env = {**os.environ, "SYMGRAD_CACHE": str(run_dir / "d.npz"), "SYMGRAD_WARMUP": "0"}
+    env.pop("NUMBA_CACHE_DIR", None)
+    before = set((REPO / "symgrad").rglob("*.nb[ic]")) | set((REPO / "generated").rglob("*.nb[ic]"))
+    p = subprocess.run(
+        [sys.executable, "-m", "symgrad", "train", LINREG, "--data", "d.npz", "--epochs", "1", "--batch-size", "5"],
+        cwd=run_dir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    after = set((REPO / "symgrad").rglob("*.nb[ic]")) | set((REPO / "generated").rglob("*.nb[ic]"))
+    assert after == before, sorted(after - before)[:5]

@@ -500,9 +500,9 @@ def test_ranks_that_disagree_on_the_configuration_refuse_to_start(tmp_path):
     expect = {
         "epochs": "rank 1 has epochs=3, rank 0 has epochs=2",
         "batch_size": "rank 1 has batch_size=16, rank 0 has batch_size=8",
-        "lr": "rank 1 has lr=0.02, rank 0 has lr=0.01",
-        "optimizer": "rank 1 has kind=3, rank 0 has kind=0",
-        "schedule": "rank 1 has schedule=",
+        "lr": "rank 1 has optimizer='SGD(lr=0.02, momentum=0.0, nesterov=False)', rank 0 has optimizer='SGD(lr=0.01",
+        "optimizer": "rank 1 has optimizer='Adam(",
+        "schedule": "rank 1 and rank 0 have different lr or constant schedules",
         "dtype": "rank 1 has dtype='float32', rank 0 has dtype='float64'",
         "spec": "rank 1 has model='linsum', rank 0 has model='linreg'",
         "data": "rank 1 has n_train=56, rank 0 has n_train=64",

@@ -414,9 +414,13 @@ class Dist:
         diff = _first_difference([p[0] for p in prints])
         if diff is not None:
             key, rank, theirs, root = diff
+            what = (
+                f"rank {rank} and rank 0 have different lr or constant schedules"
+                if key in ("schedule", "constants")
+                else f"rank {rank} has {key}={_short(theirs)}, rank 0 has {key}={_short(root)}"
+            )
             raise DistributedError(
-                f"ranks disagree on the configuration: rank {rank} has {key}={_short(theirs)}, rank 0 has "
-                f"{key}={_short(root)}; every rank must run the same command",
+                f"ranks disagree on the configuration: {what}; every rank must run the same command",
                 ranks=[rank],
                 exit_code=2,
             )

@@ -404,8 +404,9 @@ def _fit(model: ModuleType, data: Mapping[str, Any] | None, cfg: _Run, hooks: An
             epochs=len(logs["history"]),
         )
 
+    late = ("schedule", "constants")  # last: the first difference is reported, and a plain setting says more
     config = {  # what every rank must agree on before the first step (symgrad.runtime.distributed)
-        **meta,
+        **{k: v for k, v in meta.items() if k not in late},
         "data": {k: (tuple(v.shape), str(v.dtype)) for k, v in sorted(arrays.items())},
         "validation": {k: (tuple(v.shape), str(v.dtype)) for k, v in sorted(val_arrays.items())},
         "epochs": epochs,
@@ -415,6 +416,7 @@ def _fit(model: ModuleType, data: Mapping[str, Any] | None, cfg: _Run, hooks: An
         "device": cfg.device,
         "checkpoint": cfg.checkpoint is not None,
         "resume": cfg.resume,
+        **{k: meta[k] for k in late},
     }
     hooks.setup_done(trainer, arrays, config)  # MPI: the one set-up collective; alone: nothing
     bar = None

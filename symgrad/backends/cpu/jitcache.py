@@ -60,6 +60,18 @@ def cache_root() -> Path:
     return cache_dir() / "numba"
 
 
+_SCRATCH: list[Path] = []
+
+
+def _scratch_root() -> Path:
+    """A private temp folder for kernels when the symgrad cache is not writable (made once per process)."""
+    if not _SCRATCH:
+        import tempfile
+
+        _SCRATCH.append(Path(tempfile.mkdtemp(prefix="symgrad-numba-")))
+    return _SCRATCH[0]
+
+
 def register(path: str | os.PathLike) -> None:
     """A generated module about to be executed: its kernels cache under the user cache."""
     _GENERATED.add(os.path.abspath(path))
@@ -92,10 +104,10 @@ def install() -> None:
     class SymgradCacheLocator(base):  # type: ignore[valid-type, misc]  # a base found at run time (getattr)
         """Numba's user-provided-directory locator, pointed at the symgrad cache, for symgrad's files only."""
 
-        def __init__(self, py_func, py_file):
+        def __init__(self, py_func, py_file, root: Path | None = None):
             self._py_file = py_file
             self._lineno = py_func.__code__.co_firstlineno
-            self._cache_path = str(entries_root() / self.get_suitable_cache_subpath(py_file))
+            self._cache_path = str((root or entries_root()) / self.get_suitable_cache_subpath(py_file))
             _OUR_DIRS.add(self._cache_path)
 
         def get_source_stamp(self):
@@ -105,7 +117,17 @@ def install() -> None:
         def from_function(cls, py_func, py_file):
             if not _ours(py_file):
                 return None
-            return super(base, cls).from_function(py_func, py_file)
+            found = super(base, cls).from_function(py_func, py_file)
+            if found is not None:
+                return found
+            # the symgrad cache cannot be written ($SYMGRAD_CACHE names a file, say): Numba's next locator would
+            # write into the installed package's __pycache__, so this process compiles into a scratch folder
+            scratch = cls(py_func, py_file, root=_scratch_root())
+            try:
+                scratch.ensure_cache_path()
+            except OSError:  # pragma: no cover - not even the temp folder is writable: no caching at all
+                return None
+            return scratch
 
     impl._locator_classes.insert(0, SymgradCacheLocator)
     _guard_entries(getattr(caching, "IndexDataCacheFile", None))
