@@ -78,3 +78,17 @@ class TrainingDiverged(SymgradError):
         self.params = params
         self.result = result
         super().__init__(message)
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during `symgrad.train`: still a KeyboardInterrupt (so it stops a script as Ctrl-C does), carrying
+    what a divergence carries: the step reached, the parameters after it and the result so far."""
+
+    exit_code = 130  # the shell's convention for SIGINT
+
+    def __init__(self, message: str, step: int, epoch: int, params: dict | None = None, result: object | None = None):
+        self.step = step
+        self.epoch = epoch
+        self.params = params
+        self.result = result
+        super().__init__(message)

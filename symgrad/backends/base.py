@@ -20,6 +20,7 @@ from sympy.printing.pycode import PythonCodePrinter
 import symgrad
 from symgrad.backends import codetext
 from symgrad.errors import CodegenError, SpecError
+from symgrad.frontend.spec import read_spec_bytes
 from symgrad.ir.derive import Loop
 from symgrad.ir.graph import Program
 from symgrad.ir.lower import (
@@ -605,7 +606,7 @@ def module_context(c: Compiled, display_path: str | None, description: str) -> d
     inputs = [{"name": a.name, "shape": tuple(a.shape), "sample": a.sample} for a in prog.inputs]
     return {
         "spec_path": display_path or c.spec_path,
-        "sha256": hashlib.sha256(Path(c.spec_path).read_bytes()).hexdigest(),
+        "sha256": hashlib.sha256(read_spec_bytes(c.spec_path)).hexdigest(),
         "version": symgrad.__version__,
         "name": prog.spec.name,
         "description": description,

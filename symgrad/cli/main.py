@@ -53,8 +53,8 @@ class _Group(click.Group):
         kwargs["standalone_mode"] = False
         try:
             rv = super().main(*args, **kwargs)
-        except click.exceptions.Abort:
-            _fail("error: aborted", 1)
+        except click.exceptions.Abort:  # Ctrl-C outside training (click turns KeyboardInterrupt into Abort)
+            _fail("error: interrupted", 130)
         except click.exceptions.NoArgsIsHelpError as exc:  # `symgrad` alone: the help text, as click prints it
             _fail(exc.format_message(), exc.exit_code)
         except click.ClickException as exc:
@@ -80,8 +80,12 @@ def derive(spec: str, wrt: tuple[str, ...], fmt: str, render: str | None) -> Non
     from symgrad.ir.derive import derive as run_derive
     from symgrad.ir.graph import build_program
 
-    if render and not render.endswith((".png", ".html")):
+    if render is not None and not render.endswith((".png", ".html")):
         raise UsageError(f"--render must name a .png or .html file, got {render!r}")
+    if render is not None:
+        from symgrad.runtime.paths import output_path
+
+        output_path(render, "--render")  # before the derivation's seconds, not after them
     d = run_derive(build_program(spec))
     text = render_text(d, fmt, list(wrt) or None)
     click.echo(text, nl=False)
@@ -89,8 +93,11 @@ def derive(spec: str, wrt: tuple[str, ...], fmt: str, render: str | None) -> Non
         from symgrad.display.derivation import derivation_lines
         from symgrad.display.page import render_file
 
-        render_file(derivation_lines(d, "latex", list(wrt) or None), d.program.spec.name, render)
-        click.echo(f"wrote {render}", err=True)
+        try:
+            render_file(derivation_lines(d, "latex", list(wrt) or None), d.program.spec.name, render)
+        except OSError as exc:
+            raise UsageError(f"cannot write {render}: {exc.strerror or exc}") from None
+        click.echo(f"wrote {render!r}" if "\n" in render else f"wrote {render}", err=True)
 
 
 @main.command()
@@ -113,25 +120,33 @@ def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> Non
     from symgrad.frontend.spec import load_spec
     from symgrad.ir.graph import build_program
 
+    if not out_dir.strip():  # an unset $OUTDIR in a script: not the current folder in silence
+        raise UsageError("--out must name a folder, got an empty string")
     targets = [backends.get(t) for t in (backends.names() if target == "all" else (target,))]
     longest_suffix = max((backends.get(n).suffix for n in backends.names()), key=len)  # names fit every backend
-    paths = [Path(s) for s in specs] or sorted(Path("specs").glob("*.yaml"))
-    if not paths:
+    given = [Path(s) for s in specs] or sorted(Path("specs").glob("*.yaml"))
+    if not given:
         raise UsageError("no specs given and none found under specs/")
+    paths = list({os.path.realpath(p): p for p in reversed(given)}.values())[::-1]  # a file listed twice: once
     rendered = []
-    owners: dict[str, Path] = {}
+    owners: dict[str, tuple[Path, str]] = {}  # output file name -> (spec, its name)
     name_max = _name_max(Path(out_dir))
+    project = Path(out_dir).resolve().parent  # headers name the spec relative to the project, from any folder
     for path in paths:  # everything is generated before anything is written: a bad spec writes nothing
         spec = load_spec(path)
         name = spec.name
-        if name in owners:
-            raise SpecError(
-                f"name {name!r} is also the name of {owners[name]}: both would write "
-                f"{Path(out_dir) / (name + '.py')}; give one another name",
-                str(path),
-                spec.line_of.get("name", 1),
-            )
-        owners[name] = path
+        # every backend's file name, for every backend (so `A` with --target all and `A_cuda` never share one)
+        for suffix in {backends.get(n).suffix for n in backends.names()}:
+            file = name + suffix
+            if file in owners and owners[file][0] != path:
+                other, other_name = owners[file]
+                raise SpecError(
+                    f"name {name!r} and the name {other_name!r} of {other} would both write "
+                    f"{Path(out_dir) / (file + '.py')}; give one another name",
+                    str(path),
+                    spec.line_of.get("name", 1),
+                )
+            owners[file] = (path, name)
         if len(f".symgrad-{name}{longest_suffix}.py.tmp12345678".encode()) > name_max:
             raise SpecError(
                 f"name {name[:40]!r}... is too long for a file name in {out_dir} (at most {name_max} bytes there)",
@@ -143,15 +158,18 @@ def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> Non
             if refused is not None:
                 click.echo(f"note: {path}: no {backend.name} module: {refused[0]}", err=True)
                 continue
-            rendered.append((Path(out_dir) / f"{name}{backend.suffix}.py", backend.render(path, _display(path))))
+            rendered.append(
+                (Path(out_dir) / f"{name}{backend.suffix}.py", backend.render(path, _display(path, project)))
+            )
     if check:
         stale = []
         for path, text in rendered:
-            old = path.read_text(encoding="utf-8") if path.exists() else ""
+            old = _read_generated(path)
             if old != text:
                 stale.append(path)
+                before = (old or "").splitlines(True)
                 diff = difflib.unified_diff(
-                    old.splitlines(True), text.splitlines(True), f"{path} (on disk)", f"{path} (regenerated)", n=2
+                    before, text.splitlines(True), f"{path} (on disk)", f"{path} (regenerated)", n=2
                 )
                 sys.stdout.writelines(list(diff)[:200])
         if stale:
@@ -159,7 +177,7 @@ def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> Non
         click.echo(f"{len(rendered)} generated file(s) up to date")
         return
     for path, text in rendered:
-        if path.is_file() and not path.is_symlink() and path.read_text(encoding="utf-8") == text:
+        if not path.is_symlink() and _read_generated(path) == text:
             click.echo(f"unchanged {path}")
             continue
         try:
@@ -188,11 +206,31 @@ def cpu_only(path: Path) -> bool:
     return any(backends.get(n).unsupported(prog) is not None for n in backends.names() if n != "cpu")
 
 
-def _display(path: Path) -> str:
+def _read_generated(path: Path) -> str | None:
+    """What a generated file on disk holds, or None when it is missing, not a regular file (a folder, a FIFO: never
+    opened), too large or not UTF-8: such a file differs (`--check`) and is replaced (`build`)."""
+    import stat
+
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return path.name
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 64 * 2**20:
+            return None
+        return path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _display(path: Path, project: Path | None = None) -> str:
+    """The spec path as a generated header names it: relative to the project (the folder above --out) when the
+    spec is inside it, else to the current folder, else its file name."""
+    for base in (project, Path.cwd()):
+        if base is None:
+            continue
+        try:
+            return str(path.resolve().relative_to(base.resolve()))
+        except ValueError:
+            continue
+    return path.name
 
 
 @main.command()

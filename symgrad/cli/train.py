@@ -21,7 +21,7 @@ import numpy as np
 
 from symgrad import backends
 from symgrad.cli.messages import one_line
-from symgrad.errors import DataError, SymgradError, TrainingDiverged, UsageError
+from symgrad.errors import DataError, SymgradError, TrainingDiverged, TrainingInterrupted, UsageError
 from symgrad.runtime.paths import output_path
 
 DATA_HELP = """\b
@@ -296,13 +296,32 @@ class _Log:
         self.rows: list[list] = []
         self.columns = ["epoch", "steps", word, "acc"] + ([f"{held}_{word}", f"{held}_acc"] if held else [])
 
-    def add(self, info) -> None:
-        if self.path is None:
-            return
+    def prefill(self, ck: dict, steps_per_epoch: int) -> None:
+        """Rows for the epochs a resumed checkpoint already ran (without writing: the next epoch's row does)."""
+        from types import SimpleNamespace
+
+        logs = ck["logs"]
+        for e, loss in enumerate(logs.get("history", [])):
+
+            def at(key: str, e: int = e):
+                values = logs.get(key, [])
+                return values[e] if e < len(values) and values[e] == values[e] else None  # NaN: not measured
+
+            steps = min((e + 1) * steps_per_epoch, int(ck["step"]))
+            info = SimpleNamespace(epoch=e + 1, steps=steps, loss=loss, accuracy=at("accuracy"))
+            info.val_loss, info.val_accuracy = at("val_history"), at("val_accuracy")
+            self._row(info)
+
+    def _row(self, info) -> None:
         row = [info.epoch, info.steps, info.loss, info.accuracy]
         if len(self.columns) > 4:
             row += [info.val_loss, info.val_accuracy]
         self.rows.append(["" if v is None else v for v in row])
+
+    def add(self, info) -> None:
+        if self.path is None:
+            return
+        self._row(info)
         import io
 
         buf = io.StringIO(newline="")
@@ -441,6 +460,12 @@ def _run(
     steps_total = epochs * max(1, n_train // batch_size) if n_train else epochs
     sched = _parse_schedules(schedule, model, steps_total)
     metrics_log = _Log(log if root else None, word, held)
+    if log is not None and root and resume is not None and os.path.exists(resume):
+        # the epochs before the checkpoint: from its histories, so the log is the uninterrupted run's
+        from symgrad.runtime.checkpoint import load_checkpoint
+
+        steps_per_epoch = max(1, n_train // batch_size) if n_train else 1
+        metrics_log.prefill(load_checkpoint(resume), steps_per_epoch)
 
     def on_epoch(info) -> None:
         from tqdm.auto import tqdm
@@ -473,6 +498,11 @@ def _run(
             _write_npz(out, exc.params)
             echo(f"last good parameters saved to {out}", err=True)
         raise
+    except TrainingInterrupted as exc:  # Ctrl-C: nothing is lost, one line, the shell's status for SIGINT
+        if root and exc.params is not None:
+            _write_npz(out, exc.params)
+            echo(f"error: {exc}; its parameters saved to {out}", err=True)
+        sys.exit(exc.exit_code)
     if not root:  # rank 0 alone reports and writes files
         return
     click.echo(f"trained {result.steps} steps in {result.train_time:.2f} s")

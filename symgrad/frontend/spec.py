@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import keyword
+import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,12 @@ _DECIMAL_INT = re.compile(r"[-+]?(0|[1-9][0-9_]*)")
 # YAML 1.1 (PyYAML) resolves `1e308` (no dot) as a string; in a spec a number is meant
 _PLAIN_FLOAT = re.compile(r"[-+]?([0-9][0-9_]*\.?[0-9_]*|\.[0-9][0-9_]*)([eE][-+]?[0-9]+)?")
 _MAX_BYTES = 1_000_000
+# spec names whose generated/<name>.py would shadow a module a symgrad script imports (the standard library, the
+# project's dependencies, symgrad itself); dunder names (`__init__`) are refused as well
+_SHADOWING = frozenset(sys.stdlib_module_names) | {
+    "symgrad", "numpy", "numba", "sympy", "scipy", "jinja2", "yaml", "click", "tqdm", "matplotlib", "mpi4py",
+    "hypothesis", "pytest", "llvmlite", "mpmath", "threadpoolctl", "torch", "jax", "sklearn", "setuptools", "pip",
+}  # fmt: skip
 _MAX_NODES = 20_000
 
 TOP_KEYS = {
@@ -245,14 +253,31 @@ def _shape(reader: _Reader, node: yaml.Node, what: str) -> tuple[Text, ...]:
     return tuple(items)
 
 
+def read_spec_bytes(path: str | Path) -> bytes:
+    """A spec file's bytes, at most 1 MB of them: a device (`/dev/zero`), a FIFO or a 20 GB file is refused in one
+    line instead of hanging or filling memory (everything that reads a spec reads it here)."""
+    import stat
+
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise SpecError("spec is not a regular file", str(path), 1)
+        if st.st_size > _MAX_BYTES:
+            raise SpecError("spec file is larger than 1 MB", str(path), 1)
+        with open(path, "rb") as fh:
+            raw = fh.read(_MAX_BYTES + 1)
+    except OSError as exc:
+        raise SpecError(f"cannot read spec: {exc.strerror or exc}", str(path), 1) from None
+    if len(raw) > _MAX_BYTES:  # it grew between the stat and the read
+        raise SpecError("spec file is larger than 1 MB", str(path), 1)
+    return raw
+
+
 def load_spec(path: str | Path, text: str | bytes | None = None) -> Spec:
     """Read and validate a spec file. Raises SpecError with the offending line."""
     path = str(path)
     if text is None:
-        try:
-            raw = Path(path).read_bytes()
-        except OSError as exc:
-            raise SpecError(f"cannot read spec: {exc.strerror or exc}", path, 1) from None
+        raw = read_spec_bytes(path)
     else:
         raw = text.encode() if isinstance(text, str) else text
     if len(raw) > _MAX_BYTES:
@@ -311,6 +336,13 @@ def _read(r: _Reader, root: yaml.Node, path: str, sha: str) -> Spec:
     name_t = r.string(top["name"], "name")
     if not _IDENT.fullmatch(name_t.value) or keyword.iskeyword(name_t.value):
         raise SpecError(f"name {name_t.value!r} is not a valid identifier", path, name_t.line)
+    if name_t.value in _SHADOWING or name_t.value.startswith("__"):
+        raise SpecError(
+            f"name {name_t.value!r} is the name of a Python module: generated/{name_t.value}.py would shadow it for "
+            "every script run in that folder; choose another name",
+            path,
+            name_t.line,
+        )
     if len(name_t.value) > _MAX_NAME:
         raise SpecError(
             f"name {name_t.value[:20]!r}... is longer than {_MAX_NAME} characters (it names files)", path, name_t.line
@@ -354,6 +386,15 @@ def _read(r: _Reader, root: yaml.Node, path: str, sha: str) -> Spec:
                 )
         inputs[iname] = ArrayDecl(iname, _shape(r, fields["shape"][1], iname), line, sample=sample)
 
+    for iname, decl in inputs.items():
+        if iname.endswith("_test") and iname[: -len("_test")] in inputs:  # data.md: <input>_test is held-out data
+            raise SpecError(
+                f"input name {iname!r} is the held-out array name of input {iname[:-5]!r} (a data file's "
+                f"{iname!r} is its test set); choose another name",
+                path,
+                decl.line,
+            )
+
     params = {}
     for key, value in r.mapping(top["params"], "params"):
         pname = _ident(r, key, "param")
@@ -377,6 +418,8 @@ def _read(r: _Reader, root: yaml.Node, path: str, sha: str) -> Spec:
     constants = {}
     for key, value in r.mapping(top["constants"], "constants") if "constants" in top else []:
         cname = _ident(r, key, "constant")
+        if cname == "lr":  # schedule={"lr": ...} and --schedule lr=... mean the learning rate
+            raise r.fail(key, "constant name 'lr' is taken: schedules use it for the learning rate; choose another")
         constants[cname] = (r.number(value, f"constant {cname}"), key.start_mark.line + 1)
 
     functions = []

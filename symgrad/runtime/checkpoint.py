@@ -13,8 +13,8 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -47,13 +47,13 @@ def spec_digest(model: ModuleType) -> str:
 
 
 def save_checkpoint(path: str | os.PathLike, trainer: Any, epoch: int, logs: dict[str, list], meta: dict) -> None:
-    """Write atomically (a fresh temp file in the same folder, then `os.replace`): never half a file."""
+    """Write atomically (artifacts.write_atomic: a fresh temp file in the same folder, fsync, then `os.replace`;
+    never half a file, never through a link, the umask's permissions like every other output)."""
+    import io
+
+    from symgrad.artifacts import write_atomic
+
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
     arrays = {
         "theta": trainer.theta,
         "opt_state": trainer.opt_state,
@@ -67,20 +67,12 @@ def save_checkpoint(path: str | os.PathLike, trainer: Any, epoch: int, logs: dic
         arrays["prev_theta"], arrays["prev_opt_state"], arrays["prev_step"] = prev[0], prev[1], np.int64(prev[2])
     for key, values in logs.items():
         arrays[f"log_{key}"] = np.asarray(values, dtype=np.float64)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
     try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".ckpt-", suffix=".npz")
-    except OSError as exc:
+        write_atomic(Path(path), buf.getvalue())
+    except OSError as exc:  # a full disk or a path turned into a folder mid-run: one line, not a traceback
         raise UsageError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):  # a full disk or a path turned into a folder mid-run: one line, not a traceback
-            raise UsageError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
-        raise
 
 
 def _int_scalar(raw: Mapping[str, np.ndarray], key: str, where: str) -> int:

@@ -30,7 +30,7 @@ from symgrad.artifacts import (  # noqa: F401  (re-exported: the loader's public
     stamp,
     write_atomic,
 )
-from symgrad.errors import SpecError, UsageError
+from symgrad.errors import UsageError
 
 _log = logging.getLogger("symgrad")
 # The one parser of the generated header line (version, spec path as written, the spec's SHA-256).
@@ -128,11 +128,10 @@ def as_cuda(model: ModuleType) -> ModuleType:
 def load_generated(spec_path: str | Path, suffix: str, build) -> ModuleType:
     """The committed `generated/<name><suffix>.py` when its header matches, else a cached build (atomic write),
     imported. `build(spec_path, display_path=...)` renders the source; one function for every backend."""
+    from symgrad.frontend.spec import read_spec_bytes
+
     spec_path = Path(spec_path)
-    try:
-        raw = spec_path.read_bytes()
-    except OSError as exc:
-        raise SpecError(f"cannot read spec: {exc.strerror or exc}", str(spec_path), 1) from None
+    raw = read_spec_bytes(spec_path)  # bounded, a regular file only: /dev/zero is one line, not a hang
     sha = hashlib.sha256(raw).hexdigest()
     name = _spec_name(spec_path) + suffix
     committed = spec_path.resolve().parent.parent / "generated" / f"{name}.py"

@@ -30,4 +30,12 @@ def output_path(path: Any, what: str) -> str:
         raise UsageError(f"cannot write {what} {text}: {probe} is not a folder")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write {what} {text}: {probe} is not writable")
+    if probe == folder:  # the folder exists: try it (root passes os.access everywhere, /proc refuses files)
+        import tempfile
+
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".symgrad-probe-"):
+                pass
+        except OSError as exc:
+            raise UsageError(f"cannot write {what} {text}: {exc.strerror or exc}") from None
     return text

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from symgrad import backends
-from symgrad.errors import TrainingDiverged, UsageError
+from symgrad.errors import TrainingDiverged, TrainingInterrupted, UsageError
 from symgrad.lang import sampling
 from symgrad.runtime.checkpoint import load_checkpoint, save_checkpoint, spec_digest, validate
 from symgrad.runtime.optim import Optimizer, as_optimizer
@@ -284,6 +284,8 @@ def train(
 
     if comm is None:
         return run(_Local())
+    if not all(callable(getattr(comm, a, None)) for a in ("Get_rank", "Get_size", "allreduce", "Barrier")):
+        raise UsageError(f"comm must be an mpi4py communicator such as MPI.COMM_WORLD, got {type(comm).__name__}")
     from symgrad.runtime.distributed import Dist
 
     dist = Dist(comm)
@@ -472,6 +474,17 @@ def _fit(model: ModuleType, data: Mapping[str, Any] | None, cfg: _Run, hooks: An
                 hooks.on_root("checkpoint", save_checkpoint, cfg.checkpoint, trainer, epoch + 1, logs, meta)
             if cfg.callback is not None:
                 hooks.on_root("callback", cfg.callback, info)
+    except KeyboardInterrupt:  # the compiled call in flight was abandoned; the trainer holds the state before it
+        params_now = trainer.params_copy()
+        res = result_so_far(params_now, time.perf_counter() - t_start)
+        epoch_now = -(-trainer.step_count // steps_per_epoch) if steps_per_epoch else 0
+        raise TrainingInterrupted(
+            f"interrupted at step {trainer.step_count} (epoch {max(epoch_now, 1)})",
+            step=trainer.step_count,
+            epoch=max(epoch_now, 1),
+            params=params_now,
+            result=res,
+        ) from None
     finally:
         if bar is not None:
             bar.close()
