@@ -123,7 +123,7 @@ def parse_source(text: str) -> ast.AST:
     except SyntaxError as exc:
         raise ExprError(f"syntax error in expression {src!r}: {exc.msg}") from None
     except (ValueError, RecursionError, MemoryError):
-        raise ExprError(f"expression cannot be parsed: {src[:60]!r}") from None
+        raise ExprError(f"expression is too large or too deeply nested to parse: {src[:60]!r}...") from None
 
 
 def collect_plain_uses(node: ast.AST, scope: Scope, declared: dict[str, int] | None = None) -> None:
@@ -176,6 +176,7 @@ class Builder:
         self.internal = internal  # library bodies may call `_logsumexp`; spec text may not
         self.axis: int | None = None  # inside an axis= call: the positional axis every reduction runs over
         self.env: dict[str, TExpr] = {}  # function parameters while expanding a call
+        self.calling: list[str] = []  # the functions being expanded, outermost first (a cycle is refused)
         self.depth = 0
 
     # -- entry -----------------------------------------------------------------------------------------
@@ -334,12 +335,29 @@ class Builder:
         op = ops.get(type(node.op))
         if op is None:
             raise ExprError(f"operator {type(node.op).__name__} is not allowed (use + - * / ** @)")
+        group = (ast.Add, ast.Sub) if isinstance(node.op, (ast.Add, ast.Sub)) else (ast.Mult, ast.Div)
+        if not isinstance(node.op, ast.Pow) and isinstance(node.left, ast.BinOp) and isinstance(node.left.op, group):
+            return self._chain(node, group, ops)
         left, right = self.build(node.left), self.build(node.right)
         if isinstance(node.op, ast.Pow):
             bound_literal_pow(left.expr, right.expr)
         out = self.elementwise(op, [left, right], "an arithmetic operation")
         bound_number(out.expr)
         return out
+
+    def _chain(self, node: ast.BinOp, group: tuple, ops: dict) -> TExpr:
+        """`a + b - c + ...` (or `a * b / c ...`) as Python parses it is a left chain as deep as it is long: walked
+        here as a list, so a flat sum of 2,000 terms is not "nested too deeply"."""
+        links = []
+        cur: ast.expr = node
+        while isinstance(cur, ast.BinOp) and isinstance(cur.op, group):
+            links.append((ops[type(cur.op)], cur.right))
+            cur = cur.left
+        acc = self.build(cur)
+        for op, right in reversed(links):
+            acc = self.elementwise(op, [acc, self.build(right)], "an arithmetic operation")
+            bound_number(acc.expr)
+        return acc
 
     def _Compare(self, node: ast.Compare) -> TExpr:
         raise ExprError(_CONDITION_ONLY)
@@ -427,13 +445,18 @@ class Builder:
                 raise ExprError(
                     f"{name} takes {len(params)} argument{'s' if len(params) != 1 else ''}, got {len(node.args)}"
                 )
+            if name in self.calling:
+                cycle = " -> ".join([*self.calling[self.calling.index(name) :], name])
+                raise ExprError(f"function {name} calls itself ({cycle}): functions cannot be recursive")
             args = [self.build(a) for a in node.args]
             saved, saved_internal = self.env, self.internal
             self.env = dict(zip(params, args, strict=True))
             self.internal = name in LIBRARY and name not in self.scope.functions
+            self.calling.append(name)
             try:
                 return self.build(body)
             finally:
+                self.calling.pop()
                 self.env, self.internal = saved, saved_internal
         if name in ELEMENTWISE:
             row = ELEMENTWISE[name]
@@ -780,7 +803,13 @@ def _describe(node: ast.AST) -> str:
     }
     if isinstance(node, ast.Constant):  # the user's text (`None`, `'a'`), not the syntax tree's class name
         return repr(node.value)[:40]
-    return names.get(type(node), type(node).__name__)
+    if type(node) in names:
+        return names[type(node)]
+    try:
+        text = ast.unparse(node)
+    except Exception:  # noqa: BLE001 - a description must never fail
+        return type(node).__name__
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def make_base(name: str, shape: tuple[int, ...]):

@@ -512,6 +512,8 @@ class _GraphBuilder:
                 raise self.err(f"function {name} needs at least one parameter", sig.line)
             if len(set(params)) != len(params):
                 raise self.err(f"function {name} repeats a parameter name", sig.line)
+            if name.startswith("_"):
+                raise self.err(f"function name {name!r} must not start with '_' (reserved for symgrad)", sig.line)
             if (
                 name in ELEMENTWISE
                 or name in LIBRARY
@@ -533,6 +535,22 @@ class _GraphBuilder:
                     if not called and n not in params and n not in self.spec.constants and n not in self.spec.dims:
                         raise self.err(f"function {name} uses {n!r}, which is not one of its parameters", body.line)
             out[name] = (params, tree)
+        lines = {m.group(1): sig.line for sig, _ in self.spec.functions if (m := _FUNC_SIG.match(sig.value))}
+        calls = {
+            f: [c.func.id for c in ast.walk(tree) if isinstance(c, ast.Call) and isinstance(c.func, ast.Name)]
+            for f, (_, tree) in out.items()
+        }
+
+        def visit(f: str, path: list[str]) -> None:  # a cycle of user functions would expand without end
+            if f in path:
+                cycle = " -> ".join([*path[path.index(f) :], f])
+                raise self.err(f"function {f} calls itself ({cycle}): functions cannot be recursive", lines[f])
+            for g in calls.get(f, ()):
+                if g in out:
+                    visit(g, [*path, f])
+
+        for f in out:
+            visit(f, [])
         return out
 
     def scope(self, later: set[str], current: str | None = None) -> Scope:
