@@ -585,3 +585,27 @@ def test_ctrl_c_saves_the_parameters_and_exits_130(run_dir):
     assert len(lines) == 1 and lines[0].startswith("error: interrupted at step ") and "saved to ci.npz" in lines[0]
     with np.load(run_dir / "ci.npz") as z:
         assert set(z.files) == {n for n, _ in symgrad.load(str(REPO / "specs" / "mlp_digits.yaml")).PARAMS}
+
+
+def test_an_interrupt_anywhere_in_an_epoch_becomes_training_interrupted(linreg):
+    """Ctrl-C inside a compiled call on the main thread (an evaluation's forward pass) surfaces as a SystemError
+    caused by the KeyboardInterrupt (seen once in CI as a traceback, exit 1); both forms stop training the same way,
+    and any other SystemError still propagates."""
+    from symgrad.errors import TrainingInterrupted
+
+    def interrupt(info):
+        raise KeyboardInterrupt
+
+    def interrupt_in_kernel(info):
+        raise SystemError("CPUDispatcher returned a result with an exception set") from KeyboardInterrupt()
+
+    def broken(info):
+        raise SystemError("something else")
+
+    for callback in (interrupt, interrupt_in_kernel):
+        with pytest.raises(TrainingInterrupted) as info:
+            symgrad.train(linreg, DATA, optimizer="sgd", batch_size=5, epochs=3, progress=False, callback=callback)
+        assert info.value.step == 4 and set(info.value.params) == {"w", "b"}
+        assert str(info.value) == "interrupted at step 4 (epoch 1)"
+    with pytest.raises(SystemError, match="something else"):
+        symgrad.train(linreg, DATA, optimizer="sgd", batch_size=5, epochs=3, progress=False, callback=broken)

@@ -474,7 +474,11 @@ def _fit(model: ModuleType, data: Mapping[str, Any] | None, cfg: _Run, hooks: An
                 hooks.on_root("checkpoint", save_checkpoint, cfg.checkpoint, trainer, epoch + 1, logs, meta)
             if cfg.callback is not None:
                 hooks.on_root("callback", cfg.callback, info)
-    except KeyboardInterrupt:  # the compiled call in flight was abandoned; the trainer holds the state before it
+    except (KeyboardInterrupt, SystemError) as exc:  # the compiled call in flight was abandoned (see _interruptible)
+        # Ctrl-C inside a compiled call made on this thread (an evaluation's forward pass) surfaces as "SystemError:
+        # ... returned a result with an exception set", caused by the KeyboardInterrupt
+        if isinstance(exc, SystemError) and not isinstance(exc.__cause__, KeyboardInterrupt):
+            raise
         params_now = trainer.params_copy()
         res = result_so_far(params_now, time.perf_counter() - t_start)
         epoch_now = -(-trainer.step_count // steps_per_epoch) if steps_per_epoch else 0
