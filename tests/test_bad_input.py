@@ -609,3 +609,10 @@ def test_an_interrupt_anywhere_in_an_epoch_becomes_training_interrupted(linreg):
         assert str(info.value) == "interrupted at step 4 (epoch 1)"
     with pytest.raises(SystemError, match="something else"):
         symgrad.train(linreg, DATA, optimizer="sgd", batch_size=5, epochs=3, progress=False, callback=broken)
+
+
+def test_schedules_import_as_a_module():
+    """`from symgrad.schedules import cosine` failed (ModuleNotFoundError) though `symgrad.schedules.cosine` worked."""
+    from symgrad.schedules import cosine
+
+    assert symgrad.schedules is S and cosine is S.cosine

@@ -448,7 +448,12 @@ def _run(
     sizes.append(f"{_n_samples(test_data)} test")
     ranks = f", {comm.Get_size()} MPI ranks" if comm is not None else ""
     echo(f"{os.path.basename(spec)}: {', '.join(sizes)} samples, {opt}{ranks}")
-    where = getattr(model, "__spec_path__", None)
+    shown = model
+    if device != "cpu":  # the kernels that train are the device twin's: name its file, not the CPU module's
+        from symgrad.runtime.loader import as_target
+
+        shown = as_target(model, device)
+    where = getattr(shown, "__spec_path__", None)
     if where:
         echo(f"generated module: {where}")
     np_dtype = np.float32 if dtype == "float32" else np.float64
