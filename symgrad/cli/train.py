@@ -555,8 +555,7 @@ class _MpiSafeCommand(click.Command):
             comm = world_comm() if launched_size() > 1 else None
             if comm is None:
                 raise
-            exc.show()
-            abort(comm, f"rank {comm.Get_rank()}: bad command line")
+            abort(comm, f"rank {comm.Get_rank()}: bad command line: {one_line(exc)}")  # one line, not click's block
             raise  # pragma: no cover - abort ended the process
 
 
