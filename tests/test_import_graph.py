@@ -113,6 +113,7 @@ STAGES = {
     "checks": 6,
     "cli": 7,
     "__main__": 8,
+    "schedules": 8,  # `from symgrad.schedules import ...`: an alias of runtime.schedules, above it like __main__
 }
 
 
