@@ -599,10 +599,16 @@ def test_an_interrupt_anywhere_in_an_epoch_becomes_training_interrupted(linreg):
     def interrupt_in_kernel(info):
         raise SystemError("CPUDispatcher returned a result with an exception set") from KeyboardInterrupt()
 
+    def interrupt_in_nested_kernels(info):  # one SystemError per nested compiled call, the interrupt at the root
+        try:
+            interrupt_in_kernel(info)
+        except SystemError as exc:
+            raise SystemError("_numba_unpickle returned a result with an exception set") from exc
+
     def broken(info):
         raise SystemError("something else")
 
-    for callback in (interrupt, interrupt_in_kernel):
+    for callback in (interrupt, interrupt_in_kernel, interrupt_in_nested_kernels):
         with pytest.raises(TrainingInterrupted) as info:
             symgrad.train(linreg, DATA, optimizer="sgd", batch_size=5, epochs=3, progress=False, callback=callback)
         assert info.value.step == 4 and set(info.value.params) == {"w", "b"}

@@ -432,12 +432,12 @@ class KernelWriter:
         if name_reads and len(sympy.sstr(expr)) > 90:  # long bodies read better (and load once) with reads named
             reads = sorted(expr.atoms(Indexed), key=sympy.default_sort_key)
             named = {r: Symbol(f"_r{n}") for n, r in enumerate(reads)}
-            if any(v.has(*reads) for _, v in subs) if reads else False:  # a local reads them too: load them first
+            if reads and any(v.has(*reads) for _, v in subs):  # a local reads them too: load them first
                 subs = [(named[r], r) for r in reads] + [(k, v.xreplace(named)) for k, v in subs]
             else:
                 subs = list(subs) + [(named[r], r) for r in reads]
             expr = expr.xreplace(named)
-            if len(sympy.sstr(expr)) > 90:  # a tie split's indicators (derive._TieMax): one local each
+            if len(sympy.sstr(expr)) > 90:  # still long: each condition (a tie split's indicators) a local
                 cases = sorted(expr.atoms(sympy.Piecewise), key=sympy.default_sort_key)
                 picked = {c: Symbol(f"_p{n}") for n, c in enumerate(cases)}
                 subs = subs + [(picked[c], c) for c in cases]

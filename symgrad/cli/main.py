@@ -80,11 +80,11 @@ def derive(spec: str, wrt: tuple[str, ...], fmt: str, render: str | None) -> Non
     from symgrad.ir.derive import derive as run_derive
     from symgrad.ir.graph import build_program
 
-    if render is not None and not render.endswith((".png", ".html")):
-        raise UsageError(f"--render must name a .png or .html file, got {render!r}")
     if render is not None:
         from symgrad.runtime.paths import output_path
 
+        if not render.endswith((".png", ".html")):
+            raise UsageError(f"--render must name a .png or .html file, got {render!r}")
         output_path(render, "--render")  # before the derivation's seconds, not after them
     d = run_derive(build_program(spec))
     text = render_text(d, fmt, list(wrt) or None)

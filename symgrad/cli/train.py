@@ -301,15 +301,15 @@ class _Log:
         from types import SimpleNamespace
 
         logs = ck["logs"]
+
+        def at(key: str, e: int) -> float | None:
+            values = logs.get(key, [])
+            return values[e] if e < len(values) and not math.isnan(values[e]) else None  # NaN: not measured
+
         for e, loss in enumerate(logs.get("history", [])):
-
-            def at(key: str, e: int = e):
-                values = logs.get(key, [])
-                return values[e] if e < len(values) and values[e] == values[e] else None  # NaN: not measured
-
             steps = min((e + 1) * steps_per_epoch, int(ck["step"]))
-            info = SimpleNamespace(epoch=e + 1, steps=steps, loss=loss, accuracy=at("accuracy"))
-            info.val_loss, info.val_accuracy = at("val_history"), at("val_accuracy")
+            info = SimpleNamespace(epoch=e + 1, steps=steps, loss=loss, accuracy=at("accuracy", e))
+            info.val_loss, info.val_accuracy = at("val_history", e), at("val_accuracy", e)
             self._row(info)
 
     def _row(self, info) -> None:
@@ -462,14 +462,14 @@ def _run(
     else:
         params = model.init_params(seed, np_dtype)
     n_train = _n_samples(train_data)
-    steps_total = epochs * max(1, n_train // batch_size) if n_train else epochs
+    steps_per_epoch = max(1, n_train // batch_size) if n_train else 1
+    steps_total = epochs * steps_per_epoch
     sched = _parse_schedules(schedule, model, steps_total)
     metrics_log = _Log(log if root else None, word, held)
     if log is not None and root and resume is not None and os.path.exists(resume):
         # the epochs before the checkpoint: from its histories, so the log is the uninterrupted run's
         from symgrad.runtime.checkpoint import load_checkpoint
 
-        steps_per_epoch = max(1, n_train // batch_size) if n_train else 1
         metrics_log.prefill(load_checkpoint(resume), steps_per_epoch)
 
     def on_epoch(info) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from symgrad.errors import UsageError
+from symgrad.runtime.support import number
 
 Schedule = Callable[[int], float]
 
@@ -35,10 +36,9 @@ def _steps(value: object, what: str) -> None:
 
 def _real(value: object, what: str, low: float | None = None) -> None:
     """A finite real number (>= low when given): NaN or a negative factor would make the lr NaN or negative."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
-    if not ok or not math.isfinite(float(value)) or (low is not None and float(value) < low):  # type: ignore[arg-type]
-        bound = "" if low is None else f" >= {low:g}"
-        raise UsageError(f"{what} must be a finite number{bound}, got {value!r}")
+    x = number(value, what)
+    if low is not None and x < low:
+        raise UsageError(f"{what} must be a finite number >= {low:g}, got {value!r}")
 
 
 @dataclass(frozen=True)

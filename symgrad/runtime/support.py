@@ -17,9 +17,15 @@ from symgrad.errors import DataError, UsageError
 from symgrad.lang import sampling
 
 
+def check_seed(value: Any) -> int:
+    """A seed for NumPy's generator: a non-negative integer (not a bool)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise UsageError(f"seed must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
 def init_params(inits, params, seed: int = 0, dtype=np.float64) -> dict[str, np.ndarray]:
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UsageError(f"seed must be a non-negative integer, got {seed!r}")
+    seed = check_seed(seed)
     try:
         dt = np.dtype(dtype)
     except TypeError:

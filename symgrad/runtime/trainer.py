@@ -26,7 +26,7 @@ from symgrad.errors import DataError, TrainingDiverged, UsageError
 from symgrad.lang import sampling
 from symgrad.runtime import blas, warmup
 from symgrad.runtime.optim import Optimizer, as_optimizer
-from symgrad.runtime.support import check_arrays, number
+from symgrad.runtime.support import check_arrays, check_seed, number
 
 
 def check_model(model: Any) -> None:
@@ -35,12 +35,6 @@ def check_model(model: Any) -> None:
         hint = "; call symgrad.load(path) first" if isinstance(model, (str, os.PathLike)) else ""
         got = f"{type(model).__name__} {model!r}"[:160]
         raise UsageError(f"model must be a module returned by symgrad.load, got {got}{hint}")
-
-
-def check_seed(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise UsageError(f"seed must be a non-negative integer, got {value!r}")
-    return int(value)
 
 
 def check_flag(name: str, value: Any) -> bool:
@@ -59,6 +53,21 @@ def _params_dtype(params: Mapping[str, Any]) -> np.dtype:
             return np.dtype(np.float32)
         break
     return np.dtype(np.float64)
+
+
+def _schedule_values(sched: Callable, t0: int, n: int, what: str) -> np.ndarray:
+    """sched(t0), ..., sched(t0 + n - 1) as float64, each a finite number: one conversion for the run of steps (this
+    is per step of training), and only on a failure a look for the first bad value, to name its step."""
+    values = [sched(t) for t in range(t0, t0 + n)]
+    try:
+        out = np.array(values)  # its dtype says what came back: numbers are i/u/f, a str 'U', None 'O', a bool 'b'
+        if out.shape == (n,) and out.dtype.kind in "iuf" and np.isfinite(out).all():
+            return out.astype(np.float64, copy=False)
+    except (TypeError, ValueError):
+        pass
+    for k, v in enumerate(values):
+        number(v, f"{what} at step {t0 + k}")
+    raise UsageError(f"{what}s are not one number per step")  # pragma: no cover - number() named the bad one
 
 
 def _split_schedule(schedule: Any, const_names: list[str]) -> tuple[Callable | None, dict[str, Callable]]:
@@ -115,7 +124,8 @@ class Trainer:
         if params is None:
             params = model.init_params(seed)
         self.dtype = _params_dtype(params)
-        unknown = [k for k in params if k not in dict(model.PARAMS)]
+        declared = {n for n, _ in model.PARAMS}
+        unknown = [k for k in params if k not in declared]
         if unknown:
             known = ", ".join(n for n, _ in model.PARAMS)
             raise UsageError(f"params: unknown parameter {unknown[0]!r}; the spec's parameters are: {known}")
@@ -166,21 +176,21 @@ class Trainer:
         base = float(self.optimizer.lr)
         if self.lr_schedule is None:
             return np.full(n, base)
-        out = np.empty(n, dtype=np.float64)
-        for k, t in enumerate(range(t0, t0 + n)):
-            value = self.lr_schedule(t)
-            mult = number(value, f"the lr schedule's value at step {t}")
-            if mult < 0:  # a negative rate ascends a minimised loss without a word
-                raise UsageError(f"the lr schedule gave {mult:g} at step {t}; a learning rate multiplier must be >= 0")
-            out[k] = base * mult
-        return out
+        mults = _schedule_values(self.lr_schedule, t0, n, "the lr schedule's value")
+        bad = np.flatnonzero(mults < 0)
+        if bad.size:  # a negative rate ascends a minimised loss without a word
+            t = t0 + int(bad[0])
+            raise UsageError(
+                f"the lr schedule gave {mults[bad[0]]:g} at step {t}; a learning rate multiplier must be >= 0"
+            )
+        return base * mults
 
     def consts_steps(self, t0: int, n: int) -> np.ndarray:
         """Constants vector of each step: defaults, then `constants=`, then absolute constant schedules."""
         out = np.tile(self._consts, (n, 1))
         for name, sched in self.const_schedules.items():
             col = self.const_names.index(name)
-            out[:, col] = [number(sched(t), f"schedule[{name!r}]'s value at step {t}") for t in range(t0, t0 + n)]
+            out[:, col] = _schedule_values(sched, t0, n, f"schedule[{name!r}]'s value")
         return np.ascontiguousarray(out)
 
     def constants_at(self, t: int) -> dict[str, float]:

@@ -44,8 +44,8 @@ from symgrad.lang import sampling
 from symgrad.runtime.checkpoint import load_checkpoint, save_checkpoint, spec_digest, validate
 from symgrad.runtime.optim import Optimizer, as_optimizer
 from symgrad.runtime.paths import output_path
-from symgrad.runtime.support import check_arrays
-from symgrad.runtime.trainer import Trainer, _params_dtype, check_flag, check_model, check_seed, diverged_message
+from symgrad.runtime.support import check_arrays, check_seed
+from symgrad.runtime.trainer import Trainer, _params_dtype, check_flag, check_model, diverged_message
 
 CHUNK_BYTES = 64 * 2**20  # gathered mini-batches per compiled call: bounds memory on large data sets
 DEFAULT_BATCH_SIZE = 64
@@ -316,6 +316,15 @@ def _schedule_probes(trainer: Trainer, total_steps: int) -> list[list[float]]:
     return [[s, float(trainer.lrs(s, 1)[0]), *trainer.consts_steps(s, 1)[0].tolist()] for s in sorted(at)]
 
 
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__cause__
+    return False
+
+
 def _fit(model: ModuleType, data: Mapping[str, Any] | None, cfg: _Run, hooks: Any) -> TrainResult:
     """The epoch loop, for one process or (through `hooks`) one rank of many."""
     root = hooks.is_root
@@ -418,7 +427,9 @@ def _fit(model: ModuleType, data: Mapping[str, Any] | None, cfg: _Run, hooks: An
         "device": cfg.device,
         "checkpoint": cfg.checkpoint is not None,
         "resume": cfg.resume,
-        **{k: meta[k] for k in late},
+        # up to 1000 steps of the schedules, hashed (the checkpoint's ~40 probes are for resuming, not for this)
+        "schedule": _schedule_digest(trainer, total_steps),
+        "constants": meta["constants"],
     }
     hooks.setup_done(trainer, arrays, config)  # MPI: the one set-up collective; alone: nothing
     bar = None
@@ -476,8 +487,8 @@ def _fit(model: ModuleType, data: Mapping[str, Any] | None, cfg: _Run, hooks: An
                 hooks.on_root("callback", cfg.callback, info)
     except (KeyboardInterrupt, SystemError) as exc:  # the compiled call in flight was abandoned (see _interruptible)
         # Ctrl-C inside a compiled call made on this thread (an evaluation's forward pass) surfaces as "SystemError:
-        # ... returned a result with an exception set", caused by the KeyboardInterrupt
-        if isinstance(exc, SystemError) and not isinstance(exc.__cause__, KeyboardInterrupt):
+        # ... returned a result with an exception set", a chain of them (one per nested call) caused by it
+        if isinstance(exc, SystemError) and not _caused_by_interrupt(exc):
             raise
         params_now = trainer.params_copy()
         res = result_so_far(params_now, time.perf_counter() - t_start)
