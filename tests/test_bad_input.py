@@ -176,6 +176,41 @@ def test_starting_parameters_are_checked_like_data(linreg, params, error, match)
         symgrad.train(linreg, DATA, optimizer="sgd", batch_size=5, epochs=1, params=params)
 
 
+def test_a_mix_of_float32_and_float64_parameters_trains_in_float64(linreg):
+    """The trainer took the first array's dtype, so {w: float32, b: float64} trained (and came back) in float32,
+    while the module's loss/loss_and_grad promote the same dict to float64. Now both promote: float32 only when
+    every parameter is float32."""
+    for w_dtype, b_dtype, expected in [
+        (np.float32, np.float64, np.float64),
+        (np.float64, np.float32, np.float64),
+        (np.float32, np.float32, np.float32),
+    ]:
+        params = {"w": np.array(0.5, w_dtype), "b": np.array(0.1, b_dtype)}
+        res = symgrad.train(linreg, DATA, optimizer="sgd", batch_size=5, epochs=1, params=params, progress=False)
+        assert {v.dtype for v in res.params.values()} == {np.dtype(expected)}, (w_dtype, b_dtype)
+
+
+def test_masked_arrays_with_masked_entries_are_refused(linreg):
+    """A masked array's mask was ignored: the values under the mask were trained on without a word."""
+    x = np.ma.masked_array(X, mask=X > 0.9)
+    with pytest.raises(DataError, match=r"data\['x'\] is a masked array with \d+ masked entries"):
+        symgrad.train(linreg, {"x": x, "y": DATA["y"]}, optimizer="sgd", batch_size=5, epochs=1, progress=False)
+    with pytest.raises(DataError, match="param 'w' is a masked array"):
+        linreg.loss({"w": np.ma.masked_array([0.5], mask=[True]).reshape(()), "b": 0.0}, DATA)
+    # nothing masked: read as the plain array it holds
+    plain = symgrad.train(linreg, DATA, optimizer="sgd", batch_size=5, epochs=1, progress=False, shuffle=False)
+    masked = symgrad.train(
+        linreg,
+        {"x": np.ma.masked_array(X), "y": DATA["y"]},
+        optimizer="sgd",
+        batch_size=5,
+        epochs=1,
+        progress=False,
+        shuffle=False,
+    )
+    assert plain.params["w"] == masked.params["w"]
+
+
 def test_trainer_seed_and_init_params_arguments(linreg):
     with pytest.raises(UsageError, match="seed"):
         symgrad.Trainer(linreg, symgrad.SGD(0.1), seed=-1)

@@ -191,3 +191,28 @@ loss: sum(l[n] - sum(Y[n, k] * Z[n, k], k), n)
     lse = z.max(1) + np.log(np.exp(z - z.max(1, keepdims=True)).sum(1))
     assert np.isfinite(value) and abs(value - (lse.sum() - (y[0] * z).sum())) < 1e-9 * abs(value)
     np.testing.assert_allclose(grads["Z"], soft - y[0], rtol=1e-12, atol=1e-12)
+
+
+def test_every_node_symgrad_makes_is_known_real():
+    """Fuzz E5: LogSumExp answered 'unknown' to is_real, so an enclosing exp or tanh asked SymPy for as_real_imag
+    and Mod of its whole argument, exponential in the nesting: a 400-character loss parsed for over 9 minutes
+    (tests/regressions/random_deep_nest_parse_time.yaml, 2 s now). Every node the compiler makes from real
+    arguments must say it is real, so that SymPy's evaluation stops at the first question."""
+    from symgrad.ir.derive import _TieMax, _TieMin
+    from symgrad.lang.library import ELEMENTWISE, BatchSum, LogSumExp, Sum
+
+    x = sympy.IndexedBase("x", real=True)
+    j = sympy.Symbol("j", integer=True)
+    a, b, c = sympy.symbols("a b c", real=True)
+    nodes = {
+        "logsumexp": LogSumExp(x[j] * a, (j, 0, 2)),
+        "sum": Sum(x[j] * a, (j, 0, 2)),
+        "batch_sum": BatchSum(a * b),
+        "tie_max": _TieMax(a, b, c),
+        "tie_min": _TieMin(a, b, c),
+    }
+    for name, row in ELEMENTWISE.items():
+        if "cond" not in row.test_args:  # positive arguments: log and sqrt are real only there
+            nodes[name] = row.sympy(*(sympy.exp(v) + 2 for v in (a, b, c)[: row.nargs]))
+    unknown = sorted(name for name, node in nodes.items() if node.is_real is not True)
+    assert not unknown, f"is_real is not True for {unknown}"

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import sympy
 from sympy import Indexed, IndexedBase, Symbol
+from sympy.core.logic import fuzzy_and
 
 from symgrad.errors import SpecError
 from symgrad.ir.graph import ArrayKind, Program, Statement, split_body
@@ -189,6 +190,12 @@ class _TieMax(sympy.Function):
     two arguments keep SymPy's 1/2 each."""
 
     pick = sympy.Max
+
+    def _eval_is_extended_real(self):  # a Max of reals is real: keeps SymPy's assumption queries short
+        return fuzzy_and(a.is_extended_real for a in self.args)
+
+    def _eval_is_finite(self):
+        return fuzzy_and(a.is_finite for a in self.args)
 
     def fdiff(self, argindex: int = 1) -> sympy.Expr:
         args = [_ties_restored(a) for a in self.args]

@@ -70,7 +70,7 @@ def flatten(params_layout, offsets, n_theta: int, params: dict, dtype=None) -> n
     for (name, shape), off in zip(params_layout, offsets, strict=True):
         if name not in params:
             raise DataError(f"params is missing {name!r} (expected shape {tuple(shape)})")
-        value = np.asarray(params[name])
+        value = unmasked(params[name], f"param {name!r}")
         if value.dtype.kind not in "iuf":
             raise DataError(f"param {name!r} holds {value.dtype} values, expected numbers of shape {tuple(shape)}")
         if value.shape != tuple(shape):
@@ -110,6 +110,19 @@ def number(value: Any, what: str) -> float:
     if not math.isfinite(out):
         raise UsageError(f"{what} must be a finite number, got {out}")
     return out
+
+
+def unmasked(value: Any, what: str) -> np.ndarray:
+    """`value` as a plain array. A masked array with entries masked is refused: the kernels read every entry, so
+    its masked values (whatever lies under the mask) would be trained on without a word."""
+    if isinstance(value, np.ma.MaskedArray):
+        if np.ma.getmaskarray(value).any():
+            raise DataError(
+                f"{what} is a masked array with {int(np.ma.count_masked(value))} masked entries; symgrad reads every "
+                "entry, so fill them (value.filled(...)) or drop the samples that hold them"
+            )
+        return np.asarray(value.data)
+    return np.asarray(value)
 
 
 def _shape_str(shape: tuple, lead: tuple[str, ...] = ("N",)) -> str:
@@ -153,7 +166,7 @@ def check_arrays(
             if sample is None and name not in optional:
                 raise DataError(f"{what}: missing input {name!r}, expected an array of shape {expected}")
             continue
-        arr = np.asarray(data[name])
+        arr = unmasked(data[name], f"{what}[{name!r}]")
         if arr.dtype.kind not in "biuf":
             raise DataError(f"{what}[{name!r}] has non-numeric dtype {arr.dtype}; expected numbers of shape {expected}")
         if arr.ndim != len(lead) + len(shape) or arr.shape[len(lead) :] != shape:

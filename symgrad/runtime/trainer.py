@@ -45,14 +45,13 @@ def check_flag(name: str, value: Any) -> bool:
 
 
 def _params_dtype(params: Mapping[str, Any]) -> np.dtype:
-    """float32 only when the given parameters are float32; float64 otherwise (the API's default)."""
+    """float32 only when every given parameter is float32; float64 otherwise (the API's default). A mix trains in
+    float64, as NumPy would promote it and as the module's own loss/loss_and_grad do: taking the first array's
+    dtype made a dict of one float32 and one float64 array train (and come back) in float32."""
     if not isinstance(params, Mapping):
         raise UsageError(f"params must be a dict of arrays (one per parameter), got {type(params).__name__}")
-    for value in params.values():
-        if np.asarray(value).dtype == np.float32:
-            return np.dtype(np.float32)
-        break
-    return np.dtype(np.float64)
+    dtypes = [np.asarray(value).dtype for value in params.values()]
+    return np.dtype(np.float32 if dtypes and all(d == np.float32 for d in dtypes) else np.float64)
 
 
 def _schedule_values(sched: Callable, t0: int, n: int, what: str) -> np.ndarray:
