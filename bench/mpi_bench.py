@@ -117,7 +117,7 @@ def worker(mode: str, epochs: int) -> None:
         from mpi4py import MPI
 
         out["allreduce_ms_per_step"] = 1e3 * comm.allreduce(tr.allreduce_time, op=MPI.MAX) / steps
-        buf = np.zeros(m.N_THETA + 2, np.float32)
+        buf = np.zeros(m.N_THETA + 3, np.float32)
         comm.Barrier()
         t = time.perf_counter()
         for _ in range(50):

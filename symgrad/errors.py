@@ -85,6 +85,7 @@ class TrainingInterrupted(KeyboardInterrupt):
     what a divergence carries: the step reached, the parameters after it and the result so far."""
 
     exit_code = 130  # the shell's convention for SIGINT
+    all_ranks = False  # under MPI: every rank stopped at this step together (symgrad.runtime.distributed)
 
     def __init__(self, message: str, step: int, epoch: int, params: dict | None = None, result: object | None = None):
         self.step = step

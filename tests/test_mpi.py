@@ -319,6 +319,43 @@ def worker_abort(folder: Path) -> None:
     print("not reached", flush=True)
 
 
+def worker_interrupt(folder: Path) -> None:
+    """Ctrl-C on rank 0 alone, after epoch 2 (the callback runs there): every rank must stop before step 17 with the
+    same parameters. The first SIGINT only sets a flag, which the next step's reduction carries to every rank."""
+    import os
+    import signal
+
+    from mpi4py import MPI
+
+    from symgrad.errors import TrainingInterrupted
+    from symgrad.runtime.optim import Adam
+    from symgrad.runtime.training import train
+
+    comm = MPI.COMM_WORLD
+    m = _load("linreg")
+    x = np.linspace(-1.0, 1.0, 64)
+
+    def ctrl_c(info) -> None:
+        if info.epoch == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        train(
+            m,
+            {"x": x, "y": 2 * x + 1},
+            optimizer=Adam(0.05),
+            batch_size=8,
+            epochs=6,
+            progress=False,
+            callback=ctrl_c,
+            comm=comm,
+        )
+        outcome, step, params = "finished", -1, {}
+    except TrainingInterrupted as exc:
+        outcome, step, params = f"interrupted all_ranks={getattr(exc, 'all_ranks', False)}", exc.step, exc.params
+    np.savez(folder / f"interrupt-rank{comm.Get_rank()}.npz", outcome=outcome, step=step, **params)
+
+
 def worker_disagree(folder: Path) -> None:
     """Rank 1 differs from rank 0 in one setting at a time: every attempt is refused before the first step."""
     from mpi4py import MPI
@@ -573,6 +610,57 @@ def test_cli_under_mpiexec_prints_and_writes_on_rank_0_only(tmp_path):
             assert_close(saved[k], v, f"CLI parameter {k}")
 
 
+def test_ctrl_c_on_one_rank_stops_every_rank_at_one_step(tmp_path):
+    """Ctrl-C under mpiexec was reported as "rank 1 failed ...; aborting all 2 ranks", exit 1, nothing saved: each
+    rank's KeyboardInterrupt landed at its own moment. Now every rank stops before the same step, with the
+    parameters of one process trained that far."""
+    from symgrad.runtime.optim import Adam
+    from symgrad.runtime.training import train
+
+    proc, took = run_worker("interrupt", tmp_path, FAIL_TIMEOUT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    m = _load("linreg")
+    x = np.linspace(-1.0, 1.0, 64)
+    ref = train(m, {"x": x, "y": 2 * x + 1}, optimizer=Adam(0.05), batch_size=8, epochs=2, progress=False)
+    for rank in range(NP):
+        with np.load(tmp_path / f"interrupt-rank{rank}.npz") as z:
+            assert str(z["outcome"]) == "interrupted all_ranks=True" and int(z["step"]) == 16, (rank, z["outcome"])
+            for k, v in ref.params.items():
+                assert_close(z[k], v, f"rank {rank} parameter {k}")
+
+
+@pytest.mark.slow
+def test_cli_ctrl_c_under_mpiexec_saves_and_exits_130(tmp_path):
+    """mpiexec forwards Ctrl-C to every rank: one line, the parameters saved by rank 0, exit status 130."""
+    import signal
+
+    out = tmp_path / "ci.npz"
+    cmd = ["mpiexec", "-n", str(NP), "symgrad", "train", "specs/mlp_digits.yaml", "--data", "digits"]
+    cmd += ["--epochs", "100000", "--no-progress", "--out", str(out)]
+    env = {**_env(), "SYMGRAD_WARMUP": "0"}
+    with subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as child:
+        assert child.stdout is not None
+        deadline = time.monotonic() + TIMEOUT
+        while time.monotonic() < deadline:  # until the first epoch line: training runs on both ranks
+            line = child.stdout.readline()
+            if line.startswith("epoch ") or not line:
+                break
+        time.sleep(0.5)
+        child.send_signal(signal.SIGINT)
+        try:
+            _, err = child.communicate(timeout=FAIL_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, 9)
+            pytest.fail("mpiexec did not stop after Ctrl-C")
+    assert child.returncode == 130, err[-2000:]
+    ours = [ln for ln in err.splitlines() if ln.startswith(("error:", "symgrad:", "Traceback"))]
+    assert len(ours) == 1 and ours[0].startswith("error: interrupted at step ") and "saved to" in ours[0], err
+    with np.load(out) as z:
+        assert set(z.files) == {n for n, _ in _load("mlp_digits").PARAMS}
+
+
 def test_cli_bad_data_exits_2_once(tmp_path):
     bad = tmp_path / "bad.npz"
     x = np.zeros((32, 64))
@@ -594,5 +682,6 @@ if __name__ == "__main__":  # the worker side: mpiexec -n 2 python tests/test_mp
         "abort": worker_abort,
         "disagree": worker_disagree,
         "outside": worker_outside,
+        "interrupt": worker_interrupt,
     }
     workers[sys.argv[1]](Path(sys.argv[2]))

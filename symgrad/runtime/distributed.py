@@ -6,13 +6,13 @@ Design (docs/distributed.md has the cost model):
   permutation and the sampled inputs (`sample: normal`) are drawn for the *global* batch by the same generator
   as a one-process run; each rank then takes its contiguous block of rows of every global batch
   (`shard(B)`: sizes differ by at most one).
-- **One Allreduce per step.** `grad` is a view of the flat buffer `buf = [grad (N_THETA) | loss sum | flag]`
+- **One Allreduce per step.** `grad` is a view of the flat buffer `buf = [grad (N_THETA) | loss sum | flag | stop]`
   in theta's dtype. Each rank runs the compiled `_loss_grad` on its shard with the *global* gradient scale
   (SIGN / B_global for `mean`, SIGN * N_train / B_global for `sum`), writes its loss sum and a failure flag
-  into the two trailing slots, and one in-place `Allreduce(SUM)` gives every rank the global gradient, loss
-  sum and failure count. Then, on every rank and on the global gradient: finiteness check, clipping,
-  `symgrad.runtime.optim.update` -- the same sequence as the fused `_train_epoch` of one process, so results agree
-  up to summation order.
+  into two trailing slots (a third carries Ctrl-C, below), and one in-place `Allreduce(SUM)` gives every rank
+  the global gradient, loss sum and failure count. Then, on every rank and on the global gradient: finiteness
+  check, clipping, `symgrad.runtime.optim.update` -- the same sequence as the fused `_train_epoch` of one
+  process, so results agree up to summation order.
 - **Failures never hang.** A rank whose step raises or whose loss is not finite sets its flag; since the flag
   travels in the step's own reduction, all ranks see it at the same step and raise together (a
   `DistributedError` naming the rank, the step and the message, or `TrainingDiverged` naming the ranks whose
@@ -25,21 +25,30 @@ Design (docs/distributed.md has the cost model):
   `comm.Abort(1)` after printing the rank, step and error -- inside `train`, and, once `train(comm=...)` has
   been called, for any exception the program does not catch (a `sys.excepthook`, as `python -m mpi4py` does).
   Errors raised on every rank together carry `all_ranks = True` and end the program normally.
+- **Ctrl-C stops every rank at one step.** mpiexec forwards SIGINT to every rank, each at its own moment (one may
+  be inside a kernel, another blocked in the Allreduce, which a KeyboardInterrupt cannot leave). So during
+  training the first SIGINT only sets a flag; it travels in the step's own reduction (a third trailing slot), and
+  every rank stops before the same step with the same parameters: `TrainingInterrupted` on every rank, the CLI
+  saves them (rank 0) and exits 130, as one process does. A second Ctrl-C interrupts at once (and, landing on one
+  rank alone, ends the job as any other one-rank error does).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-from symgrad.errors import SymgradError, TrainingDiverged, UsageError
+from symgrad.errors import SymgradError, TrainingDiverged, TrainingInterrupted, UsageError
 from symgrad.runtime.optim import gated_step, grad_norm_ok
 from symgrad.runtime.trainer import Trainer, diverged_message
 
@@ -232,13 +241,14 @@ class DistributedTrainer(Trainer):
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         n = model.N_THETA
-        self.buf = np.zeros(n + 2, self.dtype)  # [grad | loss sum | failure flag], reduced in one call
+        self.buf = np.zeros(n + 3, self.dtype)  # [grad | loss sum | failure flag | stop flag], reduced in one call
         self.grad = self.buf[:n]
         self.allreduce_time = 0.0
         self.allreduce_calls = 0
         self.failed_ranks: list[int] = []
         self._good: tuple[np.ndarray, np.ndarray, int] | None = None  # params, state, step of the last finite loss
         self._ws: np.ndarray | None = None
+        self.stop_requested: Callable[[], bool] = lambda: False  # a Ctrl-C seen on this rank (see _Hooks.run)
 
     def shard(self, batch_size: int) -> tuple[int, int]:
         """This rank's rows [lo, hi) of a global batch: contiguous blocks, sizes differing by at most one."""
@@ -292,11 +302,17 @@ class DistributedTrainer(Trainer):
                 error, local = exc, math.nan
                 buf[:] = 0.0
                 buf[n + 1] = 1.0
+            buf[n + 2] = 1.0 if self.stop_requested() else 0.0
             start = time.perf_counter()
             self.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
             self.allreduce_time += time.perf_counter() - start
             self.allreduce_calls += 1
             total = float(buf[n])
+            if buf[n + 2] != 0.0:  # Ctrl-C on some rank: every rank stops here, before this step
+                self.step_count = t0 + i
+                stop = KeyboardInterrupt(f"interrupted before step {t0 + i + 1}")
+                _mark_all_ranks(stop)
+                raise stop
             if buf[n + 1] != 0.0:  # a rank failed or had a non-finite share: no rank steps
                 self.step_count = t0 + i
                 self._fail(t0 + i + 1, error, local, consts[i], gscale, shard, losses[:i], batch_size)
@@ -400,9 +416,11 @@ class Dist:
         self.is_root = self.rank == 0
         self.phase = "setup"
         self.trainer: DistributedTrainer | None = None
+        self.interrupts = 0  # SIGINTs seen while training (see _stop_at_a_step)
 
     def make_trainer(self, model, optimizer, **kwargs) -> DistributedTrainer:
         self.trainer = DistributedTrainer(model, optimizer, comm=self.comm, **kwargs)
+        self.trainer.stop_requested = lambda: self.interrupts > 0
         return self.trainer
 
     def setup_done(self, trainer: Trainer, arrays: Mapping[str, np.ndarray], config: Mapping[str, Any]) -> None:
@@ -458,11 +476,17 @@ class Dist:
         """Run the loop `fn()` on this rank: errors every rank raised together propagate, any other ends the job."""
         install_abort_hook(self.comm)
         try:
-            return fn()
+            with self._stop_at_a_step():
+                return fn()
         except DistributedError:
             raise  # raised on every rank together
         except TrainingDiverged as exc:  # raised on every rank together, from the step's reduction
             _mark_all_ranks(exc)
+            raise
+        except TrainingInterrupted as exc:
+            if not raised_on_all_ranks(exc):  # a second Ctrl-C, on this rank alone: the others may be blocked
+                step = self.trainer.step_count if self.trainer is not None else 0
+                abort(self.comm, f"rank {self.rank} interrupted after step {step}")
             raise
         except BaseException as exc:
             if self.phase == "setup":  # the others wait in setup_done's allgather: answer it with the error
@@ -470,6 +494,25 @@ class Dist:
             step = self.trainer.step_count if self.trainer is not None else 0
             abort(self.comm, f"rank {self.rank} failed after step {step}: {_describe(exc)}")
             raise  # pragma: no cover
+
+    @contextmanager
+    def _stop_at_a_step(self) -> Iterator[None]:
+        """SIGINT sets a flag that the next step's reduction carries to every rank (see the module docstring); a
+        second one raises KeyboardInterrupt here and now. Off the main thread no SIGINT arrives: nothing to do."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            self.interrupts += 1
+            if self.interrupts > 1:
+                raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 __all__ = [

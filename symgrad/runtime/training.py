@@ -493,13 +493,15 @@ def _fit(model: ModuleType, data: Mapping[str, Any] | None, cfg: _Run, hooks: An
         params_now = trainer.params_copy()
         res = result_so_far(params_now, time.perf_counter() - t_start)
         epoch_now = -(-trainer.step_count // steps_per_epoch) if steps_per_epoch else 0
-        raise TrainingInterrupted(
+        stop = TrainingInterrupted(
             f"interrupted at step {trainer.step_count} (epoch {max(epoch_now, 1)})",
             step=trainer.step_count,
             epoch=max(epoch_now, 1),
             params=params_now,
             result=res,
-        ) from None
+        )
+        stop.all_ranks = getattr(exc, "all_ranks", False)  # every rank stopped at this step (distributed.py)
+        raise stop from None
     finally:
         if bar is not None:
             bar.close()
