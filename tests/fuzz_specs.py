@@ -332,6 +332,7 @@ class _Gen:
                 "maxmin",
                 "piecewise",
                 "softmax",
+                "center",
                 "user",
             ]
         )
@@ -368,6 +369,9 @@ class _Gen:
             return f"Piecewise(({a}, {a} > {self.pick(['0', self.literal()])}), ({self.vec(n, depth - 1)}, True))"
         if kind == "softmax":
             return f"{self.pick(['softmax', 'log_softmax'])}({self.vec(n, depth - 1)})"
+        if kind == "center":  # a reduction of v beside v itself: whole-array notation rebinds v's own index
+            v = self.vec(n, depth - 1)
+            return self.pick([f"(({v}) - mean({v}))", f"standardize({v}, 0.5)", f"(({v}) * sum({v}))"])
         return self.user_call(lambda: self.vec(n, depth - 1))
 
     def vec_leaf(self, n: int, depth: int) -> str:

@@ -676,6 +676,7 @@ class _GraphBuilder:
         bounds = dict(scope.bounds) if scope else {}
         for sym, n in zip(indices, shape, strict=True):
             bounds[sym] = (Integer(0), Integer(n - 1))
+        body = self.unshadow(body, indices, bounds)
         try:
             body = self.normalize(logsumexp_rewrite(body), bounds, line)
         except ExprError as exc:  # a form normalisation cannot store: the spec's line, not a traceback
@@ -683,6 +684,45 @@ class _GraphBuilder:
         base = make_base(name, shape)
         self.arrays[name] = Array(name, tuple(shape), base, ArrayKind.STMT, False, line)
         self.statements.append(Statement(name, tuple(indices), tuple(shape), body, line, hidden=hidden, bounds=bounds))
+
+    def unshadow(self, body: sympy.Expr, indices, bounds: dict) -> sympy.Expr:
+        """Every reduction variable gets a name nothing around it has. Whole-array notation binds an axis's own
+        index, so `z - mean(z)` is `z[i] - Sum(z[i], (i, 0, 2))/3`: correct SymPy (the inner i is a new variable),
+        but the page printed `z_i - sum_i z_i / 3`, and the derivation and kernels, which name loops by their
+        symbols, mixed the two i's up (abs(standardize(z)) was wrong by 50%: fuzz, tests/regressions/
+        abs_of_standardize_rebinds_its_index.yaml). Renamed variables come from the spec-proof allocator."""
+
+        def walk(e: sympy.Basic, scope: frozenset[str]) -> sympy.Basic:
+            if not e.args or not e.has(Sum, LogSumExp):
+                return e
+            if isinstance(e, Sum | LogSumExp):
+                fn, inner = e.function, set(scope)
+                limits = list(reversed(e.limits))  # outermost first: a later limit may read an earlier one
+                for k, (v, lo, hi) in enumerate(limits):
+                    if v.name in inner:
+                        new = Symbol(self.names.take(v.name), integer=True)
+                        bounds[new] = (lo, hi)
+                        if scope_bounds is not None:
+                            scope_bounds[new] = (lo, hi)
+                        fn = fn.xreplace({v: new})
+                        limits[k + 1 :] = [
+                            (q, a.xreplace({v: new}), b.xreplace({v: new})) for q, a, b in limits[k + 1 :]
+                        ]
+                        limits[k] = (new, lo, hi)
+                        v = new
+                    inner.add(v.name)
+                return type(e)(walk(fn, frozenset(inner)), *reversed(limits))
+            args = tuple(walk(a, scope) for a in e.args)
+            if args == e.args:
+                return e
+            try:
+                return e.func(*args)
+            except (TypeError, ValueError):  # Max of constants SymPy cannot order: kept unevaluated, as built
+                return e.func(*args, evaluate=False)
+
+        scope_bounds = getattr(getattr(self, "_scope", None), "bounds", None)
+        taken = frozenset(v.name for v in body.free_symbols) | frozenset(v.name for v in indices)
+        return walk(body, taken)
 
     # -- normal form -----------------------------------------------------------------------------------
     def normalize(self, body: sympy.Expr, bounds: dict, line: int) -> sympy.Expr:

@@ -74,6 +74,47 @@ class LoopNest:
     init: sympy.Expr = sympy.S.Zero
     comment: str = ""
 
+    def __post_init__(self) -> None:
+        self.outer, self.inner, self.target, self.init, self.expr = distinct_loop_names(
+            self.outer, self.inner, self.target, self.init, self.expr
+        )
+
+
+def distinct_loop_names(outer: list[Loop], inner: list[Loop], target, init, expr):
+    """The loop nest with no two loop variables printed alike, nor like any other symbol it reads.
+
+    SymPy lets a Sum rebind its enclosing index, `z[i] - Sum(z[i], (i, 0, 2))/3`, and two distinct Dummies may
+    share a name; printed by name, that nest became `for i: acc = z[i]; for i: acc += ...`, the inner loop
+    overwriting the outer i (abs(standardize(z)) was wrong by 50%: tests/regressions/
+    abs_of_standardize_rebinds_its_index.yaml). The graph stage now renames such reductions (unshadow); this is
+    the kernels' own guarantee. A clashing inner variable means the inner binding wherever the summand reads it
+    (SymPy's scoping), so it is renamed there and in the bounds of the loops inside it; an outer one, a distinct
+    symbol by construction, everywhere it appears. New names start with "_", out of reach of spec names.
+    """
+    loops = [*outer, *inner]
+    names = {v.name for e in (target, init, expr) for v in getattr(e, "free_symbols", ())}
+    names |= {v.name for lp in loops for e in (lp.lo, lp.hi) for v in e.free_symbols} | {lp.var.name for lp in loops}
+    seen: dict[str, Symbol] = {}
+    for k, lp in enumerate(loops):
+        if lp.var.name not in seen:
+            seen[lp.var.name] = lp.var
+            continue
+        if k < len(outer) and seen[lp.var.name] == lp.var:  # pragma: no cover - derive never makes one
+            raise AssertionError(f"loop variable {lp.var} is bound twice around {target}")
+        stem, n = "_" + lp.var.name.lstrip("_"), 2
+        while f"{stem}{n}" in names:
+            n += 1
+        new = Symbol(f"{stem}{n}", integer=True)
+        names.add(new.name)
+        seen[new.name] = new
+        ren = {lp.var: new}
+        loops[k] = Loop(new, lp.lo, lp.hi)
+        loops[k + 1 :] = [Loop(q.var, q.lo.xreplace(ren), q.hi.xreplace(ren)) for q in loops[k + 1 :]]
+        expr = expr.xreplace(ren)
+        if k < len(outer):
+            target, init = target.xreplace(ren), init.xreplace(ren)
+    return loops[: len(outer)], loops[len(outer) :], target, init, expr
+
 
 @dataclass
 class Fill:
