@@ -199,6 +199,41 @@ CASES = {
             (0.7978845608028654 * 0.044715 * p["a"] ** 3 - y) ** 2 + 0.1234567890123 * p["a"] / 0.3333333333333333
         ),
     ),
+    # fuzz F4: inside an axis= call the caller's own sum(V) (a scalar) had become sum(V, axis=0), silently
+    "whole_array_reductions_inside_axis_calls": (
+        """
+        dims: {D: 3, K: 2}
+        inputs: {x: [D]}
+        params:
+          W: {shape: [K, D], init: normal(0, 0.5)}
+          V: {shape: [K, D], init: normal(0, 0.5)}
+        loss: sum(sum(W * sum(V), axis=0) * x) + sum(logsumexp(W * mean(V), axis=1)) + sum(sum(W * mse(V, W), axis=0))
+        """,
+        lambda p, x: (
+            np.sum(np.sum(p["W"] * np.sum(p["V"]), axis=0) * x)
+            + np.sum(np.log(np.sum(np.exp(p["W"] * np.mean(p["V"])), axis=1)))
+            + np.sum(p["W"] * np.mean((p["V"] - p["W"]) ** 2))
+        ),
+    ),
+    # random fuzz seed 159: z - mean(z) stored as a vector was generated as `for i: for i:` (50% off)
+    "abs_of_standardize": (
+        """
+        dims: {K: 3}
+        inputs: {x: [K]}
+        params:
+          w: {shape: [K], init: normal(0, 0.5)}
+          u: {shape: [K], init: normal(0, 0.5)}
+        forward:
+          - z: tanh(w*x + u)
+        loss: sum(abs(standardize(z, 0.5)))
+        """,
+        lambda p, x: np.sum(
+            np.abs(
+                (np.tanh(p["w"] * x + p["u"]) - np.mean(np.tanh(p["w"] * x + p["u"])))
+                / np.sqrt(np.var(np.tanh(p["w"] * x + p["u"])) + 0.5)
+            )
+        ),
+    ),
 }
 
 

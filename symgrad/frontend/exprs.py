@@ -437,21 +437,8 @@ class Builder:
                 return TExpr(LogSumExp(expr, *limits), x.axes, x.named)
             return TExpr(LogSumExp(x.expr, *[(s, 0, n - 1) for s, n in x.axes]), (), x.named)
         if name in self.scope.functions or name in LIBRARY:
-            params, body = self.scope.functions.get(name) or (LIBRARY[name][0], None)
-            if body is None:
-                body = parse_source(LIBRARY[name][1])
-            if len(node.args) != len(params):
-                raise ExprError(
-                    f"{name} takes {len(params)} argument{'s' if len(params) != 1 else ''}, got {len(node.args)}"
-                )
-            args = [self.build(a) for a in node.args]
-            saved, saved_internal = self.env, self.internal
-            self.env = dict(zip(params, args, strict=True))
-            self.internal = name in LIBRARY and name not in self.scope.functions
-            try:
-                return self.build(body)
-            finally:
-                self.env, self.internal = saved, saved_internal
+            self._check_arity(name, len(node.args))
+            return self._expand(name, [self.build(a) for a in node.args])
         if name in ELEMENTWISE:
             row = ELEMENTWISE[name]
             n = len(node.args)
@@ -466,6 +453,24 @@ class Builder:
                 args = [self.build(a) for a in node.args]
             return self.elementwise(lambda *a: _apply(fn, a), args, f"{name}(...)")
         raise ExprError(f"unknown function {name!r}")
+
+    def _check_arity(self, name: str, n: int) -> None:
+        params = self.scope.functions[name][0] if name in self.scope.functions else LIBRARY[name][0]
+        if n != len(params):
+            raise ExprError(f"{name} takes {len(params)} argument{'s' if len(params) != 1 else ''}, got {n}")
+
+    def _expand(self, name: str, args: list[TExpr]) -> TExpr:
+        """A library layer's or user function's body, its parameters bound to the arguments already built."""
+        params, body = self.scope.functions.get(name) or (LIBRARY[name][0], None)
+        if body is None:
+            body = parse_source(LIBRARY[name][1])
+        saved, saved_internal = self.env, self.internal
+        self.env = dict(zip(params, args, strict=True))
+        self.internal = name in LIBRARY and name not in self.scope.functions
+        try:
+            return self.build(body)
+        finally:
+            self.env, self.internal = saved, saved_internal
 
     def reduction(self, name: str, args: list[ast.expr]) -> TExpr:
         if not args:
@@ -548,15 +553,23 @@ class Builder:
         if not -rank <= axis < rank:
             raise ExprError(f"axis={axis} is out of range for an argument with {rank} ax{'i' if rank == 1 else 'e'}s")
         k = axis % rank
+        if name in ("sum", "mean") and len(node.args) != 1:
+            raise ExprError(f"{name}(expr, axis=k) takes one expression")
+        if name not in ("sum", "mean"):
+            self._check_arity(name, len(node.args))
+        # the arguments are the caller's expressions: a reduction written in them (`W * sum(V)`, a scalar) keeps
+        # its own meaning; only the layer's body runs its reductions along the axis (fuzz: sum(V) there had
+        # become sum(V, axis=0), silently)
+        args = [first] + [self.build(a) for a in node.args[1:]]
         saved = self.axis
         self.axis = k
         try:
             if name in ("sum", "mean"):
-                if len(node.args) != 1:
-                    raise ExprError(f"{name}(expr, axis=k) takes one expression")
-                out = self.reduction(name, node.args)
+                expr, limits = self._reduce_axis(first)
+                total = Sum(expr, *limits)
+                out = TExpr(total / first.axes[k][1] if name == "mean" else total, first.axes, first.named)
             else:
-                out = self._Call(ast.Call(func=node.func, args=node.args, keywords=[]))
+                out = self._expand(name, args)
         finally:
             self.axis = saved
         if saved is None and len(out.axes) == rank and out.axes[k][0] not in out.expr.free_symbols:
