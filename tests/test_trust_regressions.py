@@ -215,6 +215,49 @@ CASES = {
             + np.sum(p["W"] * np.mean((p["V"] - p["W"]) ** 2))
         ),
     ),
+    # fuzz F1: a where() inside a product inside a where() condition was folded out of the product's Sum, its
+    # index left unbound (compile error, or silently the index of an earlier loop: loss 0.7617 for 0.7642)
+    "where_of_product_of_where": (
+        """
+        dims: {D: 3, K: 2}
+        inputs: {x: [D], y: [K]}
+        params:
+          W: {shape: [K, D], init: normal(0, 0.5)}
+          b: {shape: [D], init: normal(0, 0.5)}
+          v: {shape: [K], init: normal(0, 0.5)}
+        loss: >-
+          softmax_cross_entropy(where((W @ where(x > 0, x, b)) > 0, v, 2*v), v)
+          + where((where(b > 0, x, b) @ b) > 0, v @ v, 3.0) + y @ v
+        """,
+        lambda p, x, y: (
+            _sce(np.where(p["W"] @ np.where(x > 0, x, p["b"]) > 0, p["v"], 2 * p["v"]), p["v"])
+            + (p["v"] @ p["v"] if np.where(p["b"] > 0, x, p["b"]) @ p["b"] > 0 else 3.0)
+            + y @ p["v"]
+        ),
+    ),
+    # fuzz F2: Max of an identically-zero reduction inside a product raised SymPy's "not comparable" (traceback)
+    "max_of_zero_reduction_in_product": (
+        """
+        dims: {H: 4, K: 2}
+        inputs: {x: [H]}
+        params:
+          W: {shape: [H, K], init: normal(0, 0.5)}
+          b: {shape: [H], init: normal(0, 0.5)}
+        loss: x @ Max(b, sum(0*W, axis=-1)) + sum(W.T @ Max(b, sum(W - W, axis=-1)))
+        """,
+        lambda p, x: x @ np.maximum(p["b"], 0.0) + np.sum(p["W"].T @ np.maximum(p["b"], 0.0)),
+    ),
+    # fuzz F3: log_softmax of a matrix constant along the axis was read as a reduction and lost that axis
+    "log_softmax_of_a_constant_keeps_its_shape": (
+        """
+        dims: {K: 2, H: 4}
+        inputs: {x: [H]}
+        params:
+          W: {shape: [K, H], init: normal(0, 0.5)}
+        loss: sum(Piecewise((W, W > 0), (log_softmax(W - W, axis=0), True)) @ x)
+        """,
+        lambda p, x: np.sum(np.where(p["W"] > 0, p["W"], -np.log(2.0)) @ x),
+    ),
     # random fuzz seed 159: z - mean(z) stored as a vector was generated as `for i: for i:` (50% off)
     "abs_of_standardize": (
         """

@@ -41,6 +41,16 @@ class Select(sympy.Piecewise):
         return sympy.Piecewise(*args, **options)
 
 
+# Per-axis layers whose result has their argument's shape, whatever its values: log_softmax(W - W, axis=0) is
+# -log(K) everywhere, constant along the axis, yet still of W's shape (fuzz F3 read it as a reduction)
+_KEEPS_AXIS = frozenset({"softmax", "log_softmax", "standardize"})
+
+
+def _select_where(cond, a, b):
+    """where(cond, a, b) built as Select, so a reduction in its condition stays where it was written."""
+    return Select((a, cond), (b, True))
+
+
 class _Pair(ExprCondPair):
     """An (expr, cond) pair whose condition holds a reduction: kept as written (see Select)."""
 
@@ -449,6 +459,9 @@ class Builder:
             fn = row.sympy
             if name == "where":  # where(cond, a, b): the condition grammar applies to the first argument only
                 args = [self.condition(node.args[0])] + [self.build(a) for a in node.args[1:]]
+                # as Piecewise(...): a condition holding a reduction is kept as written (Select), or SymPy's
+                # piecewise_fold pulls an inner where out of `W @ where(...)` with its index unbound (fuzz F1)
+                fn = _select_where
             else:
                 args = [self.build(a) for a in node.args]
             return self.elementwise(lambda *a: _apply(fn, a), args, f"{name}(...)")
@@ -572,7 +585,12 @@ class Builder:
                 out = self._expand(name, args)
         finally:
             self.axis = saved
-        if saved is None and len(out.axes) == rank and out.axes[k][0] not in out.expr.free_symbols:
+        if (
+            saved is None
+            and len(out.axes) == rank
+            and name not in _KEEPS_AXIS
+            and out.axes[k][0] not in out.expr.free_symbols
+        ):
             out = TExpr(out.expr, out.axes[:k] + out.axes[k + 1 :], out.named)
         return out
 

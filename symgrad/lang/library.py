@@ -43,9 +43,12 @@ def _limits_without_fold(cls, function, symbols, assumptions):
 
 class Sum(sympy.Sum):
     """sympy.Sum built without piecewise_fold (see _limits_without_fold); everything else is SymPy's Sum, and
-    `isinstance(x, sympy.Sum)` holds."""
+    `isinstance(x, sympy.Sum)` holds. A sum of zeros is 0: left as `Sum(0, ...)`, a number SymPy cannot order,
+    `Max(b, sum(0*W, axis=-1))` raised "not comparable" wherever it was rebuilt (fuzz F2)."""
 
     def __new__(cls, function, *symbols, **assumptions):
+        if function == 0:
+            return sympy.S.Zero
         return _limits_without_fold(cls, function, symbols, assumptions)
 
 
