@@ -216,3 +216,22 @@ def test_every_node_symgrad_makes_is_known_real():
             nodes[name] = row.sympy(*(sympy.exp(v) + 2 for v in (a, b, c)[: row.nargs]))
     unknown = sorted(name for name, node in nodes.items() if node.is_real is not True)
     assert not unknown, f"is_real is not True for {unknown}"
+
+
+def test_tanh_of_a_maybe_complex_argument_asks_no_further(monkeypatch):
+    """Random fuzz seed 349: exp(tanh(relu((w - s/3)/sqrt(s/3 + 1/2)))) parsed for over 5 minutes (6 s now). SymPy's
+    tanh asked `as_real_imag()` and a Mod (a polynomial gcd) of any argument not known real, here a sqrt of a
+    maybe-negative sum; symgrad's handler answers "unknown" instead, so building the node never expands it."""
+    from symgrad.lang.primitives import relu  # importing the table installs the handlers
+
+    s, w = sympy.symbols("s w", real=True)
+    arg = relu((w - s / 3) / sympy.sqrt(s / 3 + sympy.Rational(1, 2)))
+    assert arg.is_real is None  # a sqrt of a maybe-negative sum: SymPy cannot tell
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError(f"as_real_imag asked of {self}")
+
+    monkeypatch.setattr(sympy.Expr, "as_real_imag", refuse)
+    node = sympy.exp(sympy.tanh(arg))
+    assert isinstance(node, sympy.exp) and node.args[0].is_real is None and node.args[0].is_finite is None
+    assert sympy.tanh(s).is_real is True and sympy.tanh(s).is_finite is True
