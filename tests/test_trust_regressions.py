@@ -258,6 +258,43 @@ CASES = {
         """,
         lambda p, x: np.sum(np.where(p["W"] > 0, p["W"], -np.log(2.0)) @ x),
     ),
+    # fuzz G6: a user function reducing its argument, stored as a statement: the reduction's index kept the
+    # statement's own name (the renaming took that very name again), so the adjoint came out as 3/4 h_bar
+    "user_function_reducing_its_argument": (
+        """
+        dims: {D: 3, H: 4}
+        inputs: {x: [D]}
+        params:
+          W: {shape: [H, D], init: normal(0, 0.5)}
+          b: {shape: [H], init: normal(0, 0.5)}
+        functions: {"f(z)": "z - mean(z)", "g(z)": "z * sum(z)"}
+        forward:
+          - h: f(W @ x) + f(b)
+          - k: g(sigmoid(b))
+        loss: sum(h**3) + sum(k * x[0])
+        """,
+        lambda p, x: (
+            np.sum(((p["W"] @ x) - np.mean(p["W"] @ x) + p["b"] - np.mean(p["b"])) ** 3)
+            + np.sum(_sig(p["b"]) * np.sum(_sig(p["b"])) * x[0])
+        ),
+    ),
+    # fuzz G4: a product over a prefix of a longer axis (a declared shape, or a Sum bound short of the axis) was
+    # matched to one BLAS call on the whole operand: `gemm: incompatible shapes` on every call
+    "product_over_a_prefix_of_a_longer_axis": (
+        """
+        dims: {M: 3, N: 4}
+        inputs: {x: [N]}
+        params:
+          W: {shape: [N, N], init: normal(0, 0.5)}
+        forward:
+          - s[m]:
+              shape: [M]
+              expr: tanh(sum(W[m, n] * x[n], n))
+          - t: Sum(x[n] * Sum(W[m, n] * x[m], (m, 0, N - 1)), (n, 0, M - 1))
+        loss: sum(s) + t**2
+        """,
+        lambda p, x: np.sum(np.tanh(p["W"][:3] @ x)) + (x[:3] @ (x @ p["W"])[:3]) ** 2,
+    ),
     # random fuzz seed 159: z - mean(z) stored as a vector was generated as `for i: for i:` (50% off)
     "abs_of_standardize": (
         """

@@ -700,7 +700,10 @@ class _GraphBuilder:
                 limits = list(reversed(e.limits))  # outermost first: a later limit may read an earlier one
                 for k, (v, lo, hi) in enumerate(limits):
                     if v.name in inner:
-                        new = Symbol(self.names.take(v.name), integer=True)
+                        name = self.names.take(v.name)
+                        while name in inner or name in used:  # the allocator knows the spec's names, not the axis
+                            name = self.names.take(v.name)  # indices made while parsing (`i` of a whole array)
+                        new = Symbol(name, integer=True)
                         bounds[new] = (lo, hi)
                         if scope_bounds is not None:
                             scope_bounds[new] = (lo, hi)
@@ -722,6 +725,7 @@ class _GraphBuilder:
 
         scope_bounds = getattr(getattr(self, "_scope", None), "bounds", None)
         taken = frozenset(v.name for v in body.free_symbols) | frozenset(v.name for v in indices)
+        used = {v.name for v in body.atoms(Symbol)} | set(taken)
         return walk(body, taken)
 
     # -- normal form -----------------------------------------------------------------------------------

@@ -321,15 +321,20 @@ def _match_gemm(
         return None
     (na, ia, ba, sa), (nb, ib, bb, sb) = ops
     o_idx = ((BATCH,) if out_batched else ()) + tuple(out_idx)
+    # BLAS reads whole operands: every index must run over the whole axis of each operand it reads, or the call
+    # would take a longer axis whole (a declared shape reads a prefix of it: fuzz G4, `gemm: incompatible shapes`)
     for lp in inner:
-        pos = [
-            sa[list(ia).index(lp.var)] - 1 if lp.var in ia else None,
-            sb[list(ib).index(lp.var)] - 1 if lp.var in ib else None,
-        ]
-        if not any(p is not None and lp.hi == p for p in pos):
+        his = [s[list(i).index(lp.var)] - 1 for i, s in ((ia, sa), (ib, sb)) if lp.var in i]
+        if not his or any(lp.hi != h for h in his):
             return None
     if len(set(o_idx)) != len(o_idx) or not o_idx:  # a 0-d result (a dot product per batch) is a plain loop
         return None
+    out_arr = prog.arrays.get(out_name)
+    if out_arr is not None:
+        out_sizes = dict(zip(o_idx, ((None,) if out_batched else ()) + tuple(out_arr.shape), strict=True))
+        for i, s in ((ia, sa), (ib, sb)):
+            if any(v in out_sizes and size != out_sizes[v] for v, size in zip(i, s, strict=True)):
+                return None
     all_idx = set(o_idx) | set(ia) | set(ib)
     m = [i for i in all_idx if i in o_idx and i in ia and i not in ib]
     n = [i for i in all_idx if i in o_idx and i in ib and i not in ia]
