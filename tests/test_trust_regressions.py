@@ -295,6 +295,41 @@ CASES = {
         """,
         lambda p, x: np.sum(np.tanh(p["W"][:3] @ x)) + (x[:3] @ (x @ p["W"])[:3]) ** 2,
     ),
+    # fuzz G5: a Sum's index read only in a condition (a count mask) was "undeclared name 'i'"
+    "sum_index_read_only_in_a_condition": (
+        """
+        dims: {N: 4}
+        inputs: {x: [N]}
+        params:
+          w: {shape: [N], init: normal(0, 0.5)}
+        forward:
+          - a[k]: Sum(where(i > k, w[k]**2, w[k]), (i, 0, 2))
+        loss: sum(tanh(a)) + x @ w
+        """,
+        lambda p, x: (
+            np.sum(np.tanh([sum(p["w"][k] ** 2 if i > k else p["w"][k] for i in range(3)) for k in range(4)]))
+            + x @ p["w"]
+        ),
+    ),
+    # fuzz G2/G3: bounds that read other indices of the same or an enclosing Sum: an inner bound reading the
+    # outer index ("cannot infer the range of index _q"), a limit reading an earlier limit of the same Sum
+    # ("free indices"), a Sum rebinding the statement's index in its own bound ("nested too deeply")
+    "sum_bounds_reading_other_indices": (
+        """
+        dims: {N: 4}
+        inputs: {x: [N]}
+        params:
+          w: {shape: [N], init: normal(0, 0.5)}
+        forward:
+          - c[i]: Sum(w[i], (i, 0, i))
+        loss: Sum(Sum(w[q], (q, 0, p)), (p, 0, 2))**2 + Sum(w[i]*w[j]*x[j], (i, 0, 3), (j, 0, i)) + sum(c**2)
+        """,
+        lambda p, x: (
+            sum(sum(p["w"][q] for q in range(pp + 1)) for pp in range(3)) ** 2
+            + sum(p["w"][i] * p["w"][j] * x[j] for i in range(4) for j in range(i + 1))
+            + np.sum(np.cumsum(p["w"]) ** 2)
+        ),
+    ),
     # random fuzz seed 159: z - mean(z) stored as a vector was generated as `for i: for i:` (50% off)
     "abs_of_standardize": (
         """

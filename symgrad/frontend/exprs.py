@@ -499,6 +499,8 @@ class Builder:
                 if not _is_index_name(lim.elts[0].id, s) and lim.elts[0].id not in s.index_syms:
                     raise ExprError(f"{lim.elts[0].id!r} is declared as something else and cannot be a Sum index")
                 limits.append((lim.elts[0].id, self._bound(lim.elts[1]), self._bound(lim.elts[2])))
+            for index, _, _ in limits:  # a Sum's index is declared by its limit, even where no subscript reads it
+                s.index(index)  # (`Sum(where(i > k, a, b), (i, 0, 2))`, a count mask: "undeclared name 'i'")
             body = _number_only(self.build(args[0]), f"{name}(...)")
             return self._bind(body, limits)
         body = _number_only(self.build(args[0]), f"{name}(...)")
@@ -608,7 +610,11 @@ class Builder:
         """Sum over named indices. Each bound index gets a fresh symbol so later algebra cannot capture it."""
         expr, named = body.expr, set(body.named)
         sym_limits = []
+        renamed: dict = {}  # this Sum's outer limits, already bound: a later limit's bounds read them
         for name, lo, hi in limits:
+            # a limit's own index in its bounds is the enclosing one (SymPy's scoping: Sum(w[i], (i, 0, i)) is a
+            # prefix sum; renaming it too made the bound read itself, "nested too deeply", G3)
+            lo, hi = lo.xreplace(renamed), hi.xreplace(renamed)
             old = self.scope.index(name)
             if old not in named:
                 raise ExprError(f"index {name!r} is summed over but does not appear in the summed expression")
@@ -620,12 +626,17 @@ class Builder:
                     f"(Sum(..., ({name}, {hi}, {lo})))"
                 )
             new = sympy.Dummy(name, integer=True)
+            # an inner Sum's bound may read this index (`Sum(Sum(w[q], (q, 0, p)), (p, 0, 2))`): its range must
+            # follow the renaming, or q's range reads a p nothing bounds ("cannot infer the range of index", G2)
+            for v in expr.atoms(sympy.Dummy):
+                if v in self.scope.bounds:
+                    self.scope.bounds[v] = tuple(b.xreplace({old: new}) for b in self.scope.bounds[v])
             expr = expr.xreplace({old: new})
             named.discard(old)
-            lo_s, hi_s = lo.xreplace({old: new}), hi.xreplace({old: new})
-            self.scope.bounds[new] = (lo_s, hi_s)
-            sym_limits.append((new, lo_s, hi_s))
+            self.scope.bounds[new] = (lo, hi)
+            sym_limits.append((new, lo, hi))
             named |= {x for x in (lo.free_symbols | hi.free_symbols) if x in self.scope.index_syms.values()}
+            renamed[old] = new
         # SymPy lists limits innermost first; ours are written outermost first.
         return TExpr(Sum(expr, *reversed(sym_limits)), body.axes, frozenset(named))
 
