@@ -330,6 +330,27 @@ CASES = {
             + np.sum(np.cumsum(p["w"]) ** 2)
         ),
     ),
+    # fuzz G1: a Sum's explicit bounds are its index's range; plain reads of arrays of other lengths inside it
+    # read a part of them ("index j ranges over 3 elsewhere but over 5 in x[...]" before)
+    "explicit_sum_bounds_over_arrays_of_other_lengths": (
+        """
+        dims: {N: 5, M: 3}
+        inputs: {x: [N]}
+        params:
+          w: {shape: [M], init: normal(0, 0.5)}
+          X: {shape: [N, M], init: normal(0, 0.5)}
+        forward:
+          - z: Sum(w[j] * x[j], (j, 0, M - 1))
+          - s[n]:
+              shape: [M]
+              expr: Sum(where(j >= n, w[j]*X[j, n], 0), (j, 0, 2))
+        loss: z**2 + sum(tanh(s))
+        """,
+        lambda p, x: (
+            (p["w"] @ x[:3]) ** 2
+            + np.sum(np.tanh([sum(p["w"][j] * p["X"][j, n] for j in range(n, 3)) for n in range(3)]))
+        ),
+    ),
     # random fuzz seed 159: z - mean(z) stored as a vector was generated as `for i: for i:` (50% off)
     "abs_of_standardize": (
         """
@@ -531,3 +552,21 @@ def test_spec_names_never_collide_with_names_generated_functions_bind(tmp_path):
             params = {a.arg for a in fn.args.args} & set(HOST_NAMES)
             stores = {n.id for n in ast.walk(fn) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
             assert not params & stores, f"{fn.name} rebinds {sorted(params & stores)}"
+
+
+def test_an_index_with_no_range_is_named_as_the_spec_writes_it(tmp_path):
+    """`c[i]: Sum(w[k], (k, 0, i))` gives i no range; the refusal named the renamed summation index `_k`."""
+    spec = _spec(
+        tmp_path,
+        "noinf",
+        """
+        dims: {N: 4}
+        params:
+          w: {shape: [N], init: normal(0, 0.5)}
+        forward:
+          - c[i]: Sum(w[k], (k, 0, i))
+        loss: sum(c**2)
+        """,
+    )
+    with pytest.raises(SpecError, match=r"cannot infer the range of index i in w\[\.\.\.\]: use it plainly"):
+        build_program(spec)

@@ -144,7 +144,8 @@ def collect_plain_uses(node: ast.AST, scope: Scope, declared: dict[str, int] | N
     end is refused by the range check over the iteration domain, not here."""
     declared = declared or {}
     scope.ranges.update(declared)
-    for sub in ast.walk(node):
+    fallback: dict[str, int] = {}  # sizes read inside a Sum binding the name: a range only where nothing else gives one
+    for sub, bound in _walk_with_sum_limits(node):
         if isinstance(sub, ast.Name) and _is_index_name(sub.id, scope):
             scope.used_names.add(sub.id)
         if isinstance(sub, ast.Subscript) and isinstance(sub.value, ast.Name) and sub.value.id in scope.arrays:
@@ -153,7 +154,14 @@ def collect_plain_uses(node: ast.AST, scope: Scope, declared: dict[str, int] | N
             if len(elts) != len(shape):
                 continue  # reported with a better message in pass 2
             for axis, elt in enumerate(elts):
-                if isinstance(elt, ast.Name) and _is_index_name(elt.id, scope) and elt.id not in declared:
+                # inside Sum(..., (j, lo, hi)) j runs over its own bounds: reads of longer axes read a part of them,
+                # checked over the iteration domain (fuzz G1: Sum(w[j] * x[j], (j, 0, M - 1)) with x longer)
+                if not isinstance(elt, ast.Name):
+                    continue
+                if elt.id in bound:  # (`c[i]: Sum(w[i], (i, 0, i))`, a prefix sum: c's i then ranges over w)
+                    fallback.setdefault(elt.id, shape[axis])
+                    continue
+                if _is_index_name(elt.id, scope) and elt.id not in declared:
                     size = shape[axis]
                     prev = scope.ranges.get(elt.id)
                     if prev is not None and prev != size:
@@ -162,6 +170,28 @@ def collect_plain_uses(node: ast.AST, scope: Scope, declared: dict[str, int] | N
                             f"{sub.value.id}[...] (shape mismatch)"
                         )
                     scope.ranges[elt.id] = size
+    for name, size in fallback.items():
+        if _is_index_name(name, scope):
+            scope.ranges.setdefault(name, size)
+
+
+def _walk_with_sum_limits(node: ast.AST, bound: frozenset[str] = frozenset()):
+    """ast.walk, each node with the names that an enclosing explicit Sum(..., (j, lo, hi)) binds there."""
+    yield node, bound
+    inner = bound
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "Sum":
+        limits = [a for a in node.args[1:] if isinstance(a, ast.Tuple) and a.elts and isinstance(a.elts[0], ast.Name)]
+        inner = bound | {lim.elts[0].id for lim in limits}  # type: ignore[attr-defined]  # checked: ast.Name
+        if node.args:  # the summand is in the limits' scope; the bounds are not (they read enclosing indices)
+            yield from _walk_with_sum_limits(node.args[0], inner)
+        for a in node.args[1:]:
+            yield from _walk_with_sum_limits(a, bound)
+        for kw in node.keywords:
+            yield from _walk_with_sum_limits(kw, bound)
+        yield from _walk_with_sum_limits(node.func, bound)
+        return
+    for child in ast.iter_child_nodes(node):
+        yield from _walk_with_sum_limits(child, inner)
 
 
 def _is_index_name(name: str, scope: Scope) -> bool:

@@ -1093,6 +1093,20 @@ def _int_fn(e: sympy.Expr):
     raise ExprError(f"index expression {e} is not affine")
 
 
+def _unbounded_index(ix: sympy.Expr, bounds: dict) -> str:
+    """The index, as the spec names it, whose range is unknown: ix itself may be bounded by one that is not."""
+    todo, seen = list(ix.free_symbols), set()
+    while todo:
+        v = todo.pop()
+        if v in seen:
+            continue
+        seen.add(v)
+        if v not in bounds:
+            return v.name
+        todo.extend(s for b in bounds[v] for s in getattr(b, "free_symbols", ()))
+    return str(ix)
+
+
 def check_ranges(expr: sympy.Expr, scope: Scope, arrays: dict, carried: set | None = None) -> None:
     """Every read's affine index must stay inside its array over all index values (an error, not a wrap)."""
     bounds = dict(scope.bounds)
@@ -1107,9 +1121,9 @@ def check_ranges(expr: sympy.Expr, scope: Scope, arrays: dict, carried: set | No
             try:
                 lo, hi = interval(ix, bounds)
             except ExprError:
-                missing = next(iter(ix.free_symbols), ix)
+                missing = _unbounded_index(ix, bounds)
                 raise ExprError(
-                    f"cannot infer the range of index {missing} in {read}: use it plainly in a "
+                    f"cannot infer the range of index {missing} in {read.base}[...]: use it plainly in a "
                     f"subscript or give the statement a shape in long form"
                 ) from None
             low_ok = lo >= 0 or (axis == 0 and arr.name in (carried or ()))
