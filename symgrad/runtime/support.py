@@ -223,8 +223,14 @@ def _theta_dtype(module, params: Mapping):
     for name, shape in module.PARAMS:
         if name not in params:
             raise DataError(f"params is missing {name!r} (expected shape {tuple(shape)})")
-    dt = np.result_type(*[np.asarray(params[n]).dtype for n, _ in module.PARAMS])
-    return np.float32 if dt == np.float32 else np.float64
+    return params_dtype([params[n] for n, _ in module.PARAMS])
+
+
+def params_dtype(values) -> np.dtype:
+    """The one rule for the run's float type: float32 only when every parameter is float32, float64 otherwise (a
+    mix is promoted, as NumPy would), for the trainer and a module's loss/loss_and_grad alike."""
+    dtypes = [np.asarray(v).dtype for v in values]
+    return np.dtype(np.float32 if dtypes and all(d == np.float32 for d in dtypes) else np.float64)
 
 
 def _batch_size(module, arrays: tuple) -> int:

@@ -26,7 +26,7 @@ from symgrad.errors import DataError, TrainingDiverged, UsageError
 from symgrad.lang import sampling
 from symgrad.runtime import blas, warmup
 from symgrad.runtime.optim import Optimizer, as_optimizer
-from symgrad.runtime.support import check_arrays, check_seed, number
+from symgrad.runtime.support import check_arrays, check_seed, number, params_dtype
 
 
 def check_model(model: Any) -> None:
@@ -45,13 +45,11 @@ def check_flag(name: str, value: Any) -> bool:
 
 
 def _params_dtype(params: Mapping[str, Any]) -> np.dtype:
-    """float32 only when every given parameter is float32; float64 otherwise (the API's default). A mix trains in
-    float64, as NumPy would promote it and as the module's own loss/loss_and_grad do: taking the first array's
-    dtype made a dict of one float32 and one float64 array train (and come back) in float32."""
+    """`support.params_dtype` of the given parameters (taking the first array's dtype made a dict of one float32
+    and one float64 array train, and come back, in float32)."""
     if not isinstance(params, Mapping):
         raise UsageError(f"params must be a dict of arrays (one per parameter), got {type(params).__name__}")
-    dtypes = [np.asarray(value).dtype for value in params.values()]
-    return np.dtype(np.float32 if dtypes and all(d == np.float32 for d in dtypes) else np.float64)
+    return params_dtype(params.values())
 
 
 def _schedule_values(sched: Callable, t0: int, n: int, what: str) -> np.ndarray:
