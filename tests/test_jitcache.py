@@ -155,6 +155,32 @@ def test_a_wrong_entry_is_never_served(tmp_path):
     assert got["float32"] == pytest.approx(3 * np.expm1(x), rel=1e-5)
 
 
+@pytest.mark.slow
+def test_an_entry_that_cannot_be_read_is_compiled_again(tmp_path):
+    """A cache entry that does not unpickle (truncated by a full disk, or saved by a module loaded under a name that
+    cannot be imported now: Numba raised `ModuleNotFoundError: '<dynamic>'` from inside its cache) is a miss, in
+    symgrad's cache and in Numba's own one alike, never a traceback."""
+    cache = tmp_path / "cache"
+    spec = _spec(tmp_path, "seed", "exp(w[i]) + expm1(w[i])", init=1e-3)
+    _losses(spec, cache)
+    entries = sorted((cache / "numba").rglob("*.nbc"))
+    assert entries
+    for p in entries:
+        p.write_bytes(p.read_bytes()[:7])  # every entry truncated
+    got = _losses(spec, cache)
+    assert got["float64"] == pytest.approx(3 * (np.exp(1e-3) + np.expm1(1e-3)), rel=1e-12)
+
+    user = tmp_path / "usermod.py"  # a user's own cached function, in Numba's cache, beside symgrad
+    user.write_text("from numba import njit\n\n@njit(cache=True)\ndef f(x):\n    return x + 1.0\n")
+    env = {**_env(cache), "NUMBA_CACHE_DIR": str(tmp_path / "nb"), "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
+    script = "import symgrad.runtime.optim, usermod; print('F', usermod.f(1.0))"
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0 and "F 2.0" in r.stdout, r.stderr[-3000:]
+        for p in (tmp_path / "nb").rglob("*.nbc"):
+            p.write_bytes(p.read_bytes()[:7])
+
+
 RACE = r"""
 import sys
 import time

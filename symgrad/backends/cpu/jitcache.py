@@ -160,10 +160,13 @@ def _guard_entries(index_file: Any) -> None:
             return save(self, key, (*_entry_id(self), key, data))
 
     def guarded_load(self, key):
-        if self._cache_path not in _OUR_DIRS:
-            return load(self, key)
-        with _dir_lock(self._cache_path, exclusive=False):
-            got = load(self, key)
+        try:
+            if self._cache_path not in _OUR_DIRS:
+                return load(self, key)
+            with _dir_lock(self._cache_path, exclusive=False):
+                got = load(self, key)
+        except Exception:  # an entry that cannot be unpickled (saved by a module loaded under a name that is not
+            return None  # importable now, a truncated file): a cache miss, compiled again, not a traceback
         if isinstance(got, tuple) and len(got) == 5 and got[:3] == _entry_id(self) and got[3] == key:
             return got[4]
         return None  # absent, written by another symgrad, or another key's data: compile again (and resave)
