@@ -3,8 +3,8 @@ the reference evaluated exactly (mpmath, 400 digits, enough for 1 - sigmoid(800)
 The compiled loss must be finite and right to 1e-9, its gradient right to 1e-6 against central differences of the
 exact reference.
 
-The issue-11 family: log(1 + exp(a)), log(sigmoid(a)), log(1 - sigmoid(a)), log(1 + a), exp(a) - 1, focal loss
-(p rounds to 1), bce of a sigmoid; and the library's own stable forms at |z| = 1e4 as a control.
+The issue-11 family: log(1 + exp(a)), log(sigmoid(a)), log(1 - sigmoid(a)), log(1 + a), exp(a) - 1, log(cosh(a)),
+focal loss (p rounds to 1), bce of a sigmoid; and the library's own stable forms at |z| = 1e4 as a control.
 """
 
 from __future__ import annotations
@@ -34,6 +34,11 @@ CASES = {
     "log_one_minus_sigmoid": ("log(1 - sigmoid(a*x))", 1.0, 800.0),
     "log1p_written_out": ("log(1 + a*x)", 1.0, 1e-12),
     "expm1_written_out": ("exp(a*x) - 1", 1.0, 1e-12),
+    "log_cosh_800": ("log(cosh(a*x))", 1.0, 800.0),
+    "log_cosh_minus_1e4": ("log(cosh(a*x))", 1.0, -1e4),
+    "log_cosh_1e_minus_6": ("log(cosh(a*x))", 1.0, 1e-6),
+    "log_cosh_0_7": ("log(cosh(a*x))", 1.0, 0.7),
+    "log_cosh_minus_3": ("log(cosh(a*x))", 1.0, -3.0),
     "bce_of_sigmoid": ("bce(sigmoid(a*x), 0.25)", 1.0, 40.0),
     "library_bce_with_logits_1e4": ("bce_with_logits(a*x, 0.25)", 1.0, 1e4),
     "library_log_sigmoid_minus_1e4": ("log_sigmoid(a*x)", 1.0, -1e4),

@@ -42,7 +42,7 @@ class Primitive:
     cpu32: str | None = None  # CPU dtype-aware entry (float32 fast path), or None: `cpu` serves both dtypes
     cuda: str | None = None  # CUDA device form
     spec: bool = True  # callable from a spec; False: only introduced by derivatives (step, heaviside, digamma)
-    test_args: tuple[str, ...] = ("x",)  # argument kinds for the all-primitives test: x, y, pos, lo, hi, cond
+    test_args: tuple[str, ...] = ("x",)  # argument kinds for the all-primitives test: x, y, pos, lo, hi, cond, mid
     aliases: tuple[str, ...] = ()
     rewrites: tuple[Callable, ...] = ()  # numeric rewrites whose result is this row (see stable_rewrites)
     doc: str = ""
@@ -162,6 +162,18 @@ def _rw_log1p(e) -> sympy.Expr | None:
     return log1p(other) if other is not None else None
 
 
+def _rw_logcosh(e) -> sympy.Expr | None:
+    """log(cosh(a)), the log-cosh loss, as two exact forms: log1p(2 sinh(a/2)^2) for |a| < 1 (cosh(a) - 1 without
+    the cancellation that leaves log(cosh(1e-6)) with 4 digits) and |a| + log1p(exp(-2|a|)) - log(2) beyond (finite
+    where cosh overflows: |a| > 710 in float64, > 89 in float32). Both derivatives are tanh(a), not inf/inf."""
+    if not (isinstance(e, sympy.log) and isinstance(e.args[0], sympy.cosh)):
+        return None
+    a = e.args[0].args[0]
+    small = log1p(2 * sympy.sinh(a / 2) ** 2)
+    large = sympy.Abs(a) + log1p(sympy.exp(-2 * sympy.Abs(a))) - sympy.log(2)
+    return sympy.Piecewise((small, sympy.Abs(a) < 1), (large, True))
+
+
 def _rw_expm1(e) -> sympy.Expr | None:
     """exp(a) - 1 -> expm1(a); 1 - exp(a) -> -expm1(a) (two-term sums, as written)."""
     if not (isinstance(e, sympy.Add) and len(e.args) == 2):
@@ -215,6 +227,9 @@ for _fact in ("real", "finite"):
     sympy.tanh._prop_handler[_fact] = _tanh_real_if_argument_is
 _row(Primitive("sin", sympy.sin, 1, mpmath.sin, "math.sin", None, "math.sin"))
 _row(Primitive("cos", sympy.cos, 1, mpmath.cos, "math.cos", None, "math.cos"))
+_row(Primitive("sinh", sympy.sinh, 1, mpmath.sinh, "math.sinh", None, "math.sinh", test_args=("mid",)))
+_row(Primitive("cosh", sympy.cosh, 1, mpmath.cosh, "math.cosh", None, "math.cosh", test_args=("mid",)))
+_row(Primitive("atan", sympy.atan, 1, mpmath.atan, "math.atan", None, "math.atan"))
 _row(
     Primitive("erf", sympy.erf, 1, mpmath.erf, "math.erf", None, "math.erf", doc="exact GELU: x*(1 + erf(x/sqrt(2)))/2")
 )
@@ -325,7 +340,7 @@ log1p = _define(
     cpu32="log1p",
     cuda="math.log1p",
     test_args=("pos",),
-    rewrites=(_rw_log1p,),
+    rewrites=(_rw_log1p, _rw_logcosh),
 )
 
 expm1 = _define(
