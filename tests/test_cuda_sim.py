@@ -220,6 +220,31 @@ def test_every_optimizer_kind_clipping_and_divergence(kind, clip, tmp_path_facto
 
 
 @device_only
+@pytest.mark.parametrize(("dtype", "scale"), [(np.float64, 1e100), (np.float32, 1e12)])
+@pytest.mark.parametrize("clip", [0.0, 1.0])
+def test_a_gradient_too_long_to_square_steps_on_both(dtype, scale, clip, tmp_path_factory):
+    """The gate's norm does not overflow for a finite gradient (F1): |dL/dw| ~ 1e200 in float64 and ~ 1e24 in
+    float32 square past the type's range; both backends take every step, with and without clipping, and agree."""
+    cpu, gpu = _modules("specs/linreg.yaml", tmp_path_factory.mktemp("cuda"))
+    x = np.full((3, 2), scale, dtype)
+    y = (2.0 * x).astype(dtype)
+    lr = 0.1 / scale**2
+    out = []
+    for mod in (cpu, gpu):
+        theta = mod.flatten({"w": np.array(1.0), "b": np.array(0.0)}, dtype)
+        state = np.zeros((2, mod.N_THETA), dtype)
+        grad = np.zeros_like(theta)
+        hyper = np.array([0.0, 0.9, 0.999, 1e-8])
+        losses, n_done = mod._train_epoch(
+            theta, grad, state, 0, hyper, 0, np.full(3, lr), np.zeros((3, 1)), clip, 0.5, x, y
+        )
+        assert int(n_done) == 3, f"{mod.TARGET}: stopped at step {int(n_done)}"
+        out.append(theta.astype(np.float64))
+    np.testing.assert_allclose(out[0], out[1], rtol=1e-5 if dtype == np.float32 else 1e-12)
+    assert out[0][0] != 1.0 or clip  # unclipped, w moves by 0.2 (2 - w) per step; clipped, by lr per step
+
+
+@device_only
 @pytest.mark.parametrize("kind", [1, 2, 3])
 def test_tiny_optimizer_state_is_flushed_on_both(kind, tmp_path_factory):
     """State that decays below stepmath.TINY under a zero gradient becomes exactly 0 on CPU and device alike (the

@@ -179,3 +179,42 @@ def test_adam_runs_with_the_jit_disabled(tmp_path):
         assert p.returncode == 0, p.stderr[-2000:]
     jit, nojit = (np.array(json.loads(p.stdout)) for p in runs)
     np.testing.assert_allclose(nojit, jit, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("dtype", "big"), [(np.float64, 1e200), (np.float32, 1e25)])
+@pytest.mark.parametrize("clip", [0.0, 1.0])
+def test_a_finite_gradient_too_long_to_square_is_a_step(dtype, big, clip):
+    """Helper H's fuzz finding F1: the gate squared the gradient, and a finite one past |g| ~ 1e154 (float64) or
+    ~ 1e19 (float32) overflowed to inf and read as a diverged step ("no step had a finite loss"). The norm is now
+    scaled by max |g| when the plain sum of squares is not finite; the reference norm is math.hypot's."""
+    from symgrad.runtime.optim import gated_step, grad_norm_ok
+
+    g0 = [big, -0.5 * big, 3.0]
+    norm = math.hypot(*g0)
+    lr = 1e-300 if dtype == np.float64 else 1e-26
+    theta = np.array([1.0, 2.0, 3.0], dtype)
+    grad = np.array(g0, dtype)
+    state = np.zeros((2, 3), dtype)
+    assert gated_step(theta, grad, state, 0, lr, np.zeros(4), 1, clip, 1.0)
+    step = (clip / norm if clip else 1.0) * lr * np.array(g0)
+    np.testing.assert_allclose(theta, np.array([1.0, 2.0, 3.0]) - step, rtol=1e-6 if dtype == np.float32 else 1e-14)
+    n, ok = grad_norm_ok(np.array(g0, dtype))
+    assert ok and n == pytest.approx(norm, rel=1e-6)
+    for poison in (np.nan, np.inf):  # a non-finite element still stops the step, theta untouched
+        theta = np.ones(3, dtype)
+        grad = np.array([big, poison, 1.0], dtype)
+        assert not gated_step(theta, grad, state, 0, lr, np.zeros(4), 1, clip, 1.0)
+        assert (theta == 1.0).all()
+        assert not grad_norm_ok(grad)[1]
+
+
+def test_training_on_a_gradient_too_long_to_square_is_not_divergence():
+    """End to end on the shipped linreg (x ~ 1e100: loss ~ 1e200 is finite, its gradient ~ 1e200 too): before the
+    fix `symgrad.train` stopped at step 0 with "training diverged"; now it takes every step."""
+    import symgrad
+
+    m = symgrad.load(Path(__file__).resolve().parent.parent / "specs/linreg.yaml")
+    x = np.full(8, 1e100)
+    r = symgrad.train(m, {"x": x, "y": 2 * x}, optimizer=SGD(1e-201), batch_size=4, epochs=1, progress=False)
+    assert r.steps == 2 and np.isfinite(r.history).all()
+    assert r.params["w"] == pytest.approx(1.36, rel=1e-12)  # w <- w + 0.2 (2 - w): 1.2, then 1.36

@@ -135,12 +135,12 @@ def test_step_returns_objective_before_update_and_matches_run_epoch():
 
 @pytest.mark.parametrize("bad_t", [0, 1, 2, 3, 5])
 def test_divergence_names_step_and_keeps_the_last_params_with_a_finite_loss(bad_t):
-    """Step bad_t + 1 (1-based) has an infinite loss (a constant of 1e300 overflows it; a non-finite constant is
+    """Step bad_t + 1 (1-based) has an infinite loss (a constant of 1e308 overflows it; a non-finite constant is
     refused): the parameters kept are those of the step before it.
 
     3 steps per epoch, so bad_t = 3 is the first step of a compiled call (the previous call is replayed) and
     bad_t = 0 the very first step (the starting parameters are all there is)."""
-    bad = {"lr": schedules.constant(), "scale": lambda t: 1e300 if t == bad_t else 1.0}
+    bad = {"lr": schedules.constant(), "scale": lambda t: 1e308 if t == bad_t else 1.0}
     if bad_t >= 2:
         good = fit(optimizer=SGD(0.01), steps=bad_t - 1, epochs=None).params
     else:

@@ -18,15 +18,25 @@ NESTEROV_KIND = 2
 ADAM_KIND = 3
 
 
-def step_ok(total, sq):  # untyped: numba types it at each call site
-    """The divergence gate: the step's loss and its gradient's sum of squares are both finite."""
-    return math.isfinite(total) and math.isfinite(sq)
+def step_ok(total, norm):  # untyped: numba types it at each call site
+    """The divergence gate: the step's loss and its gradient's norm are both finite."""
+    return math.isfinite(total) and math.isfinite(norm)
 
 
-def clip_scale(sq, clip_norm):
-    """The factor that rescales a gradient of squared norm `sq` to norm `clip_norm` when it is longer (1 if not;
+def scaled_norm(amax, ssq):
+    """||g|| from amax = max |g_i| and ssq = sum (g_i / amax)**2, which cannot overflow while every g_i is finite
+    (a plain sum of squares does past |g_i| ~ 1e154 in float64, ~ 1e19 in float32, and a finite gradient then read
+    as a diverged step). amax is inf when some g_i is not finite, and the norm with it."""
+    if amax == 0.0:
+        return 0.0
+    if not math.isfinite(amax):
+        return math.inf
+    return amax * math.sqrt(ssq)
+
+
+def clip_scale(norm, clip_norm):
+    """The factor that rescales a gradient of norm `norm` to norm `clip_norm` when it is longer (1 if not;
     `clip_norm <= 0` disables clipping)."""
-    norm = math.sqrt(sq)
     if clip_norm > 0.0 and norm > clip_norm:
         return clip_norm / norm
     return 1.0

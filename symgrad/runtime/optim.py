@@ -32,6 +32,7 @@ _JIT: dict[str, Any] = {"cache": True, "error_model": "numpy"}
 # compiled for the CPU and inlined into the loops (no call per element).
 _step_ok = njit(inline="always", **_JIT)(stepmath.step_ok)
 _clip_scale = njit(inline="always", **_JIT)(stepmath.clip_scale)
+_scaled_norm = njit(inline="always", **_JIT)(stepmath.scaled_norm)
 _sgd = njit(inline="always", **_JIT)(stepmath.sgd)
 _momentum = njit(inline="always", **_JIT)(stepmath.momentum)
 _nesterov = njit(inline="always", **_JIT)(stepmath.nesterov)
@@ -105,26 +106,44 @@ def gated_step(theta, grad, state, kind, lr, hyper, t, clip_norm, total):  # pra
     clipping, `update`. Returns False, theta and state untouched, when the loss `total` or the gradient is not
     finite. The CUDA update kernel runs the same stepmath functions per element.
 
-    The sum of squares is BLAS's dot in theta's dtype (vectorised); clipping rescales to `clip_norm` when the
-    gradient is longer (`clip_norm <= 0` disables it).
+    The norm is BLAS's dot in theta's dtype (vectorised) while that sum of squares is finite; when it is not, the
+    gradient is read again by `grad_norm`, which tells a non-finite element from a finite gradient too long to square.
+    Clipping rescales to `clip_norm` when the gradient is longer (`clip_norm <= 0` disables it).
     """
     sq = float(np.dot(grad, grad))
-    if not _step_ok(total, sq):
+    norm = math.sqrt(sq) if math.isfinite(sq) else grad_norm(grad)
+    if not _step_ok(total, norm):
         return False
-    scale = _clip_scale(sq, clip_norm)
+    scale = _clip_scale(norm, clip_norm)
     if scale != 1.0:
         grad *= scale
     update(theta, grad, state, kind, lr, hyper, t)
     return True
 
 
+@njit(nogil=True, **_JIT)
+def grad_norm(g):  # pragma: no cover - compiled
+    """||g|| in float64 without overflow (stepmath.scaled_norm); inf when some element is not finite."""
+    amax = 0.0
+    for i in range(g.shape[0]):
+        a = abs(1.0 * g[i])
+        if not math.isfinite(a):
+            return math.inf
+        amax = max(amax, a)
+    if amax == 0.0:
+        return 0.0
+    ssq = 0.0
+    for i in range(g.shape[0]):
+        r = g[i] / amax
+        ssq += r * r
+    return _scaled_norm(amax, ssq)
+
+
 @njit(**_JIT)
 def grad_norm_ok(g):  # pragma: no cover - compiled
     """Return (||g||, finite?) so a step loop can stop before touching theta (internals: divergence)."""
-    s = 0.0
-    for i in range(g.shape[0]):
-        s += 1.0 * g[i] * g[i]
-    return math.sqrt(s), np.isfinite(s)
+    norm = grad_norm(g)
+    return norm, math.isfinite(norm)
 
 
 @njit(**_JIT)

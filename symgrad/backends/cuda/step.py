@@ -16,7 +16,7 @@ _INF = float("inf")  # a module constant: frozen into kernels on every numba ver
 _TPB = 128  # threads per block of the elementwise and loop-nest kernels
 _TM = 64  # matrix-product tile: 64 x 64 outputs per block, 16 x 16 threads, 4 x 4 outputs per thread
 _TK = 16
-# grid-stride kernels (update, sum of squares) use at most this many blocks; the simulator runs one Python thread
+# grid-stride kernels (update, gradient norm) use at most this many blocks; the simulator runs one Python thread
 # per CUDA thread, so there it gets two
 _MAX_BLOCKS = 2 if config.ENABLE_CUDASIM else 1024  # type: ignore[attr-defined]  # numba sets it from the env
 
@@ -127,32 +127,73 @@ def _zero(v):
         v[j] = 0
 
 
+@cuda.jit(device=True)
+def _block_reduce(sh, t, is_max):
+    """Tree-reduce the block's 256 shared values into sh[0] (max or sum)."""
+    cuda.syncthreads()
+    s = 128
+    while s > 0:
+        if t < s:
+            if is_max:
+                sh[t] = max(sh[t], sh[t + s])
+            else:
+                sh[t] += sh[t + s]
+        cuda.syncthreads()
+        s //= 2
+
+
 @cuda.jit
-def _sumsq(g, out, i):
-    """out[i] += sum of g**2: grid-stride partial sums, a shared-memory tree per block, one atomic per block."""
+def _amax_k(g, out, i):
+    """out[i] = max |g_j| in float64 (inf when some g_j is not finite): grid-stride, one atomic max per block."""
     sh = cuda.shared.array(256, float64)
     t = cuda.threadIdx.x
     acc = 0.0
     j = cuda.grid(1)
     stride = cuda.gridsize(1)
     while j < g.shape[0]:
-        v = g[j]
-        acc += v * v
+        a = abs(float64(g[j]))
+        acc = max(acc, a) if a <= _INF else _INF  # NaN fails `<=`: it counts as inf
         j += stride
     sh[t] = acc
-    cuda.syncthreads()
-    s = 128
-    while s > 0:
-        if t < s:
-            sh[t] += sh[t + s]
-        cuda.syncthreads()
-        s //= 2
+    _block_reduce(sh, t, True)
+    if t == 0:
+        cuda.atomic.max(out, i, sh[0])
+
+
+@cuda.jit
+def _ssq_k(g, amax, out, i):
+    """out[i] += sum (g_j / amax[i])**2, which cannot overflow (stepmath.scaled_norm); skipped when amax[i] is 0
+    or not finite, where the norm is known already."""
+    m = amax[i]
+    if m == 0.0 or not m < _INF:
+        return
+    sh = cuda.shared.array(256, float64)
+    t = cuda.threadIdx.x
+    acc = 0.0
+    j = cuda.grid(1)
+    stride = cuda.gridsize(1)
+    while j < g.shape[0]:
+        r = float64(g[j]) / m
+        acc += r * r
+        j += stride
+    sh[t] = acc
+    _block_reduce(sh, t, False)
     if t == 0:
         cuda.atomic.add(out, i, sh[0])
 
 
+def _grad_norm(g, amax, ssq, i):
+    """Step i's gradient norm in two grid-stride passes, as stepmath.scaled_norm's (amax[i], ssq[i]); both arrays
+    start at 0. Two reads of the gradient instead of one buy a norm that is exact for every finite gradient: a
+    plain sum of squares overflows past |g_j| ~ 1e154 and a finite step would read as diverged."""
+    blocks = min((g.shape[0] + 255) // 256, _MAX_BLOCKS)
+    _amax_k[blocks, 256](g, amax, i)
+    _ssq_k[blocks, 256](g, amax, ssq, i)
+
+
 _step_ok = cuda.jit(device=True)(stepmath.step_ok)
 _clip_scale = cuda.jit(device=True)(stepmath.clip_scale)
+_scaled_norm = cuda.jit(device=True)(stepmath.scaled_norm)
 _sgd = cuda.jit(device=True)(stepmath.sgd)
 _momentum = cuda.jit(device=True)(stepmath.momentum)
 _nesterov = cuda.jit(device=True)(stepmath.nesterov)
@@ -160,7 +201,7 @@ _adam = cuda.jit(device=True)(stepmath.adam)
 
 
 @cuda.jit
-def _update_k(theta, g, state, kind, lrs, hyper, t0, i, clip_norm, losses, sq, status):
+def _update_k(theta, g, state, kind, lrs, hyper, t0, i, clip_norm, losses, amax, ssq, status):
     """Step i's update, fused: divergence gate, clipping and the rules of symgrad.backends.stepmath (kinds 0-3).
 
     status[0] holds the first step whose loss or gradient was not finite (n when none): from then on theta and
@@ -170,11 +211,12 @@ def _update_k(theta, g, state, kind, lrs, hyper, t0, i, clip_norm, losses, sq, s
     j = cuda.grid(1)
     if status[0] < i:
         return
-    if not _step_ok(losses[i], sq[i]):
+    norm = _scaled_norm(amax[i], ssq[i])
+    if not _step_ok(losses[i], norm):
         if j == 0:
             status[0] = i
         return
-    scale = _clip_scale(sq[i], clip_norm)
+    scale = _clip_scale(norm, clip_norm)
     lr = lrs[i]
     t = t0 + i + 1
     mu = hyper[0]
