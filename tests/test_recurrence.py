@@ -55,6 +55,34 @@ forward:
 loss: softmax_cross_entropy(z, y)
 """
 
+# Two states in one step: the first gate reads h only, the cell state s is carried as well (the reference evaluator
+# once started only the states the step's first statement reads: KeyError 's' in `symgrad check`).
+LSTM = """
+name: lstm
+dims: {T: 3, C: 2, H: 3, K: 2}
+inputs: {x: [T, C], y: [K]}
+params:
+  Wi: {shape: [H, C], init: normal(0, 0.7)}
+  Ui: {shape: [H, H], init: normal(0, 0.7)}
+  Wf: {shape: [H, C], init: normal(0, 0.7)}
+  Uf: {shape: [H, H], init: normal(0, 0.7)}
+  Wg: {shape: [H, C], init: normal(0, 0.7)}
+  Ug: {shape: [H, H], init: normal(0, 0.7)}
+  Wo: {shape: [H, C], init: normal(0, 0.7)}
+  Uo: {shape: [H, H], init: normal(0, 0.7)}
+  h0: {shape: [H], init: normal(0, 0.7)}
+  V: {shape: [K, H], init: normal(0, 0.7)}
+forward:
+  - i[t, j]: {shape: [T, H], expr: "sigmoid(sum(Wi[j, c]*x[t, c], c) + sum(Ui[j, k]*h[t - 1, k], k))"}
+  - f[t, j]: {shape: [T, H], expr: "sigmoid(sum(Wf[j, c]*x[t, c], c) + sum(Uf[j, k]*h[t - 1, k], k))"}
+  - g[t, j]: {shape: [T, H], expr: "tanh(sum(Wg[j, c]*x[t, c], c) + sum(Ug[j, k]*h[t - 1, k], k))"}
+  - o[t, j]: {shape: [T, H], expr: "sigmoid(sum(Wo[j, c]*x[t, c], c) + sum(Uo[j, k]*h[t - 1, k], k))"}
+  - s[t, j]: {shape: [T, H], expr: "f[t, j]*s[t - 1, j] + i[t, j]*g[t, j]", init: 0}
+  - h[t, j]: {shape: [T, H], expr: "o[t, j]*tanh(s[t, j])", init: h0}
+  - z[k]: sum(V[k, j] * h[T - 1, j], j)
+loss: softmax_cross_entropy(z, y)
+"""
+
 
 def _sig(a):
     return 1 / (1 + np.exp(-a))
@@ -82,7 +110,23 @@ def _gru(p, x, y):
     return _ce(p["Wo"] @ h, y)
 
 
-@pytest.mark.parametrize("text, ref", [(ELMAN, _elman), (GRU, _gru)], ids=["elman", "gru"])
+def _lstm(p, x, y):
+    h, c = p["h0"], np.zeros(3)
+    for t in range(3):
+        i = _sig(p["Wi"] @ x[t] + p["Ui"] @ h)
+        f = _sig(p["Wf"] @ x[t] + p["Uf"] @ h)
+        g = np.tanh(p["Wg"] @ x[t] + p["Ug"] @ h)
+        o = _sig(p["Wo"] @ x[t] + p["Uo"] @ h)
+        c = f * c + i * g
+        h = o * np.tanh(c)
+    return _ce(p["V"] @ h, y)
+
+
+CASES = [(ELMAN, _elman), (GRU, _gru), (LSTM, _lstm)]
+IDS = ["elman", "gru", "lstm"]
+
+
+@pytest.mark.parametrize("text, ref", CASES, ids=IDS)
 def test_recurrence_matches_numpy_bptt(tmp_path, monkeypatch, text, ref):
     monkeypatch.setenv("SYMGRAD_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "rec.yaml"
@@ -164,7 +208,7 @@ def test_cuda_refuses_a_recurrence_in_one_line(tmp_path):
         render_cuda_module(str(path))
 
 
-@pytest.mark.parametrize("text, ref", [(ELMAN, _elman), (GRU, _gru)], ids=["elman", "gru"])
+@pytest.mark.parametrize("text, ref", CASES, ids=IDS)
 def test_reference_evaluator_runs_recurrences(tmp_path, text, ref):
     """The independent evaluator (symgrad check) reads a recurrence as written: step by step from its init."""
     from symgrad.checks.reference import build_reference, reference_loss

@@ -205,8 +205,16 @@ def _statements(
                 continue
             # a recurrence: the statements up to the last carried one they read, evaluated whole again and again
             # (Jacobi): after k sweeps steps 0..k-1 are exact, so T + 1 sweeps give every step as written
+            # (a region holds every state its statements read: an LSTM's first gate reads h only, its cell
+            # state c is carried too and must start at zero like h)
             end = max(k for k, x in enumerate(model.statements) if x.name in pending)
-            region = model.statements[pos : end + 1]
+            while True:
+                region = model.statements[pos : end + 1]
+                pending = [c for c in ev.carried if c not in values and any(_reads(x.body, c) for x in region)]
+                grown = max(k for k, x in enumerate(model.statements) if x.name in pending)
+                if grown <= end:
+                    break
+                end = grown
             for c in pending:
                 shape = next(x.shape for x in region if x.name == c)
                 values[c] = np.zeros((n or 1, *shape), dtype=object if mp else np.float64)
