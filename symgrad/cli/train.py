@@ -58,11 +58,6 @@ def _spec_name(model: ModuleType, spec: str) -> str:
     return str((getattr(model, "SPEC", None) or {}).get("name") or os.path.splitext(os.path.basename(spec))[0])
 
 
-def objective_word(model: ModuleType) -> str:
-    """`objective` for a maximised spec (an ELBO or log-likelihood: it goes up), `loss` otherwise."""
-    return "objective" if float(getattr(model, "SIGN", 1.0)) < 0 else "loss"
-
-
 # ---------------------------------------------------------------------------------------------- metrics
 
 
@@ -79,7 +74,7 @@ def evaluate_arrays(
     if n == 0:
         raise DataError("no samples to evaluate")
     total = 0.0
-    from symgrad.runtime.training import count_correct, label_kind
+    from symgrad.runtime.training import count_correct, label_kind, objective_word
 
     correct = 0
     has_acc = label_kind(model) is not None
@@ -395,7 +390,7 @@ def _run(
     from symgrad.runtime.data import load_dataset
     from symgrad.runtime.distributed import collective, is_root, world_comm
     from symgrad.runtime.optim import make_optimizer
-    from symgrad.runtime.training import train
+    from symgrad.runtime.training import objective_word, train
 
     comm = world_comm()  # MPI.COMM_WORLD under `mpiexec -n N` (N > 1), else None
     root = is_root(comm)

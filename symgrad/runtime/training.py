@@ -83,6 +83,11 @@ class EpochInfo:
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
+def objective_word(model: ModuleType) -> str:
+    """`objective` for a maximised spec (an ELBO or log-likelihood: it goes up), `loss` otherwise."""
+    return "objective" if float(getattr(model, "SIGN", 1.0)) < 0 else "loss"
+
+
 def label_kind(model: ModuleType) -> str | None:
     """`onehot` for a data input `y` of shape [K >= 2], `binary` for `y` of shape [] with a bce/sigmoid loss, else
     None (not a classifier: no accuracy)."""
@@ -480,7 +485,7 @@ def _fit(model: ModuleType, data: Mapping[str, Any] | None, cfg: _Run, hooks: An
                     logs["accuracy"].append(np.nan if info.accuracy is None else info.accuracy)
                     logs["val_accuracy"].append(np.nan if info.val_accuracy is None else info.val_accuracy)
             if bar is not None:
-                bar.set_postfix(epoch=epoch + 1, loss=f"{info.loss:.4g}")
+                bar.set_postfix({"epoch": epoch + 1, objective_word(model): f"{info.loss:.4g}"})  # as the epoch line
             if cfg.checkpoint is not None:
                 hooks.on_root("checkpoint", save_checkpoint, cfg.checkpoint, trainer, epoch + 1, logs, meta)
             if cfg.callback is not None:
