@@ -221,3 +221,31 @@ def test_reference_evaluator_runs_recurrences(tmp_path, text, ref):
     batch = {k: rng.normal(size=(2, *shape)) for k, shape in model.inputs.items()}
     want = np.mean([ref(p, batch["x"][b], batch["y"][b]) for b in range(2)])
     assert reference_loss(model, p, batch) == pytest.approx(want, rel=1e-12)
+
+
+def test_random_multi_state_recurrences_match_a_step_loop(tmp_path):
+    """tests/fuzz_recurrences.py: 150 random recurrences of 1-3 states (lags 1-2, current-step reads, gates inside the
+    step, every kind of init) against a NumPy loop over t and its central differences. A subprocess with the JIT off
+    (the maths is under test, not Numba), ~15 s."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1", "SYMGRAD_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, str(root / "tests" / "fuzz_recurrences.py"), "--n", "150", "--seed", "20261205"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    import ast
+
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("150 cases: "), last
+    tally = ast.literal_eval(last.split(": ", 1)[1])
+    assert tally.get("ok", 0) >= 100, tally  # the generator must keep drawing mostly valid specs
