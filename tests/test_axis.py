@@ -108,3 +108,30 @@ def test_axis_errors_are_one_line(tmp_path, expr, msg):
     with pytest.raises(SpecError, match=msg) as exc:
         build_program(str(path))
     assert ":6:" in str(exc.value)
+
+
+def test_random_axis_chains_and_batch_statistics_match_numpy(tmp_path):
+    """tests/fuzz_axes.py: 200 random chains of per-axis layers (negative axes too) over 1-3-d arrays, half of them
+    batch-normalised at a random point, against NumPy and its central differences, and symgrad check's evaluator.
+    A subprocess with the JIT off (the maths is under test), ~12 s."""
+    import ast
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1", "SYMGRAD_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, str(root / "tests" / "fuzz_axes.py"), "--n", "200", "--seed", "20261205"],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("200 cases: "), last
+    tally = ast.literal_eval(last.split(": ", 1)[1])
+    assert tally.get("ok", 0) >= 150, tally
