@@ -126,6 +126,19 @@ def test_cli_schedule_values_are_refused_before_training(tmp_path, spec):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize(
+    "spec, said",
+    [("bogus", "not understood"), ("cosine:x", "'x' is not a number"), ("warmup:inf", "'inf' is not a finite number")],
+)
+def test_cli_schedule_errors_name_the_option_once_in_its_own_words(tmp_path, spec, said):
+    """The option was named twice ("--schedule 'bogus': --schedule 'bogus': ..."), and a word where a number
+    belongs was float()'s "could not convert string to float"."""
+    np.savez(tmp_path / "d.npz", **DATA)
+    r = _cli("train", LINREG, "--data", "d.npz", "--epochs", "1", "--batch-size", "5", "--schedule", spec, cwd=tmp_path)
+    line = _one_line(r)
+    assert r.exit_code == 2 and line.count("--schedule") == 1 and said in line and "float" not in line
+
+
 @pytest.mark.parametrize("beta", [float("nan"), float("inf"), None, np.array([1.0, 2.0]), "x"])
 def test_a_constant_must_be_a_finite_number(beta):
     """`beta=nan` was reported as "training diverged" (exit 1), blaming the model; None was a raw TypeError."""

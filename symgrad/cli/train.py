@@ -225,6 +225,17 @@ def _count(x: float) -> int:
     return int(x)
 
 
+def _schedule_number(text: str) -> float:
+    """One `:`-separated argument of --schedule, finite; said in the option's words, not float()'s."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise UsageError(f"{text!r} is not a finite number")
+    return value
+
+
 def _parse_schedules(items: tuple[str, ...], model: ModuleType, total_steps: int):
     from symgrad.runtime import schedules as S
 
@@ -236,7 +247,7 @@ def _parse_schedules(items: tuple[str, ...], model: ModuleType, total_steps: int
             target, rest = "lr", item
         kind, *args = rest.split(":")
         try:
-            nums = [float(a) for a in args]
+            nums = [_schedule_number(a) for a in args]
             if kind == "cosine" and len(nums) <= 1:
                 sched: S.Schedule = S.cosine(max(1, total_steps), *nums)
             elif kind == "step_decay" and len(nums) in (1, 2):
@@ -248,7 +259,7 @@ def _parse_schedules(items: tuple[str, ...], model: ModuleType, total_steps: int
             elif kind == "linear_ramp" and len(nums) == 3:
                 sched = S.linear_ramp(nums[0], nums[1], _count(nums[2]))
             else:
-                raise UsageError(f"--schedule {item!r}: not understood ({SCHEDULE_HELP})")
+                raise UsageError(f"not understood ({SCHEDULE_HELP})")
         except (ValueError, UsageError) as exc:
             raise UsageError(f"--schedule {item!r}: {exc}") from None
         if target != "lr" and target not in known:
