@@ -90,6 +90,29 @@ def test_build_check_cli(tmp_path):
     assert r.exit_code == 1 and "symgrad build" in r.output and "+++" in r.output
 
 
+def test_build_check_sees_a_stale_cuda_module_and_an_orphan(tmp_path, monkeypatch):
+    """`build --check` compared only the --target files: a `_cuda.py` left by `--target all` could go stale, and a
+    module of a removed spec could stay in generated/, while the check said "up to date"."""
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "linreg.yaml").write_text(Path("specs/linreg.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(main, ["build", "--target", "all"]).exit_code == 0
+    assert CliRunner().invoke(main, ["build", "--check"]).exit_code == 0
+    cuda = Path("generated/linreg_cuda.py")
+    good = cuda.read_text()
+    cuda.write_text(good + "# edited\n")
+    r = CliRunner().invoke(main, ["build", "--check"])
+    assert r.exit_code == 1 and "linreg_cuda.py (on disk)" in r.output
+    cuda.write_text(good)
+    Path("generated/old.py").write_text(Path("generated/linreg.py").read_text())  # a renamed spec's leftover
+    Path("generated/helpers.py").write_text("x = 1\n")  # the user's own file: not ours to judge
+    r = CliRunner().invoke(main, ["build", "--check"])
+    assert r.exit_code == 1 and "old.py: is not the build of any spec" in r.output and "helpers" not in r.output
+    assert CliRunner().invoke(main, ["build", "specs/linreg.yaml", "--check"]).exit_code == 0  # named specs only
+    Path("generated/old.py").unlink()
+    assert CliRunner().invoke(main, ["build", "--check"]).exit_code == 0
+
+
 def test_load_builds_into_cache_when_stale(tmp_path, monkeypatch):
     monkeypatch.setenv("SYMGRAD_CACHE", str(tmp_path / "cache"))
     spec = tmp_path / "specs" / "tiny.yaml"
