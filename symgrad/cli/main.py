@@ -128,7 +128,7 @@ def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> Non
     if not given:
         raise UsageError("no specs given and none found under specs/")
     paths = list({os.path.realpath(p): p for p in reversed(given)}.values())[::-1]  # a file listed twice: once
-    rendered = []
+    rendered: list[tuple[Path, str | None]] = []  # None: a file on disk that nothing builds (--check only)
     owners: dict[str, tuple[Path, str]] = {}  # output file name -> (spec, its name)
     name_max = _name_max(Path(out_dir))
     project = Path(out_dir).resolve().parent  # headers name the spec relative to the project, from any folder
@@ -198,6 +198,8 @@ def build(specs: tuple[str, ...], out_dir: str, target: str, check: bool) -> Non
         click.echo(f"{len(rendered)} generated file(s) up to date")
         return
     for path, text in rendered:
+        if text is None:
+            continue
         if not path.is_symlink() and _read_generated(path) == text:
             click.echo(f"unchanged {path}")
             continue
