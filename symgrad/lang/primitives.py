@@ -366,6 +366,7 @@ lgamma = _define(
     cpu="math.lgamma",
     cuda="math.lgamma",
     test_args=("pos",),
+    aliases=("loggamma",),  # SymPy's name: specs are written in SymPy's syntax (a Student-t likelihood used it)
 )
 
 sign = _define(
