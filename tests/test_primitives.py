@@ -41,6 +41,7 @@ KINDS = {
     "hi": ("0.5", lambda u, v: 0.5),
     "cond": ("u[i] > v[i]", lambda u, v: u > v),
     "mid": ("3*tanh(u[i])", lambda u, v: 3 * math.tanh(u)),  # for rows that overflow as exp(|x|) does both ways
+    "unit": ("0.9*tanh(u[i])", lambda u, v: 0.9 * math.tanh(u)),  # inside (-1, 1): asin, atanh; tan off its poles
 }
 SPEC_ROWS = [r for r in P.TABLE if r.spec]
 X64_EXTREME = np.array([-800.0, -30.0, -1e-8, 1e-8, 30.0, 600.0])
@@ -580,3 +581,15 @@ def test_sympys_name_loggamma_is_lgamma(tmp_path):
     want -= (nu + 1) / 2 * math.log1p(r**2 / nu)
     assert m.loss(p, {"x": np.array([0.3]), "y": np.array([0.7])}) == pytest.approx(want, rel=1e-12)
     assert all(err < 1e-6 for _, err in gradient_check(str(spec)))
+
+
+def test_log_with_a_base_is_sympys_two_argument_log(tmp_path):
+    """`log(x, 2)` was refused ("log takes one argument"); SymPy reads it as log(x)/log(2)."""
+    text = (
+        "name: logbase\ninputs: {x: []}\nparams: {w: {shape: [], init: 0.7}}\nloss: log(2 + w*x, 2) + log(3, w + 2)\n"
+    )
+    m = _cpu(tmp_path, "logbase", text)
+    got, grad = m.loss_and_grad({"w": np.array(0.7)}, {"x": np.array([0.5])})
+    assert got == pytest.approx(math.log2(2.35) + math.log(3) / math.log(2.7), rel=1e-13)
+    want = 0.5 / (2.35 * math.log(2)) - math.log(3) / (2.7 * math.log(2.7) ** 2)
+    assert float(grad["w"]) == pytest.approx(want, rel=1e-12)

@@ -479,6 +479,9 @@ class Builder:
         if name in self.scope.functions or name in LIBRARY:
             self._check_arity(name, len(node.args))
             return self._expand(name, [self.build(a) for a in node.args])
+        if name == "log" and len(node.args) == 2:  # SymPy's log(x, base): log(x) / log(base)
+            args = [self.build(a) for a in node.args]
+            return self.elementwise(lambda x, base: sympy.log(x) / sympy.log(base), args, "log(...)")
         if name in ELEMENTWISE:
             row = ELEMENTWISE[name]
             n = len(node.args)

@@ -42,7 +42,7 @@ class Primitive:
     cpu32: str | None = None  # CPU dtype-aware entry (float32 fast path), or None: `cpu` serves both dtypes
     cuda: str | None = None  # CUDA device form
     spec: bool = True  # callable from a spec; False: only introduced by derivatives (step, heaviside, digamma)
-    test_args: tuple[str, ...] = ("x",)  # argument kinds for the all-primitives test: x, y, pos, lo, hi, cond, mid
+    test_args: tuple[str, ...] = ("x",)  # argument kinds for the all-primitives test (x y pos lo hi cond mid unit)
     aliases: tuple[str, ...] = ()
     rewrites: tuple[Callable, ...] = ()  # numeric rewrites whose result is this row (see stable_rewrites)
     doc: str = ""
@@ -230,6 +230,16 @@ _row(Primitive("cos", sympy.cos, 1, mpmath.cos, "math.cos", None, "math.cos"))
 _row(Primitive("sinh", sympy.sinh, 1, mpmath.sinh, "math.sinh", None, "math.sinh", test_args=("mid",)))
 _row(Primitive("cosh", sympy.cosh, 1, mpmath.cosh, "math.cosh", None, "math.cosh", test_args=("mid",)))
 _row(Primitive("atan", sympy.atan, 1, mpmath.atan, "math.atan", None, "math.atan"))
+# The rest of SymPy's real elementwise functions a spec is likely to write (inverse trigonometric and hyperbolic,
+# tan, erfc, atan2(y, x)): their derivatives and LaTeX are SymPy's, their values libm's.
+_row(Primitive("tan", sympy.tan, 1, mpmath.tan, "math.tan", None, "math.tan", test_args=("unit",)))
+_row(Primitive("asin", sympy.asin, 1, mpmath.asin, "math.asin", None, "math.asin", test_args=("unit",)))
+_row(Primitive("acos", sympy.acos, 1, mpmath.acos, "math.acos", None, "math.acos", test_args=("unit",)))
+_row(Primitive("asinh", sympy.asinh, 1, mpmath.asinh, "math.asinh", None, "math.asinh"))
+_row(Primitive("acosh", sympy.acosh, 1, mpmath.acosh, "math.acosh", None, "math.acosh", test_args=("pos",)))
+_row(Primitive("atanh", sympy.atanh, 1, mpmath.atanh, "math.atanh", None, "math.atanh", test_args=("unit",)))
+_row(Primitive("erfc", sympy.erfc, 1, mpmath.erfc, "math.erfc", None, "math.erfc"))
+_row(Primitive("atan2", sympy.atan2, 2, mpmath.atan2, "math.atan2", None, "math.atan2", test_args=("x", "pos")))
 _row(
     Primitive("erf", sympy.erf, 1, mpmath.erf, "math.erf", None, "math.erf", doc="exact GELU: x*(1 + erf(x/sqrt(2)))/2")
 )
