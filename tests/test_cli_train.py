@@ -124,3 +124,22 @@ def test_plot_path_is_checked_before_training_and_its_folder_made(setup):
     res = invoke(*common, "--plot", tmp / "new" / "dir" / "curve.svg")
     assert res.exit_code == 0, res.output
     assert (tmp / "new" / "dir" / "curve.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_a_classifier_without_held_out_data_still_reports_its_accuracy(tmp_path, monkeypatch):
+    """API.md: train prints the loss and, for classifiers, the accuracy. Epoch lines carry accuracy only next to a
+    held-out set, so a data file without `x_test` (and no --val-split) printed none at all."""
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(96, 2))
+    y = np.eye(2)[(x[:, 0] > 0).astype(int)]
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    spec = tmp_path / "clf.yaml"
+    spec.write_text(
+        "name: clf\ninputs: {x: [2], y: [2]}\nparams: {W: {shape: [2, 2], init: zeros}}\n"
+        "forward:\n  z: W @ x\nloss: softmax_cross_entropy(z, y)\n"
+    )
+    res = invoke(spec, "--data", tmp_path / "d.npz", "--epochs", 20, "--batch-size", 16, "--lr", 0.1, "--no-progress")
+    assert res.exit_code == 0, res.output
+    line = next(ln for ln in res.output.splitlines() if ln.startswith("train: "))
+    assert float(line.split("accuracy ")[1]) > 0.9  # a separable problem, learnt

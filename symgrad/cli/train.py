@@ -518,6 +518,11 @@ def _run(
         return
     click.echo(f"trained {result.steps} steps in {result.train_time:.2f} s")
     final = constants or None
+    from symgrad.runtime.training import label_kind
+
+    if val_data is None and not test_data and label_kind(model) is not None:
+        # no held-out set, so no epoch line carries an accuracy: a classifier's is reported once, on the training data
+        click.echo(_metrics_line("train", evaluate_arrays(model, result.params, train_data, final)))
     if val_data is not None and test_data:
         # the test set is not seen per epoch under --val-split: report it once, on the final parameters
         click.echo(_metrics_line("train", evaluate_arrays(model, result.params, train_data, final)))
