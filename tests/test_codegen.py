@@ -108,6 +108,9 @@ def test_build_check_sees_a_stale_cuda_module_and_an_orphan(tmp_path, monkeypatc
     Path("generated/helpers.py").write_text("x = 1\n")  # the user's own file: not ours to judge
     r = CliRunner().invoke(main, ["build", "--check"])
     assert r.exit_code == 1 and "old.py: is not the build of any spec" in r.output and "helpers" not in r.output
+    r = CliRunner().invoke(main, ["build"])  # a plain build says so too, and deletes nothing
+    assert r.exit_code == 0 and "note: generated/old.py is not the build" in r.output and "_cuda" not in r.output
+    assert Path("generated/old.py").exists()
     assert CliRunner().invoke(main, ["build", "specs/linreg.yaml", "--check"]).exit_code == 0  # named specs only
     Path("generated/old.py").unlink()
     assert CliRunner().invoke(main, ["build", "--check"]).exit_code == 0
