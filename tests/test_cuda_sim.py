@@ -156,7 +156,9 @@ def test_adam_step_matches_cpu(spec, tmp_path_factory):
     from symgrad.runtime.support import batch_arrays
 
     cpu, gpu = _modules(spec, tmp_path_factory.mktemp("cuda"))
-    params, batch = _case(cpu, batch_size=2, seed=1)
+    # one sample: the batch axis of every kernel is covered at batch 2 above; this test is about the fused update,
+    # and the simulator's time grows with the batch (pixelcnn's step took 47 s at 2)
+    params, batch = _case(cpu, batch_size=1, seed=1)
     arrays = batch_arrays(cpu, batch, np.float64)
     inputs = tuple(a[None] for a in arrays)  # (n_steps=1, B, ...)
     b = arrays[0].shape[0] if arrays else 1
